@@ -1,1 +1,6 @@
+//! userns-labeler: labels PersistentVolumeClaims and PersistentVolumes with whether their storage
+//! supports idmapped mounts, and enables Kubernetes user namespaces (`spec.hostUsers: false`) on
+//! pods when — and only when — that is safe.
 
+pub mod capability;
+pub mod keys;

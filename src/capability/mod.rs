@@ -1,0 +1,14 @@
+//! The capability engine: pure functions from Kubernetes objects and a driver table to idmap
+//! verdicts for claims and volumes, and to the pod decision. No I/O.
+
+pub mod pod;
+pub mod resolve;
+pub mod table;
+
+pub use pod::{Blocker, BlockerCode, PodDecision, decide_pod};
+pub use resolve::{
+    ClusterView, DriverSource, Snapshot, VolumeVerdict, resolve_claim, resolve_volume,
+};
+pub use table::{
+    AccessMode, DriverTable, Evaluation, StorageQuery, TableError, Verdict, VolumeMode,
+};

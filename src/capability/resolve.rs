@@ -1,0 +1,658 @@
+//! Claim and volume resolution: which storage driver backs a PVC or PV, and what the driver table
+//! says about it. Pure functions of the objects and a [`ClusterView`] for lookups.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeSpec,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::table::{AccessMode, DriverTable, Verdict, VolumeMode};
+use crate::keys::Keys;
+
+/// Claim annotation set by the PV controller on dynamically provisioned claims.
+pub const ANN_STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
+/// The older form of [`ANN_STORAGE_PROVISIONER`]; old clusters' claims may carry only this one.
+pub const ANN_BETA_STORAGE_PROVISIONER: &str = "volume.beta.kubernetes.io/storage-provisioner";
+/// PV annotation naming the provisioner that created it.
+pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// StorageClass annotation marking the cluster default.
+pub const ANN_DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+const ANN_BETA_DEFAULT_CLASS: &str = "storageclass.beta.kubernetes.io/is-default-class";
+
+/// Host paths a user-namespaced pod can never mount: devtmpfs, procfs and sysfs cannot be
+/// idmap-mounted.
+pub const FORBIDDEN_HOST_PATHS: [&str; 3] = ["/dev", "/proc", "/sys"];
+
+/// Read access to the objects a decision depends on. Implemented by an in-memory [`Snapshot`]
+/// (offline `explain`, tests) and by the controller's reflector stores.
+pub trait ClusterView {
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>>;
+    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>>;
+    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>>;
+    /// The class a claim without `storageClassName` gets.
+    fn default_storage_class(&self) -> Option<Arc<StorageClass>>;
+}
+
+/// Where the driver of a volume was read from, in resolution order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverSource {
+    /// The bound PV's `spec.csi.driver`.
+    VolumeCsi,
+    /// The bound PV's in-tree source, named by its pseudo-driver.
+    VolumeInTree,
+    /// The claim annotation `volume.kubernetes.io/storage-provisioner`.
+    ProvisionerAnnotation,
+    /// The claim annotation `volume.beta.kubernetes.io/storage-provisioner`.
+    BetaProvisionerAnnotation,
+    /// The PV annotation `pv.kubernetes.io/provisioned-by`.
+    ProvisionedByAnnotation,
+    /// The named StorageClass's provisioner.
+    StorageClass(String),
+    /// The cluster default StorageClass's provisioner.
+    DefaultStorageClass(String),
+    /// An inline pod volume.
+    InlineVolume,
+}
+
+impl fmt::Display for DriverSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverSource::VolumeCsi => f.write_str("the bound PV's spec.csi.driver"),
+            DriverSource::VolumeInTree => f.write_str("the PV's in-tree volume source"),
+            DriverSource::ProvisionerAnnotation => {
+                write!(f, "the claim annotation {ANN_STORAGE_PROVISIONER}")
+            }
+            DriverSource::BetaProvisionerAnnotation => {
+                write!(f, "the claim annotation {ANN_BETA_STORAGE_PROVISIONER}")
+            }
+            DriverSource::ProvisionedByAnnotation => {
+                write!(f, "the PV annotation {ANN_PROVISIONED_BY}")
+            }
+            DriverSource::StorageClass(name) => write!(f, "StorageClass {name}"),
+            DriverSource::DefaultStorageClass(name) => {
+                write!(f, "the default StorageClass {name}")
+            }
+            DriverSource::InlineVolume => f.write_str("the pod's inline volume"),
+        }
+    }
+}
+
+/// What the engine concludes about one claim or volume: the label value, the driver it resolved
+/// (if any), where that driver came from, and a sentence saying why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeVerdict {
+    pub verdict: Verdict,
+    pub driver: Option<String>,
+    pub driver_source: Option<DriverSource>,
+    pub reason: String,
+}
+
+impl VolumeVerdict {
+    fn without_driver(verdict: Verdict, reason: impl Into<String>) -> VolumeVerdict {
+        VolumeVerdict {
+            verdict,
+            driver: None,
+            driver_source: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The storage facts gathered for one volume, ready to be judged.
+#[derive(Debug, Default)]
+pub(crate) struct VolumeFacts<'a> {
+    pub driver: Option<(Cow<'a, str>, DriverSource)>,
+    pub access_modes: Vec<AccessMode>,
+    pub volume_mode: VolumeMode,
+    pub fs_type: Option<String>,
+    pub parameters: BTreeMap<String, String>,
+    /// The host path of a hostPath PV.
+    pub host_path: Option<&'a str>,
+    /// Why no driver could be found, when none was.
+    pub no_driver_reason: Option<String>,
+}
+
+impl VolumeFacts<'_> {
+    pub(crate) fn judge(self, table: &DriverTable) -> VolumeVerdict {
+        let driver = self.driver.as_ref().map(|(d, _)| d.to_string());
+        let driver_source = self.driver.as_ref().map(|(_, s)| s.clone());
+        let with = |verdict, reason: String| VolumeVerdict {
+            verdict,
+            driver: driver.clone(),
+            driver_source: driver_source.clone(),
+            reason,
+        };
+        if self.volume_mode == VolumeMode::Block {
+            return with(
+                Verdict::False,
+                "raw block volumes (volumeMode: Block) cannot be idmap-mounted".to_string(),
+            );
+        }
+        if let Some(path) = self.host_path
+            && let Some(root) = forbidden_host_path(path)
+        {
+            return with(
+                Verdict::False,
+                format!("hostPath {path} is on {root}, which cannot be idmap-mounted"),
+            );
+        }
+        let Some((name, _)) = &self.driver else {
+            return with(
+                Verdict::Unknown,
+                self.no_driver_reason
+                    .unwrap_or_else(|| "no storage driver could be determined".to_string()),
+            );
+        };
+        let evaluation = table.evaluate(
+            name,
+            &self.access_modes,
+            self.volume_mode,
+            self.fs_type.as_deref(),
+            &self.parameters,
+        );
+        with(evaluation.verdict, evaluation.reason)
+    }
+}
+
+/// Resolves a claim: the operator override, then the bound PV, then the claim's annotations,
+/// then the StorageClass (or the default class when the claim names none).
+pub fn resolve_claim<V: ClusterView + ?Sized>(
+    claim: &PersistentVolumeClaim,
+    view: &V,
+    table: &DriverTable,
+    keys: &Keys,
+) -> VolumeVerdict {
+    if let Some(verdict) = operator_override(&claim.metadata, keys) {
+        return verdict;
+    }
+    let default_spec = PersistentVolumeClaimSpec::default();
+    let spec = claim.spec.as_ref().unwrap_or(&default_spec);
+    let volume = spec
+        .volume_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .and_then(|n| view.volume(n));
+    claim_facts(&claim.metadata, spec, volume.as_deref(), view).judge(table)
+}
+
+/// Gathers a claim's facts. Also used for generic ephemeral volume templates, which have no
+/// bound volume.
+pub(crate) fn claim_facts<'a, V: ClusterView + ?Sized>(
+    meta: &'a ObjectMeta,
+    spec: &'a PersistentVolumeClaimSpec,
+    volume: Option<&'a PersistentVolume>,
+    view: &V,
+) -> VolumeFacts<'a> {
+    let volume_spec = volume.and_then(|v| v.spec.as_ref());
+    let class = ClassRef::of_claim(spec, view);
+
+    let mut access_modes = parse_access_modes(spec.access_modes.as_deref());
+    access_modes.extend(parse_access_modes(
+        volume_spec.and_then(|s| s.access_modes.as_deref()),
+    ));
+    access_modes.sort();
+    access_modes.dedup();
+
+    let block = is_block(spec.volume_mode.as_deref())
+        || is_block(volume_spec.and_then(|s| s.volume_mode.as_deref()));
+    let source = volume_spec.and_then(volume_source);
+
+    let driver = source
+        .as_ref()
+        .map(|s| (s.driver.clone(), s.origin.clone()))
+        .or_else(|| {
+            annotation(meta, ANN_STORAGE_PROVISIONER)
+                .map(|d| (Cow::Borrowed(d), DriverSource::ProvisionerAnnotation))
+        })
+        .or_else(|| {
+            annotation(meta, ANN_BETA_STORAGE_PROVISIONER)
+                .map(|d| (Cow::Borrowed(d), DriverSource::BetaProvisionerAnnotation))
+        })
+        .or_else(|| {
+            volume
+                .and_then(|v| annotation(&v.metadata, ANN_PROVISIONED_BY))
+                .map(|d| (Cow::Borrowed(d), DriverSource::ProvisionedByAnnotation))
+        })
+        .or_else(|| class.provisioner());
+
+    let mut parameters = class.parameters();
+    if let Some(attributes) = source.as_ref().and_then(|s| s.attributes) {
+        parameters.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let fs_type = source
+        .as_ref()
+        .and_then(|s| s.fs_type)
+        .or_else(|| fs_type_parameter(&class))
+        .map(str::to_string);
+
+    VolumeFacts {
+        no_driver_reason: driver
+            .is_none()
+            .then(|| class.missing_driver_reason("claim")),
+        driver,
+        access_modes,
+        volume_mode: if block {
+            VolumeMode::Block
+        } else {
+            VolumeMode::Filesystem
+        },
+        fs_type,
+        parameters,
+        host_path: source.and_then(|s| s.host_path),
+    }
+}
+
+/// Resolves a PersistentVolume from its own spec: override, source, `provisioned-by`, class.
+pub fn resolve_volume<V: ClusterView + ?Sized>(
+    volume: &PersistentVolume,
+    view: &V,
+    table: &DriverTable,
+    keys: &Keys,
+) -> VolumeVerdict {
+    if let Some(verdict) = operator_override(&volume.metadata, keys) {
+        return verdict;
+    }
+    let default_spec = PersistentVolumeSpec::default();
+    let spec = volume.spec.as_ref().unwrap_or(&default_spec);
+    let class = match spec.storage_class_name.as_deref() {
+        None | Some("") => ClassRef::NoClass,
+        Some(name) => ClassRef::Named(name, view.storage_class(name)),
+    };
+    let source = volume_source(spec);
+    let driver = source
+        .as_ref()
+        .map(|s| (s.driver.clone(), s.origin.clone()))
+        .or_else(|| {
+            annotation(&volume.metadata, ANN_PROVISIONED_BY)
+                .map(|d| (Cow::Borrowed(d), DriverSource::ProvisionedByAnnotation))
+        })
+        .or_else(|| class.provisioner());
+    let mut parameters = class.parameters();
+    if let Some(attributes) = source.as_ref().and_then(|s| s.attributes) {
+        parameters.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let mut access_modes = parse_access_modes(spec.access_modes.as_deref());
+    access_modes.sort();
+    access_modes.dedup();
+    VolumeFacts {
+        no_driver_reason: driver
+            .is_none()
+            .then(|| class.missing_driver_reason("volume")),
+        driver,
+        access_modes,
+        volume_mode: if is_block(spec.volume_mode.as_deref()) {
+            VolumeMode::Block
+        } else {
+            VolumeMode::Filesystem
+        },
+        fs_type: source
+            .as_ref()
+            .and_then(|s| s.fs_type)
+            .or_else(|| fs_type_parameter(&class))
+            .map(str::to_string),
+        parameters,
+        host_path: source.and_then(|s| s.host_path),
+    }
+    .judge(table)
+}
+
+/// The operator's per-object override, `<prefix>/idmap-override: "true" | "false"`. Any other
+/// value yields `unknown` with a reason naming the bad value, so a typo fails closed and shows.
+fn operator_override(meta: &ObjectMeta, keys: &Keys) -> Option<VolumeVerdict> {
+    let value = annotation(meta, &keys.idmap_override)?;
+    Some(match value {
+        "true" => VolumeVerdict::without_driver(
+            Verdict::True,
+            format!("set by the operator's annotation {}", keys.idmap_override),
+        ),
+        "false" => VolumeVerdict::without_driver(
+            Verdict::False,
+            format!("set by the operator's annotation {}", keys.idmap_override),
+        ),
+        other => VolumeVerdict::without_driver(
+            Verdict::Unknown,
+            format!(
+                "annotation {} has the invalid value {other:?} (expected \"true\" or \"false\")",
+                keys.idmap_override
+            ),
+        ),
+    })
+}
+
+/// How a claim refers to its StorageClass.
+enum ClassRef<'a> {
+    /// `storageClassName: ""`: explicitly no class.
+    NoClass,
+    /// A named class, and whether it exists.
+    Named(&'a str, Option<Arc<StorageClass>>),
+    /// No `storageClassName`: the cluster default, if there is one.
+    Default(Option<Arc<StorageClass>>),
+}
+
+impl<'a> ClassRef<'a> {
+    fn of_claim<V: ClusterView + ?Sized>(spec: &'a PersistentVolumeClaimSpec, view: &V) -> Self {
+        match spec.storage_class_name.as_deref() {
+            Some("") => ClassRef::NoClass,
+            Some(name) => ClassRef::Named(name, view.storage_class(name)),
+            None => ClassRef::Default(view.default_storage_class()),
+        }
+    }
+
+    fn class(&self) -> Option<&StorageClass> {
+        match self {
+            ClassRef::Named(_, class) | ClassRef::Default(class) => class.as_deref(),
+            ClassRef::NoClass => None,
+        }
+    }
+
+    fn provisioner(&self) -> Option<(Cow<'a, str>, DriverSource)> {
+        let class = self.class()?;
+        if class.provisioner.is_empty() {
+            return None;
+        }
+        let name = class.metadata.name.clone().unwrap_or_default();
+        let source = match self {
+            ClassRef::Default(_) => DriverSource::DefaultStorageClass(name),
+            _ => DriverSource::StorageClass(name),
+        };
+        Some((Cow::Owned(class.provisioner.clone()), source))
+    }
+
+    fn parameters(&self) -> BTreeMap<String, String> {
+        self.class()
+            .and_then(|c| c.parameters.clone())
+            .unwrap_or_default()
+    }
+
+    fn missing_driver_reason(&self, what: &str) -> String {
+        match self {
+            ClassRef::Named(name, None) => format!(
+                "StorageClass {name} does not exist and the {what} names no driver of its own"
+            ),
+            ClassRef::Named(name, Some(_)) => {
+                format!("StorageClass {name} has no provisioner and the {what} names no driver")
+            }
+            ClassRef::Default(None) => format!(
+                "the {what} names no StorageClass, the cluster has no default class, and no driver is recorded on it"
+            ),
+            ClassRef::Default(Some(_)) => {
+                format!(
+                    "the default StorageClass has no provisioner and the {what} names no driver"
+                )
+            }
+            ClassRef::NoClass => format!(
+                "the {what} has storageClassName \"\" (no class), is not bound to a volume and names no driver"
+            ),
+        }
+    }
+}
+
+fn fs_type_parameter<'a>(class: &'a ClassRef<'_>) -> Option<&'a str> {
+    let params = class.class()?.parameters.as_ref()?;
+    ["csi.storage.k8s.io/fstype", "fsType", "fstype"]
+        .iter()
+        .find_map(|k| params.get(*k))
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// A volume's source: its driver (CSI or in-tree pseudo-driver) and what the table may narrow on.
+pub(crate) struct SourceInfo<'a> {
+    pub driver: Cow<'a, str>,
+    pub origin: DriverSource,
+    pub fs_type: Option<&'a str>,
+    pub attributes: Option<&'a BTreeMap<String, String>>,
+    pub host_path: Option<&'a str>,
+}
+
+/// The driver of a PV's source: `spec.csi.driver`, or the pseudo-driver of an in-tree source.
+fn volume_source<'a>(spec: &'a PersistentVolumeSpec) -> Option<SourceInfo<'a>> {
+    if let Some(csi) = &spec.csi {
+        return Some(SourceInfo {
+            driver: Cow::Borrowed(csi.driver.as_str()),
+            origin: DriverSource::VolumeCsi,
+            fs_type: csi.fs_type.as_deref(),
+            attributes: csi.volume_attributes.as_ref(),
+            host_path: None,
+        });
+    }
+    let in_tree = |driver: &'static str, fs_type: Option<&'a str>| -> Option<SourceInfo<'a>> {
+        Some(SourceInfo {
+            driver: Cow::Borrowed(driver),
+            origin: DriverSource::VolumeInTree,
+            fs_type,
+            attributes: None,
+            host_path: None,
+        })
+    };
+    // Fields in the order of the PersistentVolumeSpec documentation.
+    let s = spec;
+    if let Some(v) = &s.host_path {
+        return Some(SourceInfo {
+            host_path: Some(v.path.as_str()),
+            ..in_tree(pseudo::HOST_PATH, None)?
+        });
+    }
+    if let Some(v) = &s.local {
+        return in_tree(pseudo::LOCAL, v.fs_type.as_deref());
+    }
+    if s.nfs.is_some() {
+        return in_tree(pseudo::NFS, None);
+    }
+    if let Some(v) = &s.iscsi {
+        return in_tree(pseudo::ISCSI, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.rbd {
+        return in_tree(pseudo::RBD, v.fs_type.as_deref());
+    }
+    if s.cephfs.is_some() {
+        return in_tree(pseudo::CEPHFS, None);
+    }
+    if s.glusterfs.is_some() {
+        return in_tree(pseudo::GLUSTERFS, None);
+    }
+    if let Some(v) = &s.fc {
+        return in_tree(pseudo::FC, v.fs_type.as_deref());
+    }
+    if s.azure_file.is_some() {
+        return in_tree(pseudo::AZURE_FILE, None);
+    }
+    if let Some(v) = &s.azure_disk {
+        return in_tree(pseudo::AZURE_DISK, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.aws_elastic_block_store {
+        return in_tree(pseudo::AWS_EBS, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.gce_persistent_disk {
+        return in_tree(pseudo::GCE_PD, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.cinder {
+        return in_tree(pseudo::CINDER, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.vsphere_volume {
+        return in_tree(pseudo::VSPHERE, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.portworx_volume {
+        return in_tree(pseudo::PORTWORX, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.flex_volume {
+        return in_tree(pseudo::FLEX, v.fs_type.as_deref());
+    }
+    if s.flocker.is_some() {
+        return in_tree(pseudo::FLOCKER, None);
+    }
+    if s.quobyte.is_some() {
+        return in_tree(pseudo::QUOBYTE, None);
+    }
+    if let Some(v) = &s.scale_io {
+        return in_tree(pseudo::SCALEIO, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.storageos {
+        return in_tree(pseudo::STORAGEOS, v.fs_type.as_deref());
+    }
+    if let Some(v) = &s.photon_persistent_disk {
+        return in_tree(pseudo::PHOTON_PD, v.fs_type.as_deref());
+    }
+    None
+}
+
+/// Pseudo-driver names for in-tree volume sources, so the driver table can match them.
+pub mod pseudo {
+    pub const NFS: &str = "kubernetes.io/nfs";
+    pub const HOST_PATH: &str = "kubernetes.io/host-path";
+    pub const LOCAL: &str = "kubernetes.io/local-volume";
+    pub const ISCSI: &str = "kubernetes.io/iscsi";
+    pub const RBD: &str = "kubernetes.io/rbd";
+    pub const CEPHFS: &str = "kubernetes.io/cephfs";
+    pub const GLUSTERFS: &str = "kubernetes.io/glusterfs";
+    pub const FC: &str = "kubernetes.io/fc";
+    pub const AZURE_FILE: &str = "kubernetes.io/azure-file";
+    pub const AZURE_DISK: &str = "kubernetes.io/azure-disk";
+    pub const AWS_EBS: &str = "kubernetes.io/aws-ebs";
+    pub const GCE_PD: &str = "kubernetes.io/gce-pd";
+    pub const CINDER: &str = "kubernetes.io/cinder";
+    pub const VSPHERE: &str = "kubernetes.io/vsphere-volume";
+    pub const PORTWORX: &str = "kubernetes.io/portworx-volume";
+    pub const FLEX: &str = "kubernetes.io/flexvolume";
+    pub const FLOCKER: &str = "kubernetes.io/flocker";
+    pub const QUOBYTE: &str = "kubernetes.io/quobyte";
+    pub const SCALEIO: &str = "kubernetes.io/scaleio";
+    pub const STORAGEOS: &str = "kubernetes.io/storageos";
+    pub const PHOTON_PD: &str = "kubernetes.io/photon-pd";
+    pub const IMAGE: &str = "kubernetes.io/image";
+    pub const GIT_REPO: &str = "kubernetes.io/git-repo";
+}
+
+/// Whether `path`, once `.` and `..` are resolved lexically, is one of [`FORBIDDEN_HOST_PATHS`],
+/// lies below one, or is `/` (which contains them all). Returns the forbidden root.
+pub fn forbidden_host_path(path: &str) -> Option<&'static str> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    match parts.first() {
+        None => Some("/"),
+        Some(first) => FORBIDDEN_HOST_PATHS
+            .iter()
+            .copied()
+            .find(|root| &root[1..] == *first),
+    }
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+pub(crate) fn parse_access_modes(modes: Option<&[String]>) -> Vec<AccessMode> {
+    modes
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| AccessMode::parse(m))
+        .collect()
+}
+
+pub(crate) fn is_block(mode: Option<&str>) -> bool {
+    mode == Some("Block")
+}
+
+/// Whether a StorageClass is marked as the cluster default.
+pub fn is_default_class(class: &StorageClass) -> bool {
+    class.metadata.annotations.as_ref().is_some_and(|a| {
+        a.get(ANN_DEFAULT_CLASS).map(String::as_str) == Some("true")
+            || a.get(ANN_BETA_DEFAULT_CLASS).map(String::as_str) == Some("true")
+    })
+}
+
+/// Picks the default class the way the API server does when several are marked: the newest,
+/// ties broken by name.
+pub fn pick_default_class<'a>(
+    classes: impl IntoIterator<Item = &'a Arc<StorageClass>>,
+) -> Option<Arc<StorageClass>> {
+    classes
+        .into_iter()
+        .filter(|c| is_default_class(c))
+        .max_by(|a, b| {
+            let ts = |c: &StorageClass| c.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            ts(a)
+                .cmp(&ts(b))
+                .then_with(|| b.metadata.name.cmp(&a.metadata.name))
+        })
+        .cloned()
+}
+
+/// An in-memory [`ClusterView`]: the objects of a set of manifests, or a test's fixtures.
+#[derive(Default, Debug, Clone)]
+pub struct Snapshot {
+    /// namespace → name → claim
+    claims: HashMap<String, HashMap<String, Arc<PersistentVolumeClaim>>>,
+    volumes: HashMap<String, Arc<PersistentVolume>>,
+    classes: HashMap<String, Arc<StorageClass>>,
+}
+
+impl Snapshot {
+    /// Adds a claim; a claim without a namespace is in `default`.
+    pub fn add_claim(&mut self, claim: PersistentVolumeClaim) {
+        let namespace = claim
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        self.claims
+            .entry(namespace)
+            .or_default()
+            .insert(name, Arc::new(claim));
+    }
+
+    pub fn add_volume(&mut self, volume: PersistentVolume) {
+        let name = volume.metadata.name.clone().unwrap_or_default();
+        self.volumes.insert(name, Arc::new(volume));
+    }
+
+    pub fn add_class(&mut self, class: StorageClass) {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        self.classes.insert(name, Arc::new(class));
+    }
+
+    pub fn claims(&self) -> impl Iterator<Item = &Arc<PersistentVolumeClaim>> {
+        self.claims.values().flat_map(HashMap::values)
+    }
+
+    pub fn volumes(&self) -> impl Iterator<Item = &Arc<PersistentVolume>> {
+        self.volumes.values()
+    }
+}
+
+impl ClusterView for Snapshot {
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.claims.get(namespace)?.get(name).cloned()
+    }
+
+    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+        self.volumes.get(name).cloned()
+    }
+
+    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+        self.classes.get(name).cloned()
+    }
+
+    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
+        pick_default_class(self.classes.values())
+    }
+}

@@ -1,0 +1,109 @@
+//! Label and annotation keys, all under one configurable domain prefix (default `userns.io`).
+
+use std::sync::LazyLock;
+
+/// The default domain prefix.
+pub const DEFAULT_PREFIX: &str = "userns.io";
+
+/// Every key this project reads or writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+    /// Label on PVCs and PVs: `true` / `false` / `unknown`.
+    pub supported: String,
+    /// Annotation on PVCs and PVs: the reason sentence for the label.
+    pub reason: String,
+    /// Annotation on PVCs and PVs: the resolved storage driver.
+    pub driver: String,
+    /// Annotation on a PVC or PV set by the operator: `"true"` or `"false"` overrides the table.
+    pub idmap_override: String,
+    /// Annotation on pods: `enabled` / `skipped` / `audit`.
+    pub decision: String,
+    /// Annotation on pods: why.
+    pub decision_reason: String,
+    /// Label on a namespace or pod: `"true"` opts out of the webhook.
+    pub opt_out: String,
+}
+
+static DEFAULT_KEYS: LazyLock<Keys> =
+    LazyLock::new(|| Keys::new(DEFAULT_PREFIX).expect("the default prefix is valid"));
+
+impl Default for Keys {
+    fn default() -> Self {
+        DEFAULT_KEYS.clone()
+    }
+}
+
+/// The prefix is not a valid DNS subdomain for a label key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid label prefix {0:?}: must be a lower-case DNS subdomain of at most 253 characters, such as userns.io"
+)]
+pub struct InvalidPrefix(pub String);
+
+impl Keys {
+    pub fn new(prefix: &str) -> Result<Keys, InvalidPrefix> {
+        if !is_dns_subdomain(prefix) {
+            return Err(InvalidPrefix(prefix.to_string()));
+        }
+        let key = |name: &str| format!("{prefix}/{name}");
+        Ok(Keys {
+            prefix: prefix.to_string(),
+            supported: key("idmap-supported"),
+            reason: key("idmap-reason"),
+            driver: key("driver"),
+            idmap_override: key("idmap-override"),
+            decision: key("decision"),
+            decision_reason: key("decision-reason"),
+            opt_out: key("opt-out"),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_keys_use_userns_io() {
+        let keys = Keys::default();
+        assert_eq!(keys.supported, "userns.io/idmap-supported");
+        assert_eq!(keys.idmap_override, "userns.io/idmap-override");
+        assert_eq!(keys.decision_reason, "userns.io/decision-reason");
+    }
+
+    #[test]
+    fn a_custom_prefix_moves_every_key() {
+        let keys = Keys::new("security.example.com").unwrap();
+        assert_eq!(keys.supported, "security.example.com/idmap-supported");
+        assert_eq!(keys.opt_out, "security.example.com/opt-out");
+    }
+
+    #[rstest::rstest]
+    #[case("")]
+    #[case("Userns.io")]
+    #[case("userns.io/")]
+    #[case("-userns.io")]
+    #[case("userns..io")]
+    fn invalid_prefixes_are_rejected(#[case] prefix: &str) {
+        assert_eq!(Keys::new(prefix), Err(InvalidPrefix(prefix.to_string())));
+    }
+}
