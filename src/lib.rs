@@ -3,4 +3,7 @@
 //! pods when — and only when — that is safe.
 
 pub mod capability;
+pub mod cli;
+pub mod config;
 pub mod keys;
+pub mod manifests;

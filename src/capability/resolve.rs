@@ -93,17 +93,6 @@ pub struct VolumeVerdict {
     pub reason: String,
 }
 
-impl VolumeVerdict {
-    fn without_driver(verdict: Verdict, reason: impl Into<String>) -> VolumeVerdict {
-        VolumeVerdict {
-            verdict,
-            driver: None,
-            driver_source: None,
-            reason: reason.into(),
-        }
-    }
-}
-
 /// The storage facts gathered for one volume, ready to be judged.
 #[derive(Debug, Default)]
 pub(crate) struct VolumeFacts<'a> {
@@ -168,9 +157,6 @@ pub fn resolve_claim<V: ClusterView + ?Sized>(
     table: &DriverTable,
     keys: &Keys,
 ) -> VolumeVerdict {
-    if let Some(verdict) = operator_override(&claim.metadata, keys) {
-        return verdict;
-    }
     let default_spec = PersistentVolumeClaimSpec::default();
     let spec = claim.spec.as_ref().unwrap_or(&default_spec);
     let volume = spec
@@ -178,7 +164,8 @@ pub fn resolve_claim<V: ClusterView + ?Sized>(
         .as_deref()
         .filter(|n| !n.is_empty())
         .and_then(|n| view.volume(n));
-    claim_facts(&claim.metadata, spec, volume.as_deref(), view).judge(table)
+    let verdict = claim_facts(&claim.metadata, spec, volume.as_deref(), view).judge(table);
+    apply_override(verdict, &claim.metadata, keys)
 }
 
 /// Gathers a claim's facts. Also used for generic ephemeral volume templates, which have no
@@ -255,9 +242,6 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
     table: &DriverTable,
     keys: &Keys,
 ) -> VolumeVerdict {
-    if let Some(verdict) = operator_override(&volume.metadata, keys) {
-        return verdict;
-    }
     let default_spec = PersistentVolumeSpec::default();
     let spec = volume.spec.as_ref().unwrap_or(&default_spec);
     let class = match spec.storage_class_name.as_deref() {
@@ -280,7 +264,7 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
     let mut access_modes = parse_access_modes(spec.access_modes.as_deref());
     access_modes.sort();
     access_modes.dedup();
-    VolumeFacts {
+    let verdict = VolumeFacts {
         no_driver_reason: driver
             .is_none()
             .then(|| class.missing_driver_reason("volume")),
@@ -299,30 +283,38 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
         parameters,
         host_path: source.and_then(|s| s.host_path),
     }
-    .judge(table)
+    .judge(table);
+    apply_override(verdict, &volume.metadata, keys)
 }
 
-/// The operator's per-object override, `<prefix>/idmap-override: "true" | "false"`. Any other
-/// value yields `unknown` with a reason naming the bad value, so a typo fails closed and shows.
-fn operator_override(meta: &ObjectMeta, keys: &Keys) -> Option<VolumeVerdict> {
-    let value = annotation(meta, &keys.idmap_override)?;
-    Some(match value {
-        "true" => VolumeVerdict::without_driver(
-            Verdict::True,
-            format!("set by the operator's annotation {}", keys.idmap_override),
+/// The operator's per-object override, `<prefix>/idmap-override: "true" | "false"`, replaces the
+/// verdict and reason (the resolved driver stays for information). Any other value yields
+/// `unknown` with a reason naming the bad value, so a typo fails closed and shows.
+fn apply_override(mut verdict: VolumeVerdict, meta: &ObjectMeta, keys: &Keys) -> VolumeVerdict {
+    let Some(value) = annotation(meta, &keys.idmap_override) else {
+        return verdict;
+    };
+    (verdict.verdict, verdict.reason) = match value {
+        "true" | "false" => (
+            if value == "true" {
+                Verdict::True
+            } else {
+                Verdict::False
+            },
+            format!(
+                "set to {value} by the operator's annotation {}",
+                keys.idmap_override
+            ),
         ),
-        "false" => VolumeVerdict::without_driver(
-            Verdict::False,
-            format!("set by the operator's annotation {}", keys.idmap_override),
-        ),
-        other => VolumeVerdict::without_driver(
+        other => (
             Verdict::Unknown,
             format!(
                 "annotation {} has the invalid value {other:?} (expected \"true\" or \"false\")",
                 keys.idmap_override
             ),
         ),
-    })
+    };
+    verdict
 }
 
 /// How a claim refers to its StorageClass.
