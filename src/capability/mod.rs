@@ -12,3 +12,8 @@ pub use resolve::{
 pub use table::{
     AccessMode, DriverTable, Evaluation, StorageQuery, TableError, Verdict, VolumeMode,
 };
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;

@@ -186,7 +186,7 @@ fn check_pod_fields(spec: &PodSpec, decision: &mut PodDecision) {
             decision.block(
                 code,
                 format!(
-                    "spec.{field} is true; host namespaces cannot be combined with a user namespace"
+                    "host namespaces (spec.{field}: true) cannot be combined with a user namespace"
                 ),
             );
         }
@@ -198,13 +198,13 @@ fn check_pod_fields(spec: &PodSpec, decision: &mut PodDecision) {
     {
         decision.block(
             BlockerCode::WindowsPod,
-            "spec.os.name is windows; Windows pods cannot set hostUsers",
+            "Windows pods (spec.os.name: windows) cannot set hostUsers",
         );
     }
     if spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()) {
         decision.block(
             BlockerCode::ResourceClaims,
-            "the pod uses DRA resourceClaims; devices handed to it are not idmap-aware",
+            "devices handed to the pod through DRA resourceClaims are not idmap-aware",
         );
     }
     if let Some(sc) = &spec.security_context {
@@ -271,7 +271,7 @@ fn check_containers(spec: &PodSpec, decision: &mut PodDecision) {
         if devices.as_ref().is_some_and(|d| !d.is_empty()) {
             decision.block(
                 BlockerCode::VolumeDevices,
-                format!("{kind} {name} uses volumeDevices; raw block devices cannot be used in a user namespace"),
+                format!("{kind} {name} uses volumeDevices, and raw block devices cannot be used in a user namespace"),
             );
         }
         if let Some(sc) = security {
