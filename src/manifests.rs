@@ -318,3 +318,35 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod never_panics {
+    use super::*;
+    use crate::capability::DriverTable;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Arbitrary text, and text built from YAML-ish fragments, yields objects or an error.
+        #[test]
+        fn arbitrary_input_never_panics(
+            text in prop_oneof![
+                any::<String>(),
+                proptest::collection::vec(
+                    proptest::sample::select(vec![
+                        "kind: Pod\n", "kind: List\n", "items:\n", "- ", "spec:\n", "  volumes: ",
+                        "[", "]", "{", "}", "---\n", "rules:\n", "driverRegex: '(('\n", "verdict: ",
+                        "true\n", "null\n", "&a ", "*a\n", "!!binary ", "\"", ": ", "\t",
+                    ]),
+                    0..30,
+                ).prop_map(|parts| parts.concat()),
+            ]
+        ) {
+            let mut manifests = Manifests::default();
+            let _ = manifests.add_text(Path::new("fuzz.yaml"), &text);
+            let _ = manifests.add_text(Path::new("fuzz.json"), &text);
+            let _ = DriverTable::from_operator_yaml(&text, "fuzz");
+        }
+    }
+}

@@ -440,8 +440,8 @@ fn check_volume<V: ClusterView + ?Sized>(
         VolumeKind::Driver { driver, fs_type, attributes } => {
             let facts = VolumeFacts {
                 driver: Some((driver, DriverSource::InlineVolume)),
-                fs_type: fs_type.map(str::to_string),
-                parameters: attributes.cloned().unwrap_or_default(),
+                fs_type,
+                attributes,
                 ..VolumeFacts::default()
             };
             let verdict = facts.judge(table);

@@ -99,8 +99,12 @@ pub(crate) struct VolumeFacts<'a> {
     pub driver: Option<(Cow<'a, str>, DriverSource)>,
     pub access_modes: Vec<AccessMode>,
     pub volume_mode: VolumeMode,
-    pub fs_type: Option<String>,
-    pub parameters: BTreeMap<String, String>,
+    /// The fsType the volume source states, if any; else the class's fsType parameter.
+    pub fs_type: Option<&'a str>,
+    /// The StorageClass, for its parameters.
+    pub class: Option<Arc<StorageClass>>,
+    /// CSI `volumeAttributes`; they take precedence over class parameters of the same key.
+    pub attributes: Option<&'a BTreeMap<String, String>>,
     /// The host path of a hostPath PV.
     pub host_path: Option<&'a str>,
     /// Why no driver could be found, when none was.
@@ -138,12 +142,34 @@ impl VolumeFacts<'_> {
                     .unwrap_or_else(|| "no storage driver could be determined".to_string()),
             );
         };
+        static NO_PARAMETERS: BTreeMap<String, String> = BTreeMap::new();
+        let class_parameters = self.class.as_ref().and_then(|c| c.parameters.as_ref());
+        let merged;
+        let parameters = match (class_parameters, self.attributes) {
+            (Some(class), Some(attributes)) => {
+                let mut all = class.clone();
+                all.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged = all;
+                &merged
+            }
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => &NO_PARAMETERS,
+        };
+        let fs_type = self.fs_type.or_else(|| {
+            class_parameters.and_then(|p| {
+                FS_TYPE_PARAMETERS
+                    .iter()
+                    .find_map(|k| p.get(*k))
+                    .map(String::as_str)
+                    .filter(|s| !s.is_empty())
+            })
+        });
         let evaluation = table.evaluate(
             name,
             &self.access_modes,
             self.volume_mode,
-            self.fs_type.as_deref(),
-            &self.parameters,
+            fs_type,
+            parameters,
         );
         with(evaluation.verdict, evaluation.reason)
     }
@@ -208,16 +234,6 @@ pub(crate) fn claim_facts<'a, V: ClusterView + ?Sized>(
         })
         .or_else(|| class.provisioner());
 
-    let mut parameters = class.parameters();
-    if let Some(attributes) = source.as_ref().and_then(|s| s.attributes) {
-        parameters.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    let fs_type = source
-        .as_ref()
-        .and_then(|s| s.fs_type)
-        .or_else(|| fs_type_parameter(&class))
-        .map(str::to_string);
-
     VolumeFacts {
         no_driver_reason: driver
             .is_none()
@@ -229,8 +245,9 @@ pub(crate) fn claim_facts<'a, V: ClusterView + ?Sized>(
         } else {
             VolumeMode::Filesystem
         },
-        fs_type,
-        parameters,
+        fs_type: source.as_ref().and_then(|s| s.fs_type),
+        class: class.arc(),
+        attributes: source.as_ref().and_then(|s| s.attributes),
         host_path: source.and_then(|s| s.host_path),
     }
 }
@@ -257,10 +274,6 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
                 .map(|d| (Cow::Borrowed(d), DriverSource::ProvisionedByAnnotation))
         })
         .or_else(|| class.provisioner());
-    let mut parameters = class.parameters();
-    if let Some(attributes) = source.as_ref().and_then(|s| s.attributes) {
-        parameters.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
     let mut access_modes = parse_access_modes(spec.access_modes.as_deref());
     access_modes.sort();
     access_modes.dedup();
@@ -275,12 +288,9 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
         } else {
             VolumeMode::Filesystem
         },
-        fs_type: source
-            .as_ref()
-            .and_then(|s| s.fs_type)
-            .or_else(|| fs_type_parameter(&class))
-            .map(str::to_string),
-        parameters,
+        fs_type: source.as_ref().and_then(|s| s.fs_type),
+        class: class.arc(),
+        attributes: source.as_ref().and_then(|s| s.attributes),
         host_path: source.and_then(|s| s.host_path),
     }
     .judge(table);
@@ -356,10 +366,11 @@ impl<'a> ClassRef<'a> {
         Some((Cow::Owned(class.provisioner.clone()), source))
     }
 
-    fn parameters(&self) -> BTreeMap<String, String> {
-        self.class()
-            .and_then(|c| c.parameters.clone())
-            .unwrap_or_default()
+    fn arc(&self) -> Option<Arc<StorageClass>> {
+        match self {
+            ClassRef::Named(_, class) | ClassRef::Default(class) => class.clone(),
+            ClassRef::NoClass => None,
+        }
     }
 
     fn missing_driver_reason(&self, what: &str) -> String {
@@ -385,14 +396,8 @@ impl<'a> ClassRef<'a> {
     }
 }
 
-fn fs_type_parameter<'a>(class: &'a ClassRef<'_>) -> Option<&'a str> {
-    let params = class.class()?.parameters.as_ref()?;
-    ["csi.storage.k8s.io/fstype", "fsType", "fstype"]
-        .iter()
-        .find_map(|k| params.get(*k))
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-}
+/// StorageClass parameters that name the filesystem, in the order they are consulted.
+const FS_TYPE_PARAMETERS: [&str; 3] = ["csi.storage.k8s.io/fstype", "fsType", "fstype"];
 
 /// A volume's source: its driver (CSI or in-tree pseudo-driver) and what the table may narrow on.
 pub(crate) struct SourceInfo<'a> {

@@ -5,11 +5,11 @@
 //! ConfigMap. Operator rules are evaluated before the defaults unless `replaceDefaults: true`.
 //! See `config/README.md` for the operator documentation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
-use regex::{Regex, RegexBuilder};
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
@@ -188,16 +188,11 @@ enum ParameterCondition {
 }
 
 impl Rule {
-    fn matches(&self, query: &StorageQuery<'_>) -> bool {
-        let driver_ok = match &self.driver {
-            DriverMatch::Exact(names) => names.iter().any(|n| n == query.driver),
-            DriverMatch::Pattern(re) => re.is_match(query.driver),
-        };
-        driver_ok
-            && self
-                .access_modes
-                .as_ref()
-                .is_none_or(|modes| query.access_mode.is_some_and(|mode| modes.contains(&mode)))
+    /// Everything but the driver name, which the table's index has matched already.
+    fn matches_volume(&self, query: &StorageQuery<'_>) -> bool {
+        self.access_modes
+            .as_ref()
+            .is_none_or(|modes| query.access_mode.is_some_and(|mode| modes.contains(&mode)))
             && self
                 .volume_mode
                 .is_none_or(|mode| mode == query.volume_mode)
@@ -240,9 +235,15 @@ pub struct Evaluation {
 }
 
 /// An ordered, validated rule list: operator rules (if any) first, then the defaults.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DriverTable {
     rules: Vec<Rule>,
+    /// Exact driver name → indices of the rules naming it, ascending.
+    exact: HashMap<String, Vec<usize>>,
+    /// All driver patterns at once, so a driver name is matched against them in one pass.
+    patterns: RegexSet,
+    /// Rule index of each pattern in `patterns`.
+    pattern_rules: Vec<usize>,
 }
 
 static DEFAULTS: LazyLock<Arc<DriverTable>> = LazyLock::new(|| {
@@ -254,7 +255,9 @@ static DEFAULTS: LazyLock<Arc<DriverTable>> = LazyLock::new(|| {
     .map(|doc| doc.rules)
     // The built-in table is validated by a unit test; an error here is a build defect.
     .unwrap_or_else(|e| panic!("built-in driver table is invalid: {e}"));
-    Arc::new(DriverTable { rules })
+    Arc::new(
+        DriverTable::new(rules).unwrap_or_else(|e| panic!("built-in driver table is invalid: {e}")),
+    )
 });
 
 impl DriverTable {
@@ -279,7 +282,66 @@ impl DriverTable {
             )?;
             rules.extend(defaults.rules);
         }
-        Ok(DriverTable { rules })
+        DriverTable::new(rules).map_err(|message| TableError::Document {
+            origin: origin.to_string(),
+            field: "rules".to_string(),
+            message,
+        })
+    }
+
+    /// Indexes the rules by driver; fails only if the combined pattern set is too large.
+    fn new(rules: Vec<Rule>) -> Result<DriverTable, String> {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut patterns = Vec::new();
+        let mut pattern_rules = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            match &rule.driver {
+                DriverMatch::Exact(names) => {
+                    for name in names {
+                        let indices = exact.entry(name.clone()).or_default();
+                        if indices.last() != Some(&i) {
+                            indices.push(i);
+                        }
+                    }
+                }
+                DriverMatch::Pattern(re) => {
+                    patterns.push(re.as_str().to_string());
+                    pattern_rules.push(i);
+                }
+            }
+        }
+        let limit = REGEX_SIZE_LIMIT * (patterns.len() + 1);
+        let patterns = RegexSetBuilder::new(&patterns)
+            .size_limit(limit)
+            .dfa_size_limit(limit)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "the driver patterns together are too large: {}",
+                    one_line(&e.to_string())
+                )
+            })?;
+        Ok(DriverTable {
+            rules,
+            exact,
+            patterns,
+            pattern_rules,
+        })
+    }
+
+    /// Indices of the rules whose driver part matches `driver`, in table order.
+    fn candidates(&self, driver: &str) -> Vec<usize> {
+        let mut found: Vec<usize> = self.exact.get(driver).cloned().unwrap_or_default();
+        if !self.pattern_rules.is_empty() {
+            found.extend(
+                self.patterns
+                    .matches(driver)
+                    .into_iter()
+                    .map(|p| self.pattern_rules[p]),
+            );
+            found.sort_unstable();
+        }
+        found
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -288,7 +350,10 @@ impl DriverTable {
 
     /// The first rule matching one query.
     pub fn lookup(&self, query: &StorageQuery<'_>) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(query))
+        self.candidates(query.driver)
+            .into_iter()
+            .map(|i| &self.rules[i])
+            .find(|r| r.matches_volume(query))
     }
 
     /// Evaluates a volume in each of its access modes and returns the most restrictive result.
@@ -301,6 +366,7 @@ impl DriverTable {
         fs_type: Option<&str>,
         parameters: &BTreeMap<String, String>,
     ) -> Evaluation {
+        let candidates = self.candidates(driver);
         let ask = |access_mode| {
             let query = StorageQuery {
                 driver,
@@ -309,7 +375,11 @@ impl DriverTable {
                 fs_type,
                 parameters,
             };
-            match self.lookup(&query) {
+            let rule = candidates
+                .iter()
+                .map(|&i| &self.rules[i])
+                .find(|r| r.matches_volume(&query));
+            match rule {
                 Some(rule) => (rule.verdict, rule.reason.as_str()),
                 None => (
                     Verdict::Unknown,
