@@ -409,7 +409,7 @@ fn a_driver_no_rule_matches_is_unknown(#[case] driver: &str, #[case] modes: &[Ac
     );
     assert_eq!(evaluation.verdict, UNKNOWN, "{}", evaluation.reason);
     assert!(
-        evaluation.reason.contains("no rule"),
+        evaluation.reason.contains("No rule"),
         "{}",
         evaluation.reason
     );

@@ -124,7 +124,7 @@ impl VolumeFacts<'_> {
         if self.volume_mode == VolumeMode::Block {
             return with(
                 Verdict::False,
-                "raw block volumes (volumeMode: Block) cannot be idmap-mounted".to_string(),
+                "Raw block volumes (volumeMode: Block) cannot be idmap-mounted.".to_string(),
             );
         }
         if let Some(path) = self.host_path
@@ -132,14 +132,14 @@ impl VolumeFacts<'_> {
         {
             return with(
                 Verdict::False,
-                format!("hostPath {path} is on {root}, which cannot be idmap-mounted"),
+                format!("hostPath {path} is on {root}, which cannot be idmap-mounted."),
             );
         }
         let Some((name, _)) = &self.driver else {
             return with(
                 Verdict::Unknown,
                 self.no_driver_reason
-                    .unwrap_or_else(|| "no storage driver could be determined".to_string()),
+                    .unwrap_or_else(|| "No storage driver could be determined.".to_string()),
             );
         };
         static NO_PARAMETERS: BTreeMap<String, String> = BTreeMap::new();
@@ -312,14 +312,14 @@ fn apply_override(mut verdict: VolumeVerdict, meta: &ObjectMeta, keys: &Keys) ->
                 Verdict::False
             },
             format!(
-                "set to {value} by the operator's annotation {}",
+                "Set to {value} by the operator's annotation {}.",
                 keys.idmap_override
             ),
         ),
         other => (
             Verdict::Unknown,
             format!(
-                "annotation {} has the invalid value {other:?} (expected \"true\" or \"false\")",
+                "The annotation {} has the invalid value {other:?} (expected \"true\" or \"false\").",
                 keys.idmap_override
             ),
         ),
@@ -376,21 +376,21 @@ impl<'a> ClassRef<'a> {
     fn missing_driver_reason(&self, what: &str) -> String {
         match self {
             ClassRef::Named(name, None) => format!(
-                "StorageClass {name} does not exist and the {what} names no driver of its own"
+                "StorageClass {name} does not exist and the {what} names no driver of its own."
             ),
             ClassRef::Named(name, Some(_)) => {
-                format!("StorageClass {name} has no provisioner and the {what} names no driver")
+                format!("StorageClass {name} has no provisioner and the {what} names no driver.")
             }
             ClassRef::Default(None) => format!(
-                "the {what} names no StorageClass, the cluster has no default class, and no driver is recorded on it"
+                "The {what} names no StorageClass, the cluster has no default class, and no driver is recorded on it."
             ),
             ClassRef::Default(Some(_)) => {
                 format!(
-                    "the default StorageClass has no provisioner and the {what} names no driver"
+                    "The default StorageClass has no provisioner and the {what} names no driver."
                 )
             }
             ClassRef::NoClass => format!(
-                "the {what} has storageClassName \"\" (no class), is not bound to a volume and names no driver"
+                "The {what} has storageClassName \"\" (no class), is not bound to a volume and names no driver."
             ),
         }
     }

@@ -383,7 +383,7 @@ impl DriverTable {
                 Some(rule) => (rule.verdict, rule.reason.as_str()),
                 None => (
                     Verdict::Unknown,
-                    "no rule in the driver table matches this driver",
+                    "No rule in the driver table matches this driver.",
                 ),
             }
         };
@@ -400,7 +400,7 @@ impl DriverTable {
             worst
         };
         if worst.1.is_empty() {
-            worst.1 = "matched a rule without a reason";
+            worst.1 = "Matched a rule without a reason.";
         }
         Evaluation {
             verdict: worst.0,
@@ -823,7 +823,7 @@ mod tests {
             &params(&[]),
         );
         assert_eq!(e.verdict, Verdict::Unknown);
-        assert!(e.reason.contains("no rule"), "{}", e.reason);
+        assert!(e.reason.contains("No rule"), "{}", e.reason);
     }
 
     #[test]
@@ -880,7 +880,7 @@ rules:
         assert_eq!(ask(&[("c", "xontap-nas")]), "z absent");
         assert_eq!(
             ask(&[("z", "1")]),
-            "no rule in the driver table matches this driver"
+            "No rule in the driver table matches this driver."
         );
     }
 
