@@ -1,0 +1,40 @@
+# userns-labeler developer and CI entry points.
+#
+#   make test            build the test control plane if needed, then run unit
+#                        and integration tests (the one command CI runs)
+#   make control-plane   build/cached kube-apiserver, kubectl, etcd for the tests
+#   make lint            rustfmt check + clippy with warnings as errors
+#
+# USERNS_K8S_VERSION=v1.33.13 make test   runs the same tests against another
+# Kubernetes version (built on first use); USERNS_TEST_KUBECONFIG=/path makes
+# the integration tests use an existing cluster instead of a local one.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all test unit-test control-plane lint fmt clean-control-plane
+
+all: lint test
+
+control-plane:
+	tests/control-plane/build.sh
+
+# With USERNS_TEST_KUBECONFIG no local control plane is needed.
+test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane)
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+# Unit tests only (no control plane): the library and binary targets.
+unit-test:
+	$(CARGO) test --lib --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# Removes the cached control-plane binaries of every version.
+clean-control-plane:
+	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/userns-labeler/control-plane"
