@@ -570,6 +570,7 @@ impl Local {
                 version: version.clone(),
                 local: Some(local),
                 user_counter: AtomicU64::new(0),
+                _cleanup: Mutex::new(None),
             }),
         };
 
@@ -766,6 +767,8 @@ struct Inner {
     /// `None` for an external cluster (`USERNS_TEST_KUBECONFIG`).
     local: Option<Local>,
     user_counter: AtomicU64,
+    /// External clusters: the pipe to the helper that removes `dir`.
+    _cleanup: Mutex<Option<ChildStdin>>,
 }
 
 impl Drop for Inner {
@@ -855,6 +858,16 @@ impl ControlPlane {
             .tempdir()
             .expect("creating a temporary directory")
             .keep();
+        // Statics are never dropped: a helper removes the directory once the
+        // test process has gone away (EOF on its stdin).
+        let cleanup = Command::new("bash")
+            .args(["-c", r#"cat >/dev/null; rm -rf -- "$0""#])
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .ok()
+            .and_then(|mut child| child.stdin.take());
         eprintln!("control plane: using the existing cluster at {server} (USERNS_TEST_KUBECONFIG)");
         ControlPlane {
             inner: Arc::new(Inner {
@@ -865,6 +878,7 @@ impl ControlPlane {
                 version: String::new(),
                 local: None,
                 user_counter: AtomicU64::new(0),
+                _cleanup: Mutex::new(cleanup),
             }),
         }
     }
