@@ -66,7 +66,7 @@ gen_kubernetes_module() {
     local version=$1 dir=$2 json gomod staging_version modules
     log "resolving k8s.io/kubernetes@$version"
     json=$("$GO" mod download -json "k8s.io/kubernetes@$version") ||
-        die "cannot download k8s.io/kubernetes@$version: $(printf '%s' "$json" | sed -n 's/.*"Error": "\(.*\)".*/\1/p')"
+        die "cannot download k8s.io/kubernetes@$version: $(printf '%s' "$json" | sed -n 's/.*"Error": "\(.*\)".*/\1/p' | sed 's/\\[nt]/ /g')"
     gomod=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
     [[ -f $gomod ]] || die "no go.mod path in 'go mod download -json k8s.io/kubernetes@$version'"
     modules=$(sed -n -E 's#^[[:space:]]*(replace[[:space:]]+)?(k8s\.io/[^[:space:]]+)[[:space:]]+=>[[:space:]]+\./staging/.*#\2#p' "$gomod" | sort -u)
