@@ -7,3 +7,5 @@ pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod manifests;
+pub mod cache;
+pub mod webhook;

@@ -1,0 +1,79 @@
+//! The in-memory caches shared by the controller and the webhook: reflector stores of claims,
+//! volumes and classes. Every replica keeps them warm; no API call is made to read them.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::capability::ClusterView;
+use crate::capability::resolve::pick_default_class;
+
+/// Reader handles of the three stores.
+#[derive(Clone)]
+pub struct Caches {
+    pub claims: Store<PersistentVolumeClaim>,
+    pub volumes: Store<PersistentVolume>,
+    pub classes: Store<StorageClass>,
+}
+
+impl Caches {
+    /// Resolves once every store has received its initial list.
+    pub async fn wait_until_ready(&self) {
+        let _ = self.claims.wait_until_ready().await;
+        let _ = self.volumes.wait_until_ready().await;
+        let _ = self.classes.wait_until_ready().await;
+    }
+}
+
+impl ClusterView for Caches {
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.claims.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+        self.volumes.get(&ObjectRef::new(name))
+    }
+
+    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+        self.classes.get(&ObjectRef::new(name))
+    }
+
+    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
+        pick_default_class(self.classes.state().iter())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Stores filled from fixtures, for handler tests without an API server.
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    pub fn caches(
+        claims: Vec<PersistentVolumeClaim>,
+        volumes: Vec<PersistentVolume>,
+        classes: Vec<StorageClass>,
+    ) -> Caches {
+        fn store<K>(objects: Vec<K>) -> Store<K>
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            let mut writer = Writer::default();
+            writer.apply_watcher_event(&Event::Init);
+            for object in objects {
+                writer.apply_watcher_event(&Event::InitApply(object));
+            }
+            writer.apply_watcher_event(&Event::InitDone);
+            writer.as_reader()
+        }
+        Caches {
+            claims: store(claims),
+            volumes: store(volumes),
+            classes: store(classes),
+        }
+    }
+}
