@@ -3,19 +3,22 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::capability::ClusterView;
 use crate::capability::resolve::pick_default_class;
 
-/// Reader handles of the three stores.
+/// Reader handles of the stores.
 #[derive(Clone)]
 pub struct Caches {
     pub claims: Store<PersistentVolumeClaim>,
     pub volumes: Store<PersistentVolume>,
     pub classes: Store<StorageClass>,
+    /// Namespace metadata only (labels), for the webhook's namespace opt-out.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
 }
 
 impl Caches {
@@ -24,6 +27,17 @@ impl Caches {
         let _ = self.claims.wait_until_ready().await;
         let _ = self.volumes.wait_until_ready().await;
         let _ = self.classes.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+    }
+
+    /// A namespace's labels, if the namespace is known.
+    pub fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
     }
 }
 
@@ -56,6 +70,7 @@ pub(crate) mod testing {
         claims: Vec<PersistentVolumeClaim>,
         volumes: Vec<PersistentVolume>,
         classes: Vec<StorageClass>,
+        namespaces: Vec<PartialObjectMeta<Namespace>>,
     ) -> Caches {
         fn store<K>(objects: Vec<K>) -> Store<K>
         where
@@ -74,6 +89,7 @@ pub(crate) mod testing {
             claims: store(claims),
             volumes: store(volumes),
             classes: store(classes),
+            namespaces: store(namespaces),
         }
     }
 }
