@@ -161,15 +161,15 @@ build() {
     shift 3
     log "building $(basename "$out") ($pkg) ..."
     mkdir -p "$(dirname "$out")"
-    if ! (cd "$moddir" && CGO_ENABLED=0 "$GO" build -mod=readonly -trimpath -pgo=off "$@" -o "$out.tmp" "$pkg"); then
-        rm -f "$out.tmp"
+    local tmp="$out.tmp.$$"
+    if ! (cd "$moddir" && CGO_ENABLED=0 "$GO" build -mod=readonly -trimpath -pgo=off "$@" -o "$tmp" "$pkg"); then
+        rm -f "$tmp"
         die "building $pkg failed (module $moddir); see the go output above"
     fi
-    mv -f "$out.tmp" "$out"
+    mv -f "$tmp" "$out"
     log "built $out ($(du -h "$out" | cut -f1)) in $((SECONDS - t0))s"
 }
 
-GO=$(find_go)
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
 case "${1:-build}" in
@@ -178,6 +178,7 @@ dir)
     exit 0
     ;;
 regen)
+    GO=$(find_go)
     [[ -z ${USERNS_K8S_VERSION:-}${USERNS_ETCD_VERSION:-} ]] ||
         die "regen writes the committed modules for the pins in versions.env; unset USERNS_K8S_VERSION/USERNS_ETCD_VERSION (or edit versions.env)"
     gen_kubernetes_module "$K8S_VERSION" "$here/kubernetes"
@@ -189,23 +190,32 @@ build) ;;
 *) die "unknown command '$1' (expected: build, regen, dir)" ;;
 esac
 
-mkdir -p "$cache_root"
-# Serialise concurrent builds (two test runs starting at once) on one lock.
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$cache_root/.lock"
-    flock 9
-fi
-
-log "kubernetes $k8s_version, etcd $etcd_version, $("$GO" version), cache $cache_root"
-
-missing=0
-for b in "$k8s_dir/kube-apiserver" "$k8s_dir/kubectl" "$etcd_dir/etcd"; do
-    [[ -x $b ]] || missing=1
-done
-if [[ $missing == 0 ]]; then
-    log "up to date: $k8s_dir, $etcd_dir"
+all_built() {
+    [[ -x $k8s_dir/kube-apiserver && -x $k8s_dir/kubectl && -x $etcd_dir/etcd ]]
+}
+if all_built; then
+    log "up to date: kubernetes $k8s_version in $k8s_dir, etcd $etcd_version in $etcd_dir"
     exit 0
 fi
+
+mkdir -p "$cache_root"
+# Two runs building the same version at once wait for each other instead of
+# doing the work twice (outputs are written to unique temporary names and
+# renamed, so even unlocked builds cannot corrupt the cache).
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$cache_root/.lock-$k8s_version-$etcd_version"
+    if ! flock -n 9; then
+        log "another build of these versions is running; waiting for it"
+        flock 9
+    fi
+    if all_built; then
+        log "built meanwhile by another run: $k8s_dir, $etcd_dir"
+        exit 0
+    fi
+fi
+
+GO=$(find_go)
+log "kubernetes $k8s_version, etcd $etcd_version, $("$GO" version), cache $cache_root"
 
 if [[ ! -x $k8s_dir/kube-apiserver || ! -x $k8s_dir/kubectl ]]; then
     kmod=$(kubernetes_module_dir)
