@@ -2,10 +2,15 @@
 //! supports idmapped mounts, and enables Kubernetes user namespaces (`spec.hostUsers: false`) on
 //! pods when — and only when — that is safe.
 
+pub mod admin;
+pub mod cache;
 pub mod capability;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod keys;
 pub mod manifests;
-pub mod cache;
+pub mod metrics;
+pub mod runtime;
+pub mod telemetry;
 pub mod webhook;
