@@ -229,9 +229,12 @@ async fn api_server_rejects_host_users_false_with_host_network() {
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 422, "expected 422 Invalid, got {status:?}");
             assert_eq!(status.reason, "Invalid", "{status:?}");
+            // 1.33 says "spec.hostNetwork: Forbidden: when `pod.Spec.HostUsers`
+            // is false"; newer releases spell the field "hostUsers".
+            let message = status.message.to_ascii_lowercase();
             assert!(
-                status.message.contains("hostUsers"),
-                "the rejection should name hostUsers: {}",
+                message.contains("hostusers") && message.contains("hostnetwork"),
+                "the rejection should name hostUsers and hostNetwork: {}",
                 status.message
             );
         }

@@ -170,68 +170,74 @@ build() {
     log "built $out ($(du -h "$out" | cut -f1)) in $((SECONDS - t0))s"
 }
 
-export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+# Everything below runs from main, so bash has read the whole script before
+# acting (editing the file during a long build cannot derail a running build).
+main() {
+    export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
-case "${1:-build}" in
-dir)
-    echo "$k8s_dir"
-    exit 0
-    ;;
-regen)
-    GO=$(find_go)
-    [[ -z ${USERNS_K8S_VERSION:-}${USERNS_ETCD_VERSION:-} ]] ||
-        die "regen writes the committed modules for the pins in versions.env; unset USERNS_K8S_VERSION/USERNS_ETCD_VERSION (or edit versions.env)"
-    gen_kubernetes_module "$K8S_VERSION" "$here/kubernetes"
-    gen_etcd_module "$ETCD_VERSION" "$here/etcd"
-    log "regenerated $here/kubernetes and $here/etcd; commit them"
-    exit 0
-    ;;
-build) ;;
-*) die "unknown command '$1' (expected: build, regen, dir)" ;;
-esac
+    case "${1:-build}" in
+    dir)
+        echo "$k8s_dir"
+        exit 0
+        ;;
+    regen)
+        GO=$(find_go)
+        [[ -z ${USERNS_K8S_VERSION:-}${USERNS_ETCD_VERSION:-} ]] ||
+            die "regen writes the committed modules for the pins in versions.env; unset USERNS_K8S_VERSION/USERNS_ETCD_VERSION (or edit versions.env)"
+        gen_kubernetes_module "$K8S_VERSION" "$here/kubernetes"
+        gen_etcd_module "$ETCD_VERSION" "$here/etcd"
+        log "regenerated $here/kubernetes and $here/etcd; commit them"
+        exit 0
+        ;;
+    build) ;;
+    *) die "unknown command '$1' (expected: build, regen, dir)" ;;
+    esac
 
-all_built() {
-    [[ -x $k8s_dir/kube-apiserver && -x $k8s_dir/kubectl && -x $etcd_dir/etcd ]]
-}
-if all_built; then
-    log "up to date: kubernetes $k8s_version in $k8s_dir, etcd $etcd_version in $etcd_dir"
-    exit 0
-fi
-
-mkdir -p "$cache_root"
-# Two runs building the same version at once wait for each other instead of
-# doing the work twice (outputs are written to unique temporary names and
-# renamed, so even unlocked builds cannot corrupt the cache).
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$cache_root/.lock-$k8s_version-$etcd_version"
-    if ! flock -n 9; then
-        log "another build of these versions is running; waiting for it"
-        flock 9
-    fi
+    all_built() {
+        [[ -x $k8s_dir/kube-apiserver && -x $k8s_dir/kubectl && -x $etcd_dir/etcd ]]
+    }
     if all_built; then
-        log "built meanwhile by another run: $k8s_dir, $etcd_dir"
+        log "up to date: kubernetes $k8s_version in $k8s_dir, etcd $etcd_version in $etcd_dir"
         exit 0
     fi
-fi
 
-GO=$(find_go)
-log "kubernetes $k8s_version, etcd $etcd_version, $("$GO" version), cache $cache_root"
+    mkdir -p "$cache_root"
+    # Two runs building the same version at once wait for each other instead of
+    # doing the work twice (outputs are written to unique temporary names and
+    # renamed, so even unlocked builds cannot corrupt the cache).
+    if command -v flock >/dev/null 2>&1; then
+        exec 9>"$cache_root/.lock-$k8s_version-$etcd_version"
+        if ! flock -n 9; then
+            log "another build of these versions is running; waiting for it"
+            flock 9
+        fi
+        if all_built; then
+            log "built meanwhile by another run: $k8s_dir, $etcd_dir"
+            exit 0
+        fi
+    fi
 
-if [[ ! -x $k8s_dir/kube-apiserver || ! -x $k8s_dir/kubectl ]]; then
-    kmod=$(kubernetes_module_dir)
-    ldflags="-s -w"
-    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ldflags+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
-    done
-    for cmd in kube-apiserver kubectl; do
-        [[ -x $k8s_dir/$cmd ]] ||
-            build "$kmod" "k8s.io/kubernetes/cmd/$cmd" "$k8s_dir/$cmd" -tags selinux,notest -ldflags "$ldflags"
-    done
-fi
+    GO=$(find_go)
+    log "kubernetes $k8s_version, etcd $etcd_version, $("$GO" version), cache $cache_root"
 
-if [[ ! -x $etcd_dir/etcd ]]; then
-    emod=$(etcd_module_dir)
-    build "$emod" go.etcd.io/etcd/server/v3 "$etcd_dir/etcd" -ldflags "-s -w"
-fi
+    if [[ ! -x $k8s_dir/kube-apiserver || ! -x $k8s_dir/kubectl ]]; then
+        kmod=$(kubernetes_module_dir)
+        ldflags="-s -w"
+        for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+            ldflags+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
+        done
+        for cmd in kube-apiserver kubectl; do
+            [[ -x $k8s_dir/$cmd ]] ||
+                build "$kmod" "k8s.io/kubernetes/cmd/$cmd" "$k8s_dir/$cmd" -tags selinux,notest -ldflags "$ldflags"
+        done
+    fi
 
-log "done in $((SECONDS - start_all))s: $k8s_dir/{kube-apiserver,kubectl} $etcd_dir/etcd"
+    if [[ ! -x $etcd_dir/etcd ]]; then
+        emod=$(etcd_module_dir)
+        build "$emod" go.etcd.io/etcd/server/v3 "$etcd_dir/etcd" -ldflags "-s -w"
+    fi
+
+    log "done in $((SECONDS - start_all))s: $k8s_dir/{kube-apiserver,kubectl} $etcd_dir/etcd"
+}
+
+main "$@"
