@@ -1,0 +1,230 @@
+//! Running the real `userns-labeler run` binary against the test control plane, as a
+//! least-privileged user bound only to the RBAC in `deploy/rbac.yaml`.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, ResourceExt};
+
+use crate::common::ControlPlane;
+
+/// The user the controller runs as in tests.
+pub const USER: &str = "userns-labeler-under-test";
+
+/// Installs `deploy/rbac.yaml` with the controller's namespace, binding its roles to [`USER`]
+/// instead of the ServiceAccount. Returns a kubeconfig for that user.
+pub async fn least_privileged_kubeconfig(
+    cp: &ControlPlane,
+    admin: &Client,
+    namespace: &str,
+) -> PathBuf {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml"))
+            .expect("deploy/rbac.yaml");
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).expect("rbac.yaml parses");
+    let params = PatchParams::apply("userns-labeler-tests").force();
+    for doc in documents {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        let mut doc = doc;
+        if doc["metadata"].get("namespace").is_some() {
+            doc["metadata"]["namespace"] = namespace.into();
+        }
+        if let Some(subjects) = doc.get_mut("subjects").and_then(|s| s.as_array_mut()) {
+            *subjects = vec![serde_json::json!({
+                "kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": USER
+            })];
+        }
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+        match kind.as_str() {
+            "ClusterRole" => {
+                Api::<ClusterRole>::all(admin.clone())
+                    .patch(&name, &params, &Patch::Apply(&doc))
+                    .await
+                    .expect("ClusterRole");
+            }
+            "ClusterRoleBinding" => {
+                Api::<ClusterRoleBinding>::all(admin.clone())
+                    .patch(&name, &params, &Patch::Apply(&doc))
+                    .await
+                    .expect("ClusterRoleBinding");
+            }
+            "Role" => {
+                Api::<Role>::namespaced(admin.clone(), namespace)
+                    .patch(&name, &params, &Patch::Apply(&doc))
+                    .await
+                    .expect("Role");
+            }
+            "RoleBinding" => {
+                Api::<RoleBinding>::namespaced(admin.clone(), namespace)
+                    .patch(&name, &params, &Patch::Apply(&doc))
+                    .await
+                    .expect("RoleBinding");
+            }
+            other => panic!("unexpected kind {other} in deploy/rbac.yaml"),
+        }
+    }
+    cp.user_kubeconfig(USER, &[])
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `userns-labeler run` process. Killed on drop.
+pub struct Labeler {
+    child: Child,
+    pub admin: String,
+    pub log: PathBuf,
+}
+
+impl Labeler {
+    /// Starts the binary and waits until `/readyz` answers 200.
+    pub fn start(kubeconfig: &Path, namespace: &str, log_dir: &Path, identity: &str) -> Labeler {
+        let admin_port = free_port();
+        let log = log_dir.join(format!("labeler-{identity}-{admin_port}.log"));
+        let out = File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_userns-labeler"))
+            .args(["run", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(["--namespace", namespace, "--identity", identity])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
+            .arg("--self-signed-tls")
+            .env("RUST_LOG", "info,userns_labeler=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start userns-labeler");
+        let labeler = Labeler {
+            child,
+            admin: format!("127.0.0.1:{admin_port}"),
+            log,
+        };
+        labeler.wait_ready(Duration::from_secs(30));
+        labeler
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.get("/readyz").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "userns-labeler not ready after {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A plain HTTP GET on the admin port: (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(&self.admin).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.admin
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    /// The sum of a metric's samples whose line contains every filter string.
+    pub fn metric(&self, name: &str, filters: &[&str]) -> f64 {
+        let (_, body) = self.get("/metrics").expect("metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no graceful shutdown, no lease release.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit 20 s after SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Labeler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!(
+                "--- userns-labeler log (last {} lines) ---\n{}",
+                tail.len(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The label and reason an object carries.
+pub fn label_of<K: ResourceExt>(object: &K, key: &str) -> Option<String> {
+    object.labels().get(key).cloned()
+}
