@@ -1,31 +1,131 @@
-//! The mutating admission webhook (interface stub; the full implementation replaces this file).
+//! The mutating admission webhook: sets `spec.hostUsers: false` on new pods when the capability
+//! engine allows it, and explains every decision on the pod.
+//!
+//! - [`admission`]: the pure decision, one `AdmissionRequest<Pod>` and the caches in, one
+//!   `AdmissionResponse` with its JSON Patch out. No API call is made per admission: claims,
+//!   volumes, classes and namespace labels come from the reflector stores in [`Caches`].
+//! - [`server`]: the axum router (`POST /mutate/pods`), the HTTPS server and its shutdown.
+//! - [`tls`]: the serving certificate, from files re-read when they change on disk, or
+//!   generated at start-up (`--self-signed-tls`) with its CA written into the webhook
+//!   configuration's `caBundle`.
+//! - [`metrics`]: admissions by outcome and blocker code, errors by category, latency.
 //!
 //! Contract with the runtime (`src/runtime.rs`):
-//! - `WebhookArgs` is flattened into `userns-labeler run`'s flags;
-//! - `WebhookMetrics::register(&mut Registry)` is called once at start-up;
-//! - `serve(args, state, client, shutdown)` runs the HTTPS server on every replica until
-//!   `shutdown` is cancelled. `client` is only for start-up work (writing the caBundle in
-//!   `--self-signed-tls` mode), never per admission.
+//! - [`WebhookArgs`] is flattened into `userns-labeler run`'s flags;
+//! - [`WebhookMetrics::register`] is called once at start-up;
+//! - [`serve`] runs the HTTPS server (mode and cache wait from the flags, see
+//!   [`AdmissionSettings`]) on every replica until `shutdown` is cancelled. Its
+//!   `client` is only used for start-up work (the `caBundle` in `--self-signed-tls` mode),
+//!   never per admission.
 
+pub mod admission;
+pub mod metrics;
+pub mod server;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use prometheus_client::registry::Registry;
+use futures::FutureExt;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::cache::Caches;
 use crate::capability::DriverTable;
 use crate::keys::Keys;
 
+pub use admission::{Admission, mutate};
+pub use metrics::{Outcome, WebhookMetrics};
+pub use server::{MAX_BODY_BYTES, MUTATE_PODS_PATH, router, serve, serve_tls};
+pub use tls::{SelfSigned, ServerTls, inject_ca_bundle};
+
+/// Whether the webhook changes pods or only annotates what it would do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Set `hostUsers: false` where safe, and annotate every decision.
+    #[default]
+    Enforce,
+    /// Never touch `hostUsers`; annotate `decision: audit` and what enforce mode would do.
+    Audit,
+}
+
 /// Webhook flags of `userns-labeler run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
-    /// Address of the HTTPS webhook server.
+    /// Address of the HTTPS webhook server (path /mutate/pods).
     #[arg(long, env = "USERNS_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
     pub webhook_addr: std::net::SocketAddr,
+
+    /// enforce: set hostUsers: false where safe; audit: only annotate what enforce would do.
+    #[arg(long, env = "USERNS_WEBHOOK_MODE", value_enum, default_value_t = Mode::Enforce)]
+    pub webhook_mode: Mode,
+
+    /// PEM serving certificate (chain) of the webhook; re-read when it changes on disk.
+    #[arg(
+        long,
+        env = "USERNS_TLS_CERT_FILE",
+        requires = "tls_key_file",
+        conflicts_with = "self_signed_tls"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the serving certificate; re-read when it changes on disk.
+    #[arg(
+        long,
+        env = "USERNS_TLS_KEY_FILE",
+        requires = "tls_cert_file",
+        conflicts_with = "self_signed_tls"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often the certificate files are checked for changes, in seconds.
+    #[arg(long, env = "USERNS_TLS_RELOAD_INTERVAL_SECONDS", default_value_t = 5)]
+    pub tls_reload_interval_seconds: u64,
+
+    /// Generate a CA and serving certificate at start-up (SANs 127.0.0.1, localhost and
+    /// --tls-san) and write the CA into --webhook-config-name's caBundle. For one replica
+    /// (each replica would generate its own CA): demos and clusters without cert-manager.
+    #[arg(long, env = "USERNS_SELF_SIGNED_TLS")]
+    pub self_signed_tls: bool,
+
+    /// Extra DNS names or IP addresses for the self-signed certificate, e.g. the Service's
+    /// `<svc>.<ns>.svc`. Repeat or separate with commas.
+    #[arg(long, env = "USERNS_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
+    /// MutatingWebhookConfiguration whose webhooks get the self-signed CA as caBundle
+    /// (retried until it exists).
+    #[arg(long, env = "USERNS_WEBHOOK_CONFIG_NAME")]
+    pub webhook_config_name: Option<String>,
+
+    /// How long an admission waits for the caches to catch up with a claim (or namespace) they
+    /// do not hold yet, e.g. a StatefulSet claim created just before its pod, in milliseconds.
+    /// After that a missing claim blocks (fail closed).
+    #[arg(long, env = "USERNS_WEBHOOK_CACHE_WAIT_MS", default_value_t = 1500)]
+    pub webhook_cache_wait_ms: u64,
+}
+
+impl Default for WebhookArgs {
+    fn default() -> Self {
+        WebhookArgs {
+            webhook_addr: ([0, 0, 0, 0], 8443).into(),
+            webhook_mode: Mode::Enforce,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_reload_interval_seconds: 5,
+            self_signed_tls: false,
+            tls_san: Vec::new(),
+            webhook_config_name: None,
+            webhook_cache_wait_ms: 1500,
+        }
+    }
 }
 
 /// What a mutation request needs: the shared caches, the current table, keys and metrics.
+/// Holds no API client.
 pub struct WebhookState {
     pub caches: Caches,
     pub table: watch::Receiver<Arc<DriverTable>>,
@@ -33,27 +133,74 @@ pub struct WebhookState {
     pub metrics: WebhookMetrics,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct WebhookMetrics {}
+impl WebhookState {
+    /// True once every store has received its initial list.
+    pub fn caches_synced(&self) -> bool {
+        let c = &self.caches;
+        let ready = |r: Option<Result<(), _>>| matches!(r, Some(Ok(())));
+        ready(c.claims.wait_until_ready().now_or_never())
+            && ready(c.volumes.wait_until_ready().now_or_never())
+            && ready(c.classes.wait_until_ready().now_or_never())
+            && ready(c.namespaces.wait_until_ready().now_or_never())
+    }
+}
 
-impl WebhookMetrics {
-    pub fn register(_registry: &mut Registry) -> WebhookMetrics {
-        WebhookMetrics {}
+/// How admissions are answered: the mode, and the bound of the wait for the caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdmissionSettings {
+    pub mode: Mode,
+    /// Upper bound of the wait for the caches on a missing claim or namespace.
+    pub cache_wait: Duration,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        AdmissionSettings::from(&WebhookArgs::default())
+    }
+}
+
+impl From<&WebhookArgs> for AdmissionSettings {
+    fn from(args: &WebhookArgs) -> Self {
+        AdmissionSettings {
+            mode: args.webhook_mode,
+            cache_wait: Duration::from_millis(args.webhook_cache_wait_ms),
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
+    #[error("webhook TLS: give --tls-cert-file and --tls-key-file, or --self-signed-tls")]
+    NoTlsSource,
+    #[error("loading the webhook certificate {cert} / key {key}: {source}")]
+    LoadCertificate {
+        cert: PathBuf,
+        key: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("generating the self-signed webhook certificate: {0}")]
+    GenerateCertificate(#[from] rcgen::Error),
+    #[error("invalid --tls-san {0:?}: not a DNS name or IP address")]
+    InvalidSan(String),
+    #[error("binding the webhook server to {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("webhook server: {0}")]
-    Serve(String),
+    Serve(std::io::Error),
 }
 
-pub async fn serve(
-    _args: &WebhookArgs,
-    _state: Arc<WebhookState>,
-    _client: kube::Client,
-    shutdown: CancellationToken,
-) -> Result<(), WebhookError> {
-    shutdown.cancelled().await;
-    Ok(())
+impl WebhookError {
+    /// A fixed string per variant, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            WebhookError::NoTlsSource => "no_tls_source",
+            WebhookError::LoadCertificate { .. } => "load_certificate",
+            WebhookError::GenerateCertificate(_) => "generate_certificate",
+            WebhookError::InvalidSan(_) => "invalid_san",
+            WebhookError::Bind { .. } => "bind",
+            WebhookError::Serve(_) => "serve",
+        }
+    }
 }

@@ -1,0 +1,195 @@
+//! The webhook's Prometheus metrics. Every label value comes from a closed set (outcomes, blocker
+//! codes, error categories), so the number of series is bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::capability::BlockerCode;
+
+/// What the webhook did with one admission request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// `hostUsers: false` was set.
+    Enabled,
+    /// Left as written, with the decision annotations.
+    Skipped,
+    /// Audit mode: annotated with what enforce mode would do.
+    Audit,
+    /// The pod or its namespace opted out: no patch at all.
+    OptOut,
+    /// Not a pod CREATE (or already decided on an earlier invocation): no patch.
+    Ignored,
+    /// Malformed request or internal doubt: see `webhook_admission_errors_total`.
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Enabled,
+        Outcome::Skipped,
+        Outcome::Audit,
+        Outcome::OptOut,
+        Outcome::Ignored,
+        Outcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Enabled => "enabled",
+            Outcome::Skipped => "skipped",
+            Outcome::Audit => "audit",
+            Outcome::OptOut => "opt_out",
+            Outcome::Ignored => "ignored",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BlockerLabels {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    category: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~3.3 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+/// Counters and the latency histogram of the webhook. Cheap to clone (shared handles).
+#[derive(Clone, Debug)]
+pub struct WebhookMetrics {
+    admissions: Family<OutcomeLabels, Counter>,
+    blockers: Family<BlockerLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    tls_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for WebhookMetrics {
+    /// Metrics that are not registered anywhere (tests, benchmarks).
+    fn default() -> Self {
+        WebhookMetrics {
+            admissions: Family::default(),
+            blockers: Family::default(),
+            errors: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            tls_reloads: Family::default(),
+        }
+    }
+}
+
+impl WebhookMetrics {
+    /// Creates the metrics and registers them (names start with `webhook_`).
+    pub fn register(registry: &mut Registry) -> WebhookMetrics {
+        let metrics = WebhookMetrics::default();
+        registry.register(
+            "webhook_admissions",
+            "Pod admission requests by outcome (enabled, skipped, audit, opt_out, ignored, error)",
+            metrics.admissions.clone(),
+        );
+        registry.register(
+            "webhook_admission_blockers",
+            "Reasons that left a pod as written (or would, in audit mode), by blocker code",
+            metrics.blockers.clone(),
+        );
+        registry.register(
+            "webhook_admission_errors",
+            "Malformed admission requests and internal errors, by category",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "webhook_admission_duration_seconds",
+            "Time from receiving an admission request to its response, by outcome",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "webhook_tls_reloads",
+            "Reloads of the serving certificate from disk, by result (ok, error)",
+            metrics.tls_reloads.clone(),
+        );
+        // Zero-valued series for every outcome and code, so dashboards see them from the start.
+        for outcome in Outcome::ALL {
+            let _ = metrics.admissions.get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
+        for code in BlockerCode::ALL {
+            let _ = metrics.blockers.get_or_create(&BlockerLabels {
+                code: code.as_str(),
+            });
+        }
+        metrics
+    }
+
+    pub(crate) fn record(
+        &self,
+        outcome: Outcome,
+        blockers: &[BlockerCode],
+        error: Option<&'static str>,
+        seconds: f64,
+    ) {
+        let labels = OutcomeLabels {
+            outcome: outcome.as_str(),
+        };
+        self.admissions.get_or_create(&labels).inc();
+        for code in blockers {
+            self.blockers
+                .get_or_create(&BlockerLabels {
+                    code: code.as_str(),
+                })
+                .inc();
+        }
+        if let Some(category) = error {
+            self.errors.get_or_create(&ErrorLabels { category }).inc();
+        }
+        self.duration.get_or_create(&labels).observe(seconds);
+    }
+
+    pub(crate) fn tls_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    /// How many admissions ended with `outcome` (for tests and the load benchmark).
+    pub fn admissions(&self, outcome: Outcome) -> u64 {
+        self.admissions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .get()
+    }
+
+    /// How many errors of a category were counted.
+    pub fn errors(&self, category: &'static str) -> u64 {
+        self.errors.get_or_create(&ErrorLabels { category }).get()
+    }
+
+    /// How many times a blocker code was counted.
+    pub fn blockers(&self, code: BlockerCode) -> u64 {
+        self.blockers
+            .get_or_create(&BlockerLabels {
+                code: code.as_str(),
+            })
+            .get()
+    }
+}

@@ -1,0 +1,260 @@
+//! Shared by the webhook tests and the load benchmark: caches filled from objects without an
+//! API server, object and AdmissionReview builders, and applying a response's patch.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::core::admission::AdmissionReview;
+use kube::core::{DynamicObject, ObjectMeta, PartialObjectMeta};
+use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use userns_labeler::cache::Caches;
+use userns_labeler::capability::DriverTable;
+use userns_labeler::keys::Keys;
+use userns_labeler::webhook::{WebhookMetrics, WebhookState};
+
+/// A reflector store holding `objects`, marked ready.
+pub fn store<K>(objects: Vec<K>) -> Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let mut writer = Writer::default();
+    writer.apply_watcher_event(&Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    writer.as_reader()
+}
+
+pub fn caches(
+    claims: Vec<PersistentVolumeClaim>,
+    volumes: Vec<PersistentVolume>,
+    classes: Vec<StorageClass>,
+    namespaces: Vec<PartialObjectMeta<Namespace>>,
+) -> Caches {
+    Caches {
+        claims: store(claims),
+        volumes: store(volumes),
+        classes: store(classes),
+        namespaces: store(namespaces),
+    }
+}
+
+/// Namespace metadata as the namespace store holds it.
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    PartialObjectMeta {
+        types: None,
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        _phantom: Default::default(),
+    }
+}
+
+pub fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("fixture decodes")
+}
+
+pub fn class(name: &str, provisioner: &str, default: bool) -> StorageClass {
+    let mut value = json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name},
+        "provisioner": provisioner,
+    });
+    if default {
+        value["metadata"]["annotations"] =
+            json!({"storageclass.kubernetes.io/is-default-class": "true"});
+    }
+    from_json(value)
+}
+
+/// A claim of `class` with the given access modes (Filesystem unless `block`).
+pub fn claim(
+    namespace: &str,
+    name: &str,
+    class: &str,
+    modes: &[&str],
+    block: bool,
+) -> PersistentVolumeClaim {
+    let mut value = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "accessModes": modes,
+            "storageClassName": class,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    });
+    if block {
+        value["spec"]["volumeMode"] = json!("Block");
+    }
+    from_json(value)
+}
+
+/// The storage world of the router tests: namespace `app` with one claim per kind of storage,
+/// and namespace `quiet` labelled with the opt-out.
+pub fn storage_world(keys: &Keys) -> Caches {
+    caches(
+        vec![
+            claim("app", "data", "longhorn", &["ReadWriteOnce"], false),
+            claim("app", "shared", "longhorn", &["ReadWriteMany"], false),
+            claim("app", "nfs-data", "nfs-csi", &["ReadWriteMany"], false),
+            claim("app", "raw", "longhorn", &["ReadWriteOnce"], true),
+            claim("app", "odd", "mystery", &["ReadWriteOnce"], false),
+            claim("quiet", "data", "longhorn", &["ReadWriteOnce"], false),
+        ],
+        vec![],
+        vec![
+            class("longhorn", "driver.longhorn.io", true),
+            class("nfs-csi", "nfs.csi.k8s.io", false),
+            class("ebs", "ebs.csi.aws.com", false),
+            class("mystery", "storage.example.com", false),
+        ],
+        vec![
+            namespace("app", &[]),
+            namespace("quiet", &[(keys.opt_out.as_str(), "true")]),
+        ],
+    )
+}
+
+/// State over `caches` with the built-in table, default keys and unregistered metrics.
+pub fn state(caches: Caches) -> Arc<WebhookState> {
+    let (_tx, table) = watch::channel(DriverTable::defaults());
+    Arc::new(WebhookState {
+        caches,
+        table,
+        keys: Keys::default(),
+        metrics: WebhookMetrics::default(),
+    })
+}
+
+/// A minimal pod: one container, no volumes.
+pub fn pod(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+    })
+}
+
+/// Adds a volume to a pod (JSON).
+pub fn with_volume(mut pod: Value, volume: Value) -> Value {
+    let volumes = pod["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .entry("volumes")
+        .or_insert_with(|| json!([]));
+    volumes.as_array_mut().expect("volumes").push(volume);
+    pod
+}
+
+pub fn claim_volume(volume: &str, claim: &str) -> Value {
+    json!({"name": volume, "persistentVolumeClaim": {"claimName": claim}})
+}
+
+/// An AdmissionReview v1 for `operation` (CREATE, UPDATE, …) of `object` in `namespace`.
+pub fn review(operation: &str, namespace: &str, object: &Value) -> Value {
+    let kind = object["kind"].as_str().unwrap_or("Pod");
+    let resource = format!("{}s", kind.to_ascii_lowercase());
+    let (group, version) = match object["apiVersion"]
+        .as_str()
+        .unwrap_or("v1")
+        .split_once('/')
+    {
+        Some((group, version)) => (group.to_string(), version.to_string()),
+        None => (
+            String::new(),
+            object["apiVersion"].as_str().unwrap_or("v1").to_string(),
+        ),
+    };
+    let mut object = object.clone();
+    object["metadata"]["namespace"] = json!(namespace);
+    let old_object = if operation == "CREATE" {
+        Value::Null
+    } else {
+        object.clone()
+    };
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": resource},
+            "requestKind": {"group": group, "version": version, "kind": kind},
+            "requestResource": {"group": group, "version": version, "resource": resource},
+            "name": object["metadata"]["name"].as_str().unwrap_or(""),
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "admin", "groups": ["system:masters", "system:authenticated"]},
+            "object": object,
+            "oldObject": old_object,
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+        },
+    })
+}
+
+/// The response part of a returned AdmissionReview, decoded.
+pub struct Answer {
+    pub uid: String,
+    pub allowed: bool,
+    pub message: String,
+    pub patch: Option<Patch>,
+}
+
+pub fn answer(body: &[u8]) -> Answer {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "response is an AdmissionReview ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    assert_eq!(review.types.kind, "AdmissionReview");
+    assert_eq!(review.types.api_version, "admission.k8s.io/v1");
+    let response = review.response.expect("the review has a response");
+    Answer {
+        uid: response.uid,
+        allowed: response.allowed,
+        message: response.result.message,
+        patch: response
+            .patch
+            .map(|bytes| serde_json::from_slice(&bytes).expect("the patch is a JSON Patch")),
+    }
+}
+
+/// The object after applying `patch` (a JSON Patch that must apply cleanly).
+pub fn patched(original: &Value, patch: &Patch) -> Value {
+    let mut object = original.clone();
+    json_patch::patch(&mut object, patch)
+        .unwrap_or_else(|e| panic!("the patch {patch} does not apply to {original}: {e}"));
+    object
+}
+
+/// The pod's annotation `key`, if any.
+pub fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
+    pod["metadata"]["annotations"][key].as_str()
+}
+
+pub fn decode_pod(value: &Value) -> Pod {
+    from_json(value.clone())
+}
