@@ -192,4 +192,12 @@ impl WebhookMetrics {
             })
             .get()
     }
+
+    /// How many certificate reloads succeeded (`ok`) or failed.
+    pub fn tls_reloads(&self, ok: bool) -> u64 {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_reloads
+            .get_or_create(&ReloadLabels { result })
+            .get()
+    }
 }

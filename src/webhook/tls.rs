@@ -182,10 +182,11 @@ impl SelfSigned {
             .iter()
             .map(|name| match name.parse::<IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => (*name)
-                    .try_into()
+                Err(_) => rustls_pki_types::DnsName::try_from(*name)
+                    .ok()
+                    .and_then(|_| (*name).try_into().ok())
                     .map(SanType::DnsName)
-                    .map_err(|_| WebhookError::InvalidSan(name.to_string())),
+                    .ok_or_else(|| WebhookError::InvalidSan(name.to_string())),
             })
             .collect::<Result<_, _>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

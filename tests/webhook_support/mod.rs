@@ -258,3 +258,72 @@ pub fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
 pub fn decode_pod(value: &Value) -> Pod {
     from_json(value.clone())
 }
+
+/// A minimal HTTPS client (rustls with ring, HTTP/1.1 keep-alive) for the TLS tests and the
+/// load benchmark.
+pub mod https {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::body::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::client::conn::http1::SendRequest;
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, RootCertStore};
+    use tokio::net::TcpStream;
+    use tokio_rustls::TlsConnector;
+
+    pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    /// A client configuration trusting only `ca_pem`.
+    pub fn trusting(ca_pem: &str) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// One keep-alive HTTP/1.1 connection over TLS, verifying the server as `server_name`.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        config: Arc<ClientConfig>,
+    ) -> Result<SendRequest<Full<Bytes>>, Error> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(server_name.to_string())?;
+        let tls = TlsConnector::from(config).connect(name, tcp).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// POSTs `body` to `path`; returns the status and the response body.
+    pub async fn post(
+        sender: &mut SendRequest<Full<Bytes>>,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(http::StatusCode, Bytes), Error> {
+        sender.ready().await?;
+        let request = http::Request::post(path)
+            .header("host", "webhook")
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
