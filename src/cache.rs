@@ -11,6 +11,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use crate::capability::ClusterView;
 use crate::capability::resolve::pick_default_class;
 
+/// How often a pending readiness wait is polled again.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Reader handles of the stores.
 #[derive(Clone)]
 pub struct Caches {
@@ -23,11 +26,25 @@ pub struct Caches {
 
 impl Caches {
     /// Resolves once every store has received its initial list.
+    ///
+    /// A store's readiness signal wakes only the task that polled it last (kube-runtime 5 keeps
+    /// one waker), and the controllers wait on the same stores; so each wait is re-polled on a
+    /// short timer rather than trusted to wake us.
     pub async fn wait_until_ready(&self) {
-        let _ = self.claims.wait_until_ready().await;
-        let _ = self.volumes.wait_until_ready().await;
-        let _ = self.classes.wait_until_ready().await;
-        let _ = self.namespaces.wait_until_ready().await;
+        async fn ready<K>(store: &Store<K>)
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            while tokio::time::timeout(READY_POLL, store.wait_until_ready())
+                .await
+                .is_err()
+            {}
+        }
+        ready(&self.claims).await;
+        ready(&self.volumes).await;
+        ready(&self.classes).await;
+        ready(&self.namespaces).await;
     }
 
     /// A namespace's labels, if the namespace is known.

@@ -102,7 +102,10 @@ impl Labeler {
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
             .arg("--self-signed-tls")
-            .env("RUST_LOG", "info,userns_labeler=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("USERNS_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -125,7 +128,8 @@ impl Labeler {
             }
             assert!(
                 Instant::now() < deadline,
-                "userns-labeler not ready after {timeout:?}; log:\n{}",
+                "userns-labeler not ready after {timeout:?} (/readyz: {:?}); log:\n{}",
+                self.get("/readyz"),
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
