@@ -576,6 +576,7 @@ async fn a_claim_arriving_during_the_cache_wait_is_seen() {
     assert_eq!(after["spec"]["hostUsers"], json!(false), "{after}");
     assert!(started.elapsed() >= Duration::from_millis(150));
     assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(state.metrics.cache_waits(true), 1);
     let _writer = late.await.unwrap();
 }
 
@@ -599,4 +600,5 @@ async fn a_claim_that_never_arrives_blocks_after_the_wait() {
             .unwrap()
             .starts_with("ClaimNotFound: ")
     );
+    assert_eq!(state.metrics.cache_waits(false), 1);
 }

@@ -64,7 +64,7 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReloadLabels {
+struct ResultLabels {
     result: &'static str,
 }
 
@@ -80,7 +80,8 @@ pub struct WebhookMetrics {
     blockers: Family<BlockerLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
-    tls_reloads: Family<ReloadLabels, Counter>,
+    tls_reloads: Family<ResultLabels, Counter>,
+    cache_waits: Family<ResultLabels, Counter>,
 }
 
 impl Default for WebhookMetrics {
@@ -92,6 +93,7 @@ impl Default for WebhookMetrics {
             errors: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             tls_reloads: Family::default(),
+            cache_waits: Family::default(),
         }
     }
 }
@@ -124,6 +126,11 @@ impl WebhookMetrics {
             "webhook_tls_reloads",
             "Reloads of the serving certificate from disk, by result (ok, error)",
             metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "webhook_cache_waits",
+            "Admissions that waited for the caches to catch up with a claim or namespace, by result (caught_up, timed_out)",
+            metrics.cache_waits.clone(),
         );
         // Zero-valued series for every outcome and code, so dashboards see them from the start.
         for outcome in Outcome::ALL {
@@ -166,7 +173,7 @@ impl WebhookMetrics {
     pub(crate) fn tls_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.tls_reloads
-            .get_or_create(&ReloadLabels { result })
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 
@@ -193,11 +200,27 @@ impl WebhookMetrics {
             .get()
     }
 
+    pub(crate) fn cache_wait(&self, caught_up: bool) {
+        let result = if caught_up { "caught_up" } else { "timed_out" };
+        self.cache_waits
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// How many admissions waited for the caches and then found what they missed
+    /// (`caught_up`) or not.
+    pub fn cache_waits(&self, caught_up: bool) -> u64 {
+        let result = if caught_up { "caught_up" } else { "timed_out" };
+        self.cache_waits
+            .get_or_create(&ResultLabels { result })
+            .get()
+    }
+
     /// How many certificate reloads succeeded (`ok`) or failed.
     pub fn tls_reloads(&self, ok: bool) -> u64 {
         let result = if ok { "ok" } else { "error" };
         self.tls_reloads
-            .get_or_create(&ReloadLabels { result })
+            .get_or_create(&ResultLabels { result })
             .get()
     }
 }

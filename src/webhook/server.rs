@@ -104,11 +104,16 @@ async fn admit(
     settings: AdmissionSettings,
 ) -> Admission {
     let deadline = Instant::now() + settings.cache_wait;
+    let mut waited = false;
     loop {
         let admission = mutate_guarded(request, state, settings.mode);
         if !admission.cache_miss || Instant::now() >= deadline {
+            if waited {
+                state.metrics.cache_wait(!admission.cache_miss);
+            }
             return admission;
         }
+        waited = true;
         tokio::time::sleep(CACHE_POLL).await;
     }
 }
