@@ -456,3 +456,42 @@ async fn a_restart_of_a_correctly_labelled_cluster_writes_nothing() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn with_two_replicas_only_the_lease_holder_writes() {
+    let _serial = SERIAL.lock().await;
+    let s = setup("replicas").await;
+    let cp = common::shared();
+    let kubeconfig = labeler::least_privileged_kubeconfig(cp, &s.admin, &s.controller_ns).await;
+    let second = Labeler::start(&kubeconfig, &s.controller_ns, cp.dir(), "second-replica");
+    // Both are ready (caches warm, webhook served); the first started holds the lease.
+    create_claim(
+        &s,
+        claim(
+            "shared",
+            json!({"storageClassName": ""}),
+            json!({"volume.kubernetes.io/storage-provisioner": "nfs.csi.k8s.io"}),
+        ),
+    )
+    .await;
+    wait_for_claim_label(&s, "shared", "false").await;
+    assert!(s.labeler.log_text().contains("is_leader=true"));
+    assert!(!second.log_text().contains("is_leader=true"));
+    assert_eq!(
+        second.metric("userns_labeler_label_writes_total", &[]),
+        0.0,
+        "the standby replica wrote"
+    );
+    assert!(s.labeler.metric("userns_labeler_label_writes_total", &[]) >= 1.0);
+    assert!(second.metric("userns_labeler_reconciles_total", &["kind=\"claim\""]) >= 1.0);
+
+    // The leader stops gracefully and releases the lease: the standby takes over and writes.
+    let Setup { labeler, .. } = s;
+    assert!(labeler.stop().success());
+    eventually(
+        "the standby to become leader",
+        Duration::from_secs(30),
+        || async { second.log_text().contains("is_leader=true").then_some(()) },
+    )
+    .await;
+}
