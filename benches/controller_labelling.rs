@@ -24,7 +24,7 @@ use serde_json::json;
 const CONCURRENCY: usize = 16;
 
 fn claim(i: usize) -> PersistentVolumeClaim {
-    let driver = if i % 2 == 0 {
+    let driver = if i.is_multiple_of(2) {
         "ebs.csi.aws.com"
     } else {
         "nfs.csi.k8s.io"
@@ -122,7 +122,7 @@ fn main() {
                 let a = a.clone();
                 let params = params.clone();
                 async move {
-                    let (label, reason, driver) = if i % 2 == 0 {
+                    let (label, reason, driver) = if i.is_multiple_of(2) {
                         ("true", "EBS volumes are block devices formatted ext4 or xfs, which support idmapped mounts.", "ebs.csi.aws.com")
                     } else {
                         ("false", "NFS volumes cannot be idmapped.", "nfs.csi.k8s.io")

@@ -63,7 +63,7 @@ async fn killed_mid_labelling_then_restarted_every_claim_ends_correct_and_anothe
         .map(|i| {
             let api = api.clone();
             async move {
-                let driver = if i % 2 == 0 { "ebs.csi.aws.com" } else { "nfs.csi.k8s.io" };
+                let driver = if i.is_multiple_of(2) { "ebs.csi.aws.com" } else { "nfs.csi.k8s.io" };
                 let claim: PersistentVolumeClaim = serde_json::from_value(json!({
                     "metadata": {"name": format!("claim-{i}"),
                                  "annotations": {"volume.kubernetes.io/storage-provisioner": driver}},
