@@ -443,11 +443,15 @@ struct Local {
 impl Local {
     fn start(bins: &Binaries, opts: &Builder) -> Result<ControlPlane, StartFailure> {
         let keep = env_nonempty("USERNS_TEST_KEEP").is_some_and(|v| v != "0");
+        remove_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("userns-cp-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .expect("creating a temporary directory")
             .keep();
+        if keep {
+            write_file(&dir.join("keep"), "USERNS_TEST_KEEP was set\n");
+        }
         let path = |name: &str| dir.join(name);
         let started = Instant::now();
         let version = k8s_version();
@@ -600,6 +604,42 @@ impl Local {
     }
 }
 
+/// Prefix of the local control planes' temporary directories.
+const DIR_PREFIX: &str = "userns-cp-";
+
+/// Removes temporary directories of earlier runs whose supervisor is gone
+/// without having cleaned up (it was killed itself, e.g. by a job runner that
+/// kills every process a command left behind). Directories of running
+/// supervisors, and those kept with `USERNS_TEST_KEEP`, are left alone.
+fn remove_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = entry.file_name().to_string_lossy().starts_with(DIR_PREFIX);
+        if !is_ours || path.join("keep").exists() {
+            continue;
+        }
+        // Written by the supervisor once it runs; without it the directory
+        // may belong to a control plane that is starting right now.
+        let Ok(pid) = fs::read_to_string(path.join("supervisor.pid")) else {
+            continue;
+        };
+        // The pid is ours only if that process still runs our script on this
+        // directory (pids are reused).
+        let alive = fs::read(format!("/proc/{}/cmdline", pid.trim()))
+            .map(|cmdline| {
+                let needle = path.as_os_str().as_encoded_bytes();
+                cmdline.windows(needle.len()).any(|w| w == needle)
+            })
+            .unwrap_or(false);
+        if !alive {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// `UserNamespacesSupport` is on by default from 1.33 (and locked from 1.36):
 /// pass the gate only to older API servers, which otherwise drop `hostUsers`.
 fn needs_userns_gate(version: &str) -> bool {
@@ -634,6 +674,7 @@ exec 3<&0 </dev/null
 etcd=$!
 "${{api_cmd[@]}}" >"$dir/kube-apiserver.log" 2>&1 3<&- &
 api=$!
+echo "$$" >"$dir/supervisor.pid"
 echo "supervisor $$: etcd pid $etcd, kube-apiserver pid $api"
 
 alive() {{
