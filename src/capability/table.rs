@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
@@ -244,7 +244,13 @@ pub struct DriverTable {
     patterns: RegexSet,
     /// Rule index of each pattern in `patterns`.
     pattern_rules: Vec<usize>,
+    /// Driver name → its candidate rules, memoised: a cluster has few distinct drivers, and
+    /// matching the pattern set once per driver keeps regexes off the per-claim path.
+    memo: RwLock<HashMap<String, Arc<[usize]>>>,
 }
+
+/// At most this many driver names are memoised (names come from cluster objects).
+const MEMO_LIMIT: usize = 1024;
 
 static DEFAULTS: LazyLock<Arc<DriverTable>> = LazyLock::new(|| {
     let rules = parse_rules(
@@ -326,11 +332,26 @@ impl DriverTable {
             exact,
             patterns,
             pattern_rules,
+            memo: RwLock::default(),
         })
     }
 
     /// Indices of the rules whose driver part matches `driver`, in table order.
-    fn candidates(&self, driver: &str) -> Vec<usize> {
+    fn candidates(&self, driver: &str) -> Arc<[usize]> {
+        let memo = self.memo.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = memo.get(driver) {
+            return found.clone();
+        }
+        drop(memo);
+        let found: Arc<[usize]> = self.match_driver(driver).into();
+        let mut memo = self.memo.write().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() < MEMO_LIMIT {
+            memo.insert(driver.to_string(), found.clone());
+        }
+        found
+    }
+
+    fn match_driver(&self, driver: &str) -> Vec<usize> {
         let mut found: Vec<usize> = self.exact.get(driver).cloned().unwrap_or_default();
         if !self.pattern_rules.is_empty() {
             found.extend(
@@ -351,8 +372,8 @@ impl DriverTable {
     /// The first rule matching one query.
     pub fn lookup(&self, query: &StorageQuery<'_>) -> Option<&Rule> {
         self.candidates(query.driver)
-            .into_iter()
-            .map(|i| &self.rules[i])
+            .iter()
+            .map(|&i| &self.rules[i])
             .find(|r| r.matches_volume(query))
     }
 
