@@ -158,7 +158,7 @@ pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode)
         ),
     };
     let patch = decision_patch(pod, &state.keys, value, reason, set_host_users);
-    match allowed.clone().with_patch(patch) {
+    match allowed.with_patch(patch) {
         Ok(response) => Admission {
             response,
             outcome,
@@ -166,7 +166,7 @@ pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode)
             error: None,
             cache_miss,
         },
-        Err(_) => Admission::fail_safe(allowed, "patch_serialization"),
+        Err(_) => Admission::fail_safe(AdmissionResponse::from(request), "patch_serialization"),
     }
 }
 
