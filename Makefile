@@ -38,3 +38,10 @@ fmt:
 # Removes the cached control-plane binaries of every version.
 clean-control-plane:
 	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/userns-labeler/control-plane"
+
+# The one-command demo (scripts/demo.sh): a local control plane, `userns-labeler run
+# --self-signed-tls`, the webhook registered by URL, examples/ applied, then each claim's label
+# and each pod's hostUsers and decision. Ctrl-C stops everything it started.
+.PHONY: demo
+demo: control-plane
+	scripts/demo.sh

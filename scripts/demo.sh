@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# The one-command demo (`make demo`):
+#   1. start a local control plane (etcd + kube-apiserver on loopback, the integration tests'
+#      harness, binaries from `make control-plane`);
+#   2. run `userns-labeler run --self-signed-tls` against it;
+#   3. register the webhook by URL (https://127.0.0.1:<port>/mutate/pods); `run` writes its
+#      generated CA into the configuration's caBundle;
+#   4. apply examples/ and print each claim's label and each pod's hostUsers and decision.
+# Everything it started is stopped on exit, on Ctrl-C and on SIGTERM.
+#
+# Environment: DEMO_WAIT=1 keeps the cluster running after the report until Ctrl-C (the
+# default when stdin is a terminal), DEMO_WAIT=0 stops at once; DEMO_KEEP_LOGS=1 keeps the
+# log directory; CARGO (default cargo); RUST_LOG for the labeler (default info).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+CARGO=${CARGO:-cargo}
+PREFIX=userns.io
+CONFIG_NAME=userns-labeler-demo
+CONTROLLER_NS=userns-labeler
+
+work=$(mktemp -d -t userns-labeler-demo.XXXXXX)
+cp_pid=""
+labeler_pid=""
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+stop() {
+    local pid=$1 name=$2
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    echo "$name did not stop within 10 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    # The labeler first (it releases its lease), then the control plane.
+    stop "$labeler_pid" userns-labeler
+    stop "$cp_pid" "the control plane"
+    if [[ $status -ne 0 && $status -ne 130 && $status -ne 143 ]]; then
+        echo "demo failed (exit $status); logs:" >&2
+        for log in "$work"/*.log; do
+            [[ -f $log ]] || continue
+            echo "----- last lines of $log -----" >&2
+            tail -n 30 "$log" >&2
+        done
+    fi
+    if [[ ${DEMO_KEEP_LOGS:-0} == 1 ]]; then
+        echo "logs kept in $work" >&2
+    else
+        rm -rf "$work"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Waits until a command succeeds: until SECONDS WHAT COMMAND...
+until_ok() {
+    local seconds=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            echo "timed out after ${seconds}s waiting for $what" >&2
+            return 1
+        fi
+        sleep 0.3
+    done
+}
+
+say "Building userns-labeler and the demo control plane"
+"$CARGO" build --quiet --bin userns-labeler --example demo-control-plane
+target_dir=$("$CARGO" metadata --format-version 1 --no-deps 2>/dev/null |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+target_dir=${target_dir:-target}
+labeler_bin="$target_dir/debug/userns-labeler"
+cp_bin="$target_dir/debug/examples/demo-control-plane"
+
+say "Starting etcd and kube-apiserver on loopback"
+unset USERNS_TEST_KUBECONFIG
+"$cp_bin" "$work/env" >"$work/control-plane.log" 2>&1 &
+cp_pid=$!
+deadline=$((SECONDS + 180))
+until [[ -f $work/env ]]; do
+    kill -0 "$cp_pid" 2>/dev/null || { echo "the control plane did not start" >&2; exit 1; }
+    ((SECONDS < deadline)) || { echo "the control plane was not ready within 180 s" >&2; exit 1; }
+    sleep 0.2
+done
+# shellcheck disable=SC1091
+source "$work/env"
+export KUBECONFIG
+k() { "$KUBECTL" "$@"; }
+grep '^control plane:' "$work/control-plane.log" || true
+
+say "Running userns-labeler run --self-signed-tls (webhook https://127.0.0.1:$WEBHOOK_PORT, admin http://127.0.0.1:$ADMIN_PORT)"
+k create namespace "$CONTROLLER_NS" >/dev/null
+RUST_LOG=${RUST_LOG:-info} "$labeler_bin" run \
+    --kubeconfig "$KUBECONFIG" \
+    --namespace "$CONTROLLER_NS" \
+    --self-signed-tls \
+    --webhook-config-name "$CONFIG_NAME" \
+    --webhook-addr "127.0.0.1:$WEBHOOK_PORT" \
+    --admin-addr "127.0.0.1:$ADMIN_PORT" \
+    >"$work/labeler.log" 2>&1 &
+labeler_pid=$!
+
+readyz() {
+    kill -0 "$labeler_pid" 2>/dev/null || { echo "userns-labeler exited" >&2; exit 1; }
+    exec 3<>"/dev/tcp/127.0.0.1/$ADMIN_PORT" || return 1
+    printf 'GET /readyz HTTP/1.0\r\nHost: demo\r\n\r\n' >&3
+    local status
+    read -r _ status _ <&3 || true
+    exec 3<&-
+    [[ $status == 200 ]]
+}
+until_ok 60 "userns-labeler /readyz" readyz
+echo "ready"
+
+say "Registering the webhook by URL; userns-labeler writes its CA into the caBundle"
+# As deployed, with the choices explained: failurePolicy Ignore because the mutation only ever
+# makes pods more isolated, so a webhook outage leaves pods as written; the opt-out label is
+# honoured by selectors (such requests are not even sent) and again by the handler; the
+# controller's own namespace and the system namespaces are never sent; the handler is
+# idempotent, so a reinvocation after later webhooks is safe.
+k apply -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: $CONFIG_NAME
+webhooks:
+  - name: pods.$PREFIX
+    clientConfig:
+      url: https://127.0.0.1:$WEBHOOK_PORT/mutate/pods
+    rules:
+      - apiGroups: [""]
+        apiVersions: [v1]
+        operations: [CREATE]
+        resources: [pods]
+        scope: Namespaced
+    namespaceSelector:
+      matchExpressions:
+        - key: kubernetes.io/metadata.name
+          operator: NotIn
+          values: [kube-system, kube-node-lease, $CONTROLLER_NS]
+        - key: $PREFIX/opt-out
+          operator: NotIn
+          values: ["true"]
+    objectSelector:
+      matchExpressions:
+        - key: $PREFIX/opt-out
+          operator: NotIn
+          values: ["true"]
+    failurePolicy: Ignore
+    sideEffects: None
+    admissionReviewVersions: [v1]
+    timeoutSeconds: 5
+    reinvocationPolicy: IfNeeded
+EOF
+probe() {
+    local decision
+    decision=$(k run demo-probe --namespace default --image registry.k8s.io/pause:3.10 \
+        --restart Never --dry-run=server -o "jsonpath={.metadata.annotations.userns\.io/decision}")
+    [[ -n $decision ]]
+}
+until_ok 60 "the API server to call the webhook" probe
+echo "the API server calls the webhook (checked with a server-side dry run)"
+
+# The test control plane runs without the ServiceAccount admission plugin (no
+# controller-manager creates service accounts), and that plugin is what sets a pod's
+# serviceAccountName to `default`; a pod projecting a service-account token without one is
+# invalid. Do what the plugin would: add `serviceAccountName: default` to pods that lack it.
+with_service_account() {
+    awk '
+        function flush() {
+            if (doc == "") return
+            if (doc ~ /(^|\n)kind: Pod\n/ && doc !~ /serviceAccountName:/)
+                sub(/(^|\n)spec:\n/, "&  serviceAccountName: default\n", doc)
+            printf "%s", doc
+            doc = ""
+        }
+        /^---/ { flush(); print; next }
+        { doc = doc $0 "\n" }
+        END { flush() }
+    ' "$1"
+}
+
+say "Applying examples/"
+for file in examples/*.yaml; do
+    case $file in
+    # kubectl apply refuses objects that only have generateName (see examples/README.md)
+    *15-pod-generatename.yaml) with_service_account "$file" | k create -f - ;;
+    *) with_service_account "$file" | k apply -f - ;;
+    esac
+done
+
+unlabelled() {
+    k get pvc -A -o "jsonpath={range .items[*]}{.metadata.labels.userns\.io/idmap-supported}{\"\n\"}{end}" |
+        grep -c '^$' || true
+}
+labelled() { [[ $(unlabelled) == 0 ]]; }
+until_ok 60 "the controller to label every claim" labelled
+
+say "Claims: kubectl get pvc -A -L $PREFIX/idmap-supported"
+k get pvc -A -L "$PREFIX/idmap-supported"
+
+say "Pods: hostUsers and the webhook's decision"
+k get pods -A --sort-by .metadata.namespace -o \
+    "custom-columns=NAMESPACE:.metadata.namespace,POD:.metadata.name,HOSTUSERS:.spec.hostUsers,DECISION:.metadata.annotations.userns\.io/decision"
+
+say "Why (the $PREFIX/decision-reason annotation)"
+k get pods -A --sort-by .metadata.namespace -o \
+    "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}: {.metadata.annotations.userns\.io/decision-reason}{\"\n\"}{end}"
+
+wait_for_interrupt=${DEMO_WAIT:-}
+if [[ -z $wait_for_interrupt ]]; then
+    if [[ -t 0 ]]; then wait_for_interrupt=1; else wait_for_interrupt=0; fi
+fi
+if [[ $wait_for_interrupt == 1 ]]; then
+    say "The cluster keeps running; in another shell:"
+    echo "  export KUBECONFIG=$KUBECONFIG"
+    echo "  $KUBECTL get pods -A"
+    echo "  curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep webhook_admissions"
+    echo "Press Ctrl-C to stop everything."
+    set +e
+    wait -n "$labeler_pid" "$cp_pid"
+    status=$?
+    set -e
+    # Ctrl-C reaches the whole process group: the components stop cleanly (status 0) at the
+    # same moment as this script. Anything else is a component failing on its own.
+    ((status == 0)) && exit 130
+    echo "a component exited with status $status; stopping" >&2
+    exit 1
+fi
