@@ -10,6 +10,25 @@
 //!   configuration's `caBundle`.
 //! - [`metrics`]: admissions by outcome and blocker code, errors by category, latency.
 //!
+//! What a pod CREATE gets (everything else, e.g. UPDATE or another kind: allowed, no patch):
+//! - `enforce` mode, nothing blocks: `spec.hostUsers: false` and the annotations
+//!   `<prefix>/decision: enabled` and `<prefix>/decision-reason` (the engine's deterministic
+//!   summary); something blocks: only the annotations, `decision: skipped`, the reason listing
+//!   every blocker as `Code: sentence`;
+//! - `audit` mode: `decision: audit` and what enforce mode would do; `hostUsers` is never touched;
+//! - the pod label or its namespace's label `<prefix>/opt-out: "true"`: no patch at all, the
+//!   pod stays exactly as written (the webhook configuration's selectors normally keep such
+//!   requests from being sent; the handler checks again);
+//! - a claim (or the namespace) missing from the caches: the handler re-decides every 10 ms for
+//!   up to `--webhook-cache-wait-ms` (default 1.5 s), so a claim created a moment before its pod
+//!   (StatefulSets) is seen once the watch delivers it; a claim still missing then is a
+//!   `ClaimNotFound` blocker (fail closed), a namespace still missing leaves the pod unchanged;
+//! - malformed input: 400 for a body that is not an AdmissionReview, an invalid-request
+//!   response for a review without a request (or a pod CREATE without object or namespace),
+//!   413 above 4 MiB; any internal doubt (caches not synced, undecodable pod, a panic): allowed
+//!   with no patch. Each is logged and counted by category.
+//! - a reinvocation after this webhook enabled the pod: no patch (idempotent).
+//!
 //! Contract with the runtime (`src/runtime.rs`):
 //! - [`WebhookArgs`] is flattened into `userns-labeler run`'s flags;
 //! - [`WebhookMetrics::register`] is called once at start-up;

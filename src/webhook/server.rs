@@ -1,5 +1,5 @@
 //! The HTTP side: the axum router with `POST /mutate/pods`, a thin handler around
-//! [`mutate`](super::admission::mutate), and the HTTPS server with graceful shutdown.
+//! [`mutate`], and the HTTPS server with graceful shutdown.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -96,7 +96,7 @@ async fn mutate_pods(
     review_response(admission.response)
 }
 
-/// Decides, waiting up to `state.cache_wait` for the caches when the answer depends on a claim
+/// Decides, waiting up to `settings.cache_wait` for the caches when the answer depends on a claim
 /// or namespace they do not hold yet (a claim created just before its pod).
 async fn admit(
     request: &AdmissionRequest<Pod>,
