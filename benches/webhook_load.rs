@@ -17,7 +17,8 @@
 //! Environment: `WEBHOOK_LOAD_RATES` (requests/s, comma-separated), `WEBHOOK_LOAD_SECONDS`
 //! (per run), `WEBHOOK_LOAD_CONNECTIONS` (open-loop pool), `WEBHOOK_LOAD_MAX_CONNECTIONS`
 //! (closed loop), `WEBHOOK_LOAD_MAX_ROUNDS` (alternating closed-loop rounds per server, median
-//! reported), `WEBHOOK_LOAD_ONLY=webhook|trivial`, `WEBHOOK_LOAD_SERVER_THREADS` /
+//! reported), `WEBHOOK_LOAD_ONLY=webhook|trivial`, `WEBHOOK_LOAD_PODS=minimal` (one container
+//! and one claim, ~1 KiB reviews, instead of the realistic ones), `WEBHOOK_LOAD_SERVER_THREADS` /
 //! `WEBHOOK_LOAD_CLIENT_THREADS` (tokio workers of each side; both share the machine's cores).
 //! Under `cargo test --all-targets` (no `--bench` argument) it only makes a one-second smoke
 //! run.
@@ -212,6 +213,22 @@ fn handler_cpu(router: &axum::Router, bodies: &[Bytes], n: usize) -> Duration {
     })
 }
 
+/// A minimal pod CREATE review (one container, one claim, no managedFields): shows how much of
+/// the gap to the trivial server is the size of the object to decode.
+fn minimal_pod_review(rng: &mut Rng, i: usize) -> Vec<u8> {
+    let ns = format!("ns-{}", rng.below(NAMESPACES));
+    let claim = format!("data-{}", rng.below(CLAIMS / NAMESPACES));
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("app-{i}")},
+        "spec": {
+            "containers": [{"name": "app", "image": "registry.example.com/app:1.0"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+    });
+    serde_json::to_vec(&review("CREATE", &ns, &pod)).unwrap()
+}
+
 /// The trivial server's constant answer.
 fn constant_review() -> Bytes {
     Bytes::from(
@@ -383,6 +400,7 @@ fn main() {
     } else {
         env_or("WEBHOOK_LOAD_MAX_ROUNDS", 3)
     };
+    let minimal = std::env::var("WEBHOOK_LOAD_PODS").is_ok_and(|v| v == "minimal");
     let server_threads: usize = env_or("WEBHOOK_LOAD_SERVER_THREADS", 2);
     let client_threads: usize = env_or("WEBHOOK_LOAD_CLIENT_THREADS", 2);
 
@@ -415,7 +433,13 @@ fn main() {
     let mut rng = Rng(0x5eed_1234_abcd_9876);
     let bodies: Arc<Vec<Bytes>> = Arc::new(
         (0..BODIES)
-            .map(|i| Bytes::from(pod_review(&mut rng, i)))
+            .map(|i| {
+                Bytes::from(if minimal {
+                    minimal_pod_review(&mut rng, i)
+                } else {
+                    pod_review(&mut rng, i)
+                })
+            })
             .collect(),
     );
     let mean_body = bodies.iter().map(Bytes::len).sum::<usize>() / bodies.len();
