@@ -6,7 +6,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event;
 
 use crate::capability::ClusterView;
 use crate::capability::resolve::pick_default_class;
@@ -58,32 +60,10 @@ impl Caches {
     }
 }
 
-impl ClusterView for Caches {
-    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
-        self.claims.get(&ObjectRef::new(name).within(namespace))
-    }
-
-    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
-        self.volumes.get(&ObjectRef::new(name))
-    }
-
-    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
-        self.classes.get(&ObjectRef::new(name))
-    }
-
-    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
-        pick_default_class(self.classes.state().iter())
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod testing {
-    //! Stores filled from fixtures, for handler tests without an API server.
-    use super::*;
-    use kube::runtime::reflector::store::Writer;
-    use kube::runtime::watcher::Event;
-
-    pub fn caches(
+impl Caches {
+    /// Caches holding fixed objects, already marked synced: for handler tests and offline use,
+    /// without an API server.
+    pub fn from_objects(
         claims: Vec<PersistentVolumeClaim>,
         volumes: Vec<PersistentVolume>,
         classes: Vec<StorageClass>,
@@ -108,5 +88,23 @@ pub(crate) mod testing {
             classes: store(classes),
             namespaces: store(namespaces),
         }
+    }
+}
+
+impl ClusterView for Caches {
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.claims.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+        self.volumes.get(&ObjectRef::new(name))
+    }
+
+    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+        self.classes.get(&ObjectRef::new(name))
+    }
+
+    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
+        pick_default_class(self.classes.state().iter())
     }
 }

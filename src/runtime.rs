@@ -196,23 +196,11 @@ pub fn start_caches(client: &Client, shutdown: &CancellationToken) -> (Caches, C
     );
 
     let (namespaces, namespaces_writer) = reflector::store();
-    let namespace_stream = reflector::reflector(
+    drive(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         namespaces_writer,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(|o| o.metadata.managed_fields = None),
+        shutdown,
     );
-    spawn_until(shutdown, async move {
-        futures::pin_mut!(namespace_stream);
-        while let Some(event) = namespace_stream.next().await {
-            if let Err(e) = event {
-                warn!(kind = "Namespace", error = %e, "watch error; retrying with backoff");
-            }
-        }
-    });
 
     (
         Caches {

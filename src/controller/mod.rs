@@ -340,7 +340,7 @@ pub fn class_to_volumes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::testing::caches;
+    use crate::cache::Caches;
     use crate::capability::Verdict;
     use crate::capability::fixtures::{claim, class, volume};
 
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_class_maps_to_its_claims_and_to_claims_without_a_class() {
-        let store = caches(
+        let store = Caches::from_objects(
             vec![
                 claim("a", "mine").class("fast").build(),
                 claim("a", "other").class("slow").build(),
@@ -383,7 +383,7 @@ mod tests {
 
     #[test]
     fn a_class_maps_to_its_volumes() {
-        let store = caches(
+        let store = Caches::from_objects(
             vec![],
             vec![
                 volume("a").class("fast").build(),

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::admission::{decision_patch, mutate};
 use super::*;
-use crate::cache::testing::caches;
+use crate::cache::Caches;
 use crate::capability::fixtures::{claim, class};
 use crate::capability::{BlockerCode, DriverTable};
 
@@ -23,7 +23,7 @@ fn namespace(name: &str) -> kube::core::PartialObjectMeta<k8s_openapi::api::core
 fn state() -> WebhookState {
     let (_tx, table) = watch::channel(DriverTable::defaults());
     WebhookState {
-        caches: caches(
+        caches: Caches::from_objects(
             vec![
                 claim("app", "rwo").class("longhorn").build(),
                 claim("app", "rwx")

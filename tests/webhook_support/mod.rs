@@ -11,9 +11,6 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeCl
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::admission::AdmissionReview;
 use kube::core::{DynamicObject, ObjectMeta, PartialObjectMeta};
-use kube::runtime::reflector::Store;
-use kube::runtime::reflector::store::Writer;
-use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use userns_labeler::cache::Caches;
@@ -21,33 +18,13 @@ use userns_labeler::capability::DriverTable;
 use userns_labeler::keys::Keys;
 use userns_labeler::webhook::{WebhookMetrics, WebhookState};
 
-/// A reflector store holding `objects`, marked ready.
-pub fn store<K>(objects: Vec<K>) -> Store<K>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let mut writer = Writer::default();
-    writer.apply_watcher_event(&Event::Init);
-    for object in objects {
-        writer.apply_watcher_event(&Event::InitApply(object));
-    }
-    writer.apply_watcher_event(&Event::InitDone);
-    writer.as_reader()
-}
-
 pub fn caches(
     claims: Vec<PersistentVolumeClaim>,
     volumes: Vec<PersistentVolume>,
     classes: Vec<StorageClass>,
     namespaces: Vec<PartialObjectMeta<Namespace>>,
 ) -> Caches {
-    Caches {
-        claims: store(claims),
-        volumes: store(volumes),
-        classes: store(classes),
-        namespaces: store(namespaces),
-    }
+    Caches::from_objects(claims, volumes, classes, namespaces)
 }
 
 /// Namespace metadata as the namespace store holds it.
