@@ -32,6 +32,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of this module
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     fs,
     future::Future,
@@ -1224,4 +1225,30 @@ impl Drop for TestNamespace {
             });
         }
     }
+}
+
+/// A tool built and cached by `tests/tools/build.sh` (`helm`, `kyverno`, or `crds`, the
+/// directory of CRDs): its path, built on first use. Fails loudly with the reason, never skips.
+pub fn tool(name: &str) -> PathBuf {
+    static PATHS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut paths = PATHS.get_or_init(Default::default).lock().unwrap();
+    if let Some(path) = paths.get(name) {
+        return path.clone();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/build.sh");
+    let output = Command::new(&script)
+        .args(["path", name])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "`tests/tools/build.sh path {name}` failed ({}): this test needs {name}; \
+         run `make tools` (needs Go) and read its output",
+        output.status
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    assert!(path.exists(), "{name}: {} does not exist", path.display());
+    paths.insert(name.to_owned(), path.clone());
+    path
 }

@@ -1,5 +1,6 @@
 //! Running the real `userns-labeler run` binary against the test control plane, as a
-//! least-privileged user bound only to the RBAC in `deploy/rbac.yaml`.
+//! least-privileged user bound only to the RBAC the Helm chart renders (the plain manifests
+//! `deploy/manifests/userns-labeler.yaml`).
 
 #![allow(dead_code)] // each test binary uses its own subset
 
@@ -19,21 +20,38 @@ use crate::common::ControlPlane;
 /// The user the controller runs as in tests.
 pub const USER: &str = "userns-labeler-under-test";
 
-/// Installs `deploy/rbac.yaml` with the controller's namespace, binding its roles to [`USER`]
-/// instead of the ServiceAccount. Returns a kubeconfig for that user.
+/// The plain manifests: the chart's rendering with default values.
+pub const MANIFESTS: &str = "deploy/manifests/userns-labeler.yaml";
+
+/// Installs the RBAC objects of [`MANIFESTS`] with the controller's namespace, binding its
+/// roles to [`USER`] instead of the ServiceAccount. Returns a kubeconfig for that user.
 pub async fn least_privileged_kubeconfig(
     cp: &ControlPlane,
     admin: &Client,
     namespace: &str,
 ) -> PathBuf {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml"))
-            .expect("deploy/rbac.yaml");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(MANIFESTS))
+        .expect(MANIFESTS);
+    install_rbac(admin, namespace, &text).await;
+    cp.user_kubeconfig(USER, &[])
+}
+
+/// Installs the ClusterRoles, ClusterRoleBindings, Roles and RoleBindings among `manifests`
+/// (other kinds are skipped), Roles in `namespace`, every binding's subject replaced by [`USER`].
+pub async fn install_rbac(admin: &Client, namespace: &str, manifests: &str) {
     let documents: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&text).expect("rbac.yaml parses");
+        serde_saphyr::from_multiple(manifests).expect("the manifests parse");
     let params = PatchParams::apply("userns-labeler-tests").force();
-    for doc in documents {
+    let mut installed = 0;
+    for doc in documents.into_iter().filter(|d| !d.is_null()) {
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        if !matches!(
+            kind.as_str(),
+            "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+        ) {
+            continue;
+        }
+        installed += 1;
         let mut doc = doc;
         if doc["metadata"].get("namespace").is_some() {
             doc["metadata"]["namespace"] = namespace.into();
@@ -69,10 +87,13 @@ pub async fn least_privileged_kubeconfig(
                     .await
                     .expect("RoleBinding");
             }
-            other => panic!("unexpected kind {other} in deploy/rbac.yaml"),
+            _ => unreachable!("filtered above"),
         }
     }
-    cp.user_kubeconfig(USER, &[])
+    assert!(
+        installed >= 4,
+        "the manifests hold no complete RBAC ({installed} objects)"
+    );
 }
 
 fn free_port() -> u16 {
@@ -92,6 +113,17 @@ pub struct Labeler {
 impl Labeler {
     /// Starts the binary and waits until `/readyz` answers 200.
     pub fn start(kubeconfig: &Path, namespace: &str, log_dir: &Path, identity: &str) -> Labeler {
+        Labeler::start_with(kubeconfig, namespace, log_dir, identity, &[])
+    }
+
+    /// [`Labeler::start`] with extra command-line arguments.
+    pub fn start_with(
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Labeler {
         let admin_port = free_port();
         let log = log_dir.join(format!("labeler-{identity}-{admin_port}.log"));
         let out = File::create(&log).expect("log file");
@@ -102,6 +134,7 @@ impl Labeler {
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
             .arg("--self-signed-tls")
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("USERNS_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string()),

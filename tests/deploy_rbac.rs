@@ -1,0 +1,342 @@
+//! The chart's RBAC covers every call the binary makes: the real `userns-labeler run`, bound
+//! only to the RBAC rendered by the chart (self-signed variant, the one with most permissions),
+//! goes through its whole life — caches, labels, label changes with Events, a valid and an
+//! invalid driver ConfigMap, the self-signed caBundle, leader election, graceful shutdown —
+//! against a kube-apiserver that writes an audit log. Then every request of that user in the log
+//! is checked: none was refused, and each is granted by a rendered rule (our own small RBAC
+//! matcher over the rendered objects, so the claim "RBAC ⊇ calls" is checked directly, not only
+//! through the absence of 403s).
+
+mod common;
+mod labeler;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use labeler::{Labeler, USER, eventually};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+const LABEL: &str = "userns.io/idmap-supported";
+/// Calls the scenario is known to make (verb, resource): the audit log is judged once all are in.
+const EXPECTED_CALLS: [(&str, &str); 7] = [
+    ("watch", "persistentvolumeclaims"),
+    ("watch", "namespaces"),
+    ("patch", "persistentvolumeclaims"),
+    ("patch", "persistentvolumes"),
+    ("create", "events"),
+    ("update", "mutatingwebhookconfigurations"),
+    ("patch", "leases"),
+];
+
+/// One rendered RBAC rule, with the namespace it applies in (`None`: cluster-wide).
+#[derive(Debug)]
+struct Grant {
+    namespace: Option<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    names: Vec<String>,
+    verbs: Vec<String>,
+}
+
+impl Grant {
+    fn allows(&self, request: &Request) -> bool {
+        let any = |list: &[String], value: &str| list.iter().any(|v| v == "*" || v == value);
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| request.namespace.as_deref() == Some(ns))
+            && any(&self.groups, &request.group)
+            && any(&self.resources, &request.resource)
+            && any(&self.verbs, &request.verb)
+            && (self.names.is_empty()
+                || request
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| self.names.contains(n)))
+    }
+}
+
+/// One request from the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Request {
+    verb: String,
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rules of the rendered roles, as bound (every binding in the rendering is to the
+/// ServiceAccount, which the test replaces by its user).
+fn grants(objects: &[Value], namespace: &str) -> Vec<Grant> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+        .flat_map(|role| {
+            let scope = (role["kind"] == "Role").then(|| namespace.to_string());
+            role["rules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |rule| Grant {
+                    namespace: scope.clone(),
+                    groups: strings(&rule["apiGroups"]),
+                    resources: strings(&rule["resources"]),
+                    names: strings(&rule["resourceNames"]),
+                    verbs: strings(&rule["verbs"]),
+                })
+        })
+        .collect()
+}
+
+fn render_self_signed(namespace: &str) -> String {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/userns-labeler");
+    let output = Command::new(common::tool("helm"))
+        .args([
+            "template",
+            "userns-labeler",
+            chart,
+            "--namespace",
+            namespace,
+        ])
+        .args(["--set", "tls.mode=self-signed"])
+        .output()
+        .expect("helm runs");
+    assert!(
+        output.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn every_call_of_the_binary_is_granted_by_the_charts_rbac() {
+    common::install_crypto_provider();
+    let cp = common::ControlPlane::builder().audit_log(true).start();
+    let admin = cp.client().await;
+    let controller_ns = cp.namespace("rbac-labeler").await;
+    let ns = cp.namespace("rbac-claims").await;
+
+    let rendering = render_self_signed(&controller_ns);
+    let objects: Vec<Value> = serde_saphyr::from_multiple::<Value>(&rendering)
+        .unwrap()
+        .into_iter()
+        .filter(|o| !o.is_null())
+        .collect();
+    labeler::install_rbac(&admin, &controller_ns, &rendering).await;
+    let kubeconfig = cp.user_kubeconfig(USER, &[]);
+
+    // The rendered webhook configuration, for real, so the binary writes its CA into it. Its
+    // Service does not exist here; `failurePolicy: Ignore` keeps pod creation working.
+    let config = objects
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("the self-signed rendering has a webhook configuration");
+    let config_name = config["metadata"]["name"].as_str().unwrap().to_string();
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    configs
+        .patch(
+            &config_name,
+            &PatchParams::apply("userns-labeler-tests"),
+            &Patch::Apply(config),
+        )
+        .await
+        .expect("webhook configuration");
+    let config_map_name = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .and_then(|o| o["metadata"]["name"].as_str())
+        .unwrap()
+        .to_string();
+
+    let labeler = Labeler::start_with(
+        &kubeconfig,
+        &controller_ns,
+        cp.dir(),
+        "rbac",
+        &[
+            "--webhook-config-name",
+            &config_name,
+            "--config-map",
+            &config_map_name,
+        ],
+    );
+
+    // A class, a claim of it, and a bound volume: labelled true (Longhorn RWO).
+    let class: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": "rbac-longhorn"}, "provisioner": "driver.longhorn.io"
+    }))
+    .unwrap();
+    Api::<StorageClass>::all(admin.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"storageClassName": "rbac-longhorn", "accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), &ns);
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    let volume: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": format!("rbac-{}", ns.name())},
+        "spec": {"storageClassName": "rbac-longhorn", "accessModes": ["ReadWriteOnce"],
+                 "capacity": {"storage": "1Gi"},
+                 "csi": {"driver": "driver.longhorn.io", "volumeHandle": "v1"}}
+    }))
+    .unwrap();
+    let volumes: Api<PersistentVolume> = Api::all(admin.clone());
+    volumes
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
+    let label_of = |api: Api<PersistentVolumeClaim>, expected: &'static str| async move {
+        eventually(&format!("claim labelled {expected}"), WAIT, || {
+            let api = api.clone();
+            async move {
+                let claim = api.get("data").await.ok()?;
+                (claim.metadata.labels?.get(LABEL)? == expected).then_some(())
+            }
+        })
+        .await
+    };
+    label_of(claims.clone(), "true").await;
+
+    // An operator rule flipping Longhorn to false: a label change, so an Event on the claim.
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), &controller_ns);
+    let rules = "rules:\n  - driver: driver.longhorn.io\n    verdict: false\n    reason: test\n";
+    let config_map: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": config_map_name}, "data": {"drivers.yaml": rules}
+    }))
+    .unwrap();
+    config_maps
+        .create(&PostParams::default(), &config_map)
+        .await
+        .unwrap();
+    label_of(claims.clone(), "false").await;
+    // An invalid table: a Warning Event on the ConfigMap.
+    config_maps
+        .patch(
+            &config_map_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"drivers.yaml": "rules: [{driverRegex: '('}]"}})),
+        )
+        .await
+        .unwrap();
+    eventually("the invalid table reported", WAIT, || async {
+        (labeler.metric("userns_labeler_config_reloads_total", &["invalid"]) >= 1.0).then_some(())
+    })
+    .await;
+    // The self-signed CA written into the webhook configuration.
+    eventually("caBundle written", WAIT, || {
+        let configs = configs.clone();
+        let name = config_name.clone();
+        async move {
+            let config = configs.get(&name).await.ok()?;
+            config.webhooks?[0]
+                .client_config
+                .ca_bundle
+                .as_ref()
+                .map(|_| ())
+        }
+    })
+    .await;
+    // Give the Events (sent in the background) a moment, then a graceful stop: the lease is
+    // released and the watches end, so every request reaches the audit log.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = labeler.stop();
+    assert!(status.success(), "exit status {status}");
+
+    let grants = grants(&objects, &controller_ns);
+    let give_up = Instant::now() + WAIT - Duration::from_secs(1);
+    let requests: BTreeSet<Request> =
+        eventually("the user's requests in the audit log", WAIT, || {
+            let events = cp.audit_events();
+            async move {
+                let mine: Vec<&Value> = events
+                    .iter()
+                    .filter(|e| e["user"]["username"] == USER && e["stage"] == "ResponseComplete")
+                    .collect();
+                let refused: Vec<String> = mine
+                    .iter()
+                    .filter(|e| e["responseStatus"]["code"] == 403)
+                    .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+                    .collect();
+                assert!(refused.is_empty(), "refused by RBAC: {refused:#?}");
+                let requests: BTreeSet<Request> = mine
+                    .iter()
+                    .filter(|e| e["objectRef"].is_object())
+                    .map(|e| Request {
+                        verb: e["verb"].as_str().unwrap().to_string(),
+                        group: e["objectRef"]["apiGroup"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                        resource: e["objectRef"]["resource"].as_str().unwrap().to_string(),
+                        namespace: e["objectRef"]["namespace"].as_str().map(String::from),
+                        name: e["objectRef"]["name"].as_str().map(String::from),
+                    })
+                    .collect();
+                // Every kind of call the scenario makes must be in the log before judging it.
+                let seen = |verb: &str, resource: &str| {
+                    requests
+                        .iter()
+                        .any(|r| r.verb == verb && r.resource == resource)
+                };
+                let missing: Vec<String> = EXPECTED_CALLS
+                    .iter()
+                    .filter(|(verb, resource)| !seen(verb, resource))
+                    .map(|(verb, resource)| format!("{verb} {resource}"))
+                    .collect();
+                if !missing.is_empty() && Instant::now() > give_up {
+                    panic!("calls missing from the audit log: {missing:?}; logged: {requests:#?}");
+                }
+                missing.is_empty().then_some(requests)
+            }
+        })
+        .await;
+
+    let ungranted: Vec<&Request> = requests
+        .iter()
+        .filter(|r| !grants.iter().any(|g| g.allows(r)))
+        .collect();
+    assert!(
+        ungranted.is_empty(),
+        "requests no rendered rule grants: {ungranted:#?}"
+    );
+    let resources: BTreeSet<&str> = requests.iter().map(|r| r.resource.as_str()).collect();
+    for resource in [
+        "persistentvolumeclaims",
+        "persistentvolumes",
+        "storageclasses",
+        "namespaces",
+        "configmaps",
+        "leases",
+        "events",
+        "mutatingwebhookconfigurations",
+    ] {
+        assert!(
+            resources.contains(resource),
+            "no request for {resource}: {resources:?}"
+        );
+    }
+}
