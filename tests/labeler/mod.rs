@@ -107,6 +107,8 @@ fn free_port() -> u16 {
 pub struct Labeler {
     child: Child,
     pub admin: String,
+    /// The webhook's HTTPS address, `127.0.0.1:<port>`.
+    pub webhook: String,
     pub log: PathBuf,
 }
 
@@ -125,6 +127,7 @@ impl Labeler {
         extra: &[&str],
     ) -> Labeler {
         let admin_port = free_port();
+        let webhook = format!("127.0.0.1:{}", free_port());
         let log = log_dir.join(format!("labeler-{identity}-{admin_port}.log"));
         let out = File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_userns-labeler"))
@@ -132,7 +135,7 @@ impl Labeler {
             .arg(kubeconfig)
             .args(["--namespace", namespace, "--identity", identity])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--webhook-addr", &webhook])
             .arg("--self-signed-tls")
             .args(extra)
             .env(
@@ -147,6 +150,7 @@ impl Labeler {
         let labeler = Labeler {
             child,
             admin: format!("127.0.0.1:{admin_port}"),
+            webhook,
             log,
         };
         labeler.wait_ready(Duration::from_secs(30));

@@ -1,11 +1,14 @@
-//! The chart's RBAC covers every call the binary makes: the real `userns-labeler run`, bound
-//! only to the RBAC rendered by the chart (self-signed variant, the one with most permissions),
-//! goes through its whole life — caches, labels, label changes with Events, a valid and an
-//! invalid driver ConfigMap, the self-signed caBundle, leader election, graceful shutdown —
-//! against a kube-apiserver that writes an audit log. Then every request of that user in the log
-//! is checked: none was refused, and each is granted by a rendered rule (our own small RBAC
-//! matcher over the rendered objects, so the claim "RBAC ⊇ calls" is checked directly, not only
-//! through the absence of 403s).
+//! The chart's objects at work: the real `userns-labeler run`, bound only to the RBAC rendered by
+//! the chart (self-signed variant, the one with most permissions), behind the chart's own
+//! MutatingWebhookConfiguration (its `service` reference swapped for the binary's loopback URL,
+//! as the test API server cannot reach Services), goes through its whole life — caches, labels,
+//! label changes with Events, a valid and an invalid driver ConfigMap, the self-signed caBundle,
+//! pods admitted or not sent at all (selectors and CEL matchConditions), leader election,
+//! graceful shutdown — against a kube-apiserver that writes an audit log.
+//!
+//! Then every request of that user in the log is checked: none was refused, and each is granted
+//! by a rendered rule (our own small RBAC matcher over the rendered objects, so "RBAC ⊇ calls" is
+//! checked directly, not only through the absence of 403s).
 
 mod common;
 mod labeler;
@@ -15,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use labeler::{Labeler, USER, eventually};
@@ -127,8 +130,106 @@ fn render_self_signed(namespace: &str) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Pods created through the API server behind the chart's webhook configuration: the plain one
+/// is enabled, the one with the claim labelled `false` is skipped with a reason, and those the
+/// configuration's selectors and matchConditions filter out are not even sent (no annotation).
+async fn admit_pods(admin: &kube::Client, namespace: &str) {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
+    let pod = |name: &str, extra: Value| -> Pod {
+        let mut pod = json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+        });
+        merge(&mut pod, extra);
+        serde_json::from_value(pod).unwrap()
+    };
+    let cases = [
+        ("plain", json!({}), Some(false), Some("enabled")),
+        (
+            "claim-false",
+            json!({"spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}}),
+            None,
+            Some("skipped"),
+        ),
+        (
+            "host-network",
+            json!({"spec": {"hostNetwork": true}}),
+            None,
+            None,
+        ),
+        ("host-pid", json!({"spec": {"hostPID": true}}), None, None),
+        (
+            "explicit-host-users",
+            json!({"spec": {"hostUsers": true}}),
+            Some(true),
+            None,
+        ),
+        (
+            "opted-out",
+            json!({"metadata": {"labels": {"userns.io/opt-out": "true"}}}),
+            None,
+            None,
+        ),
+    ];
+    // The API server picks the configuration and its caBundle up asynchronously: wait until
+    // the plain pod is mutated in a dry run.
+    eventually("the webhook configuration in effect", WAIT, || {
+        let pods = pods.clone();
+        let plain = pod("plain", json!({}));
+        async move {
+            let created = pods
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                    &plain,
+                )
+                .await
+                .ok()?;
+            (created.spec?.host_users == Some(false)).then_some(())
+        }
+    })
+    .await;
+    for (name, extra, host_users, decision) in cases {
+        let created = pods
+            .create(&PostParams::default(), &pod(name, extra))
+            .await
+            .unwrap_or_else(|e| panic!("pod {name}: {e}"));
+        let annotations = created.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            created.spec.unwrap().host_users,
+            host_users,
+            "pod {name}: hostUsers"
+        );
+        assert_eq!(
+            annotations.get("userns.io/decision").map(String::as_str),
+            decision,
+            "pod {name}: decision ({annotations:?})"
+        );
+        if decision == Some("skipped") {
+            let reason = &annotations["userns.io/decision-reason"];
+            assert!(
+                reason.contains("data"),
+                "pod {name}: reason names the claim: {reason}"
+            );
+        }
+    }
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(target.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (target, patch) => *target = patch,
+    }
+}
+
 #[tokio::test]
-async fn every_call_of_the_binary_is_granted_by_the_charts_rbac() {
+async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_to_the_binary() {
     common::install_crypto_provider();
     let cp = common::ControlPlane::builder().audit_log(true).start();
     let admin = cp.client().await;
@@ -144,22 +245,12 @@ async fn every_call_of_the_binary_is_granted_by_the_charts_rbac() {
     labeler::install_rbac(&admin, &controller_ns, &rendering).await;
     let kubeconfig = cp.user_kubeconfig(USER, &[]);
 
-    // The rendered webhook configuration, for real, so the binary writes its CA into it. Its
-    // Service does not exist here; `failurePolicy: Ignore` keeps pod creation working.
-    let config = objects
+    let config_name = objects
         .iter()
         .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .expect("the self-signed rendering has a webhook configuration");
-    let config_name = config["metadata"]["name"].as_str().unwrap().to_string();
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
-    configs
-        .patch(
-            &config_name,
-            &PatchParams::apply("userns-labeler-tests"),
-            &Patch::Apply(config),
-        )
-        .await
-        .expect("webhook configuration");
+        .and_then(|o| o["metadata"]["name"].as_str())
+        .unwrap()
+        .to_string();
     let config_map_name = objects
         .iter()
         .find(|o| o["kind"] == "ConfigMap")
@@ -179,6 +270,29 @@ async fn every_call_of_the_binary_is_granted_by_the_charts_rbac() {
             &config_map_name,
         ],
     );
+
+    // The rendered webhook configuration, for real, so the binary writes its CA into it and the
+    // API server calls it. Only the Service reference becomes a URL (same path).
+    let mut config = objects
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("the self-signed rendering has a webhook configuration")
+        .clone();
+    let path = config["webhooks"][0]["clientConfig"]["service"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    config["webhooks"][0]["clientConfig"] =
+        json!({"url": format!("https://{}{path}", labeler.webhook)});
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    configs
+        .patch(
+            &config_name,
+            &PatchParams::apply("userns-labeler-tests"),
+            &Patch::Apply(&config),
+        )
+        .await
+        .expect("webhook configuration");
 
     // A class, a claim of it, and a bound volume: labelled true (Longhorn RWO).
     let class: StorageClass = serde_json::from_value(json!({
@@ -260,6 +374,8 @@ async fn every_call_of_the_binary_is_granted_by_the_charts_rbac() {
         }
     })
     .await;
+    admit_pods(&admin, &ns).await;
+
     // Give the Events (sent in the background) a moment, then a graceful stop: the lease is
     // released and the watches end, so every request reaches the audit log.
     tokio::time::sleep(Duration::from_secs(2)).await;
