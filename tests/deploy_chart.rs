@@ -678,3 +678,33 @@ async fn plain_manifests_pass_a_server_side_dry_run() {
         .count();
     assert_eq!(applied, objects.len(), "{stdout}");
 }
+
+#[tokio::test]
+async fn kyverno_policies_and_the_guardrail_pass_a_server_side_dry_run() {
+    let cp = control_plane_with_crds();
+    let dir = repo().join("deploy/kyverno");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kyverno")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no YAML in {}", dir.display());
+    for file in files {
+        let yaml = std::fs::read_to_string(&file).unwrap();
+        let objects = parse_documents(&yaml).len();
+        let output = dry_run_apply(cp, &yaml);
+        let stdout = text(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}:\n{stdout}{}",
+            file.display(),
+            text(&output.stderr)
+        );
+        let applied = stdout
+            .lines()
+            .filter(|l| l.contains("(server dry run)"))
+            .count();
+        assert_eq!(applied, objects, "{}: {stdout}", file.display());
+    }
+}
