@@ -620,8 +620,12 @@ fn control_plane_with_crds() -> &'static common::ControlPlane {
     cp
 }
 
-fn dry_run_apply(cp: &common::ControlPlane, yaml: &str) -> Output {
-    kubectl(
+/// `kubectl apply --server-side --dry-run=server` of `yaml`: it must succeed and report every
+/// object of `yaml` as applied.
+fn assert_dry_run_accepts(cp: &common::ControlPlane, yaml: &str, what: &str) {
+    let objects = parse_documents(yaml).len();
+    assert!(objects > 0, "{what}: no objects");
+    let output = kubectl(
         cp,
         &[
             "apply",
@@ -632,7 +636,18 @@ fn dry_run_apply(cp: &common::ControlPlane, yaml: &str) -> Output {
             "-",
         ],
         Some(yaml),
-    )
+    );
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "server-side dry run of {what}:\n{stdout}{}",
+        text(&output.stderr)
+    );
+    let applied = stdout
+        .lines()
+        .filter(|l| l.contains("(server dry run)"))
+        .count();
+    assert_eq!(applied, objects, "{what}: every object accepted:\n{stdout}");
 }
 
 #[rstest]
@@ -646,19 +661,7 @@ async fn every_rendered_object_passes_a_server_side_dry_run(#[case] variant: &st
     let namespace = cp.namespace(&format!("chart-{variant}")).await;
     let yaml = render_text(variant, namespace.name(), &[])
         .unwrap_or_else(|e| panic!("helm template: {e}"));
-    let objects = parse_documents(&yaml).len();
-    let output = dry_run_apply(cp, &yaml);
-    let stdout = text(&output.stdout);
-    assert!(
-        output.status.success(),
-        "server-side dry run of the {variant} rendering:\n{stdout}{}",
-        text(&output.stderr)
-    );
-    let applied = stdout
-        .lines()
-        .filter(|l| l.contains("(server dry run)"))
-        .count();
-    assert_eq!(applied, objects, "every object is accepted:\n{stdout}");
+    assert_dry_run_accepts(cp, &yaml, &format!("the {variant} rendering"));
 }
 
 #[tokio::test]
@@ -667,16 +670,12 @@ async fn plain_manifests_pass_a_server_side_dry_run() {
     // The Namespace object itself is only dry-run, so the namespaced objects need it to exist.
     let _ = kubectl(cp, &["create", "namespace", NAMESPACE], None);
     let yaml = std::fs::read_to_string(repo().join(MANIFESTS)).expect(MANIFESTS);
-    let objects = parse_documents(&yaml);
-    assert!(objects.iter().any(|o| o["kind"] == "Namespace"));
-    let output = dry_run_apply(cp, &yaml);
-    let stdout = text(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
-    let applied = stdout
-        .lines()
-        .filter(|l| l.contains("(server dry run)"))
-        .count();
-    assert_eq!(applied, objects.len(), "{stdout}");
+    assert!(
+        parse_documents(&yaml)
+            .iter()
+            .any(|o| o["kind"] == "Namespace")
+    );
+    assert_dry_run_accepts(cp, &yaml, MANIFESTS);
 }
 
 #[tokio::test]
@@ -692,19 +691,6 @@ async fn kyverno_policies_and_the_guardrail_pass_a_server_side_dry_run() {
     assert!(!files.is_empty(), "no YAML in {}", dir.display());
     for file in files {
         let yaml = std::fs::read_to_string(&file).unwrap();
-        let objects = parse_documents(&yaml).len();
-        let output = dry_run_apply(cp, &yaml);
-        let stdout = text(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{}:\n{stdout}{}",
-            file.display(),
-            text(&output.stderr)
-        );
-        let applied = stdout
-            .lines()
-            .filter(|l| l.contains("(server dry run)"))
-            .count();
-        assert_eq!(applied, objects, "{}: {stdout}", file.display());
+        assert_dry_run_accepts(cp, &yaml, &file.display().to_string());
     }
 }
