@@ -126,11 +126,12 @@ until_ok 60 "userns-labeler /readyz" readyz
 echo "ready"
 
 say "Registering the webhook by URL; userns-labeler writes its CA into the caBundle"
-# As deployed, with the choices explained: failurePolicy Ignore because the mutation only ever
-# makes pods more isolated, so a webhook outage leaves pods as written; the opt-out label is
-# honoured by selectors (such requests are not even sent) and again by the handler; the
-# controller's own namespace and the system namespaces are never sent; the handler is
-# idempotent, so a reinvocation after later webhooks is safe.
+# As the Helm chart deploys it (deploy/helm/userns-labeler/templates/webhook.yaml), by URL instead
+# of a Service, and without the chart's CEL matchConditions so that the demo also shows the
+# reasons for pods with host namespaces or an explicit hostUsers: failurePolicy Ignore because
+# the mutation only ever makes pods more isolated, so a webhook outage leaves pods as written;
+# the opt-out label is honoured by selectors (such requests are not even sent) and again by the
+# handler; the controller's own namespace and the system namespaces are never sent.
 k apply -f - >/dev/null <<EOF
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
@@ -163,7 +164,7 @@ webhooks:
     sideEffects: None
     admissionReviewVersions: [v1]
     timeoutSeconds: 5
-    reinvocationPolicy: IfNeeded
+    reinvocationPolicy: Never
 EOF
 probe() {
     local decision
