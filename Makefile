@@ -3,6 +3,7 @@
 #   make test            build the test control plane if needed, then run unit
 #                        and integration tests (the one command CI runs)
 #   make control-plane   build/cached kube-apiserver, kubectl, etcd for the tests
+#   make tools           build/cached helm, the Kyverno CLI and third-party CRDs for the tests
 #   make lint            rustfmt check + clippy with warnings as errors
 #
 # USERNS_K8S_VERSION=v1.33.13 make test   runs the same tests against another
@@ -12,15 +13,19 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all test unit-test control-plane lint fmt clean-control-plane
+.PHONY: all test unit-test control-plane tools lint fmt clean-control-plane
 
 all: lint test
 
 control-plane:
 	tests/control-plane/build.sh
 
-# With USERNS_TEST_KUBECONFIG no local control plane is needed.
-test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane)
+# helm, the Kyverno CLI and the CRD directory (tests/tools/build.sh path helm|kyverno|crds).
+tools:
+	tests/tools/build.sh
+
+# With USERNS_TEST_KUBECONFIG no local control plane is needed; the tools always are.
+test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane) tools
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
