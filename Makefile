@@ -5,6 +5,7 @@
 #   make control-plane   build/cached kube-apiserver, kubectl, etcd for the tests
 #   make tools           build/cached helm, the Kyverno CLI and third-party CRDs for the tests
 #   make lint            rustfmt check + clippy with warnings as errors
+#   make manifests       re-render deploy/manifests from the Helm chart (a test checks drift)
 #
 # USERNS_K8S_VERSION=v1.33.13 make test   runs the same tests against another
 # Kubernetes version (built on first use); USERNS_TEST_KUBECONFIG=/path makes
@@ -13,7 +14,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all test unit-test control-plane tools lint fmt clean-control-plane
+.PHONY: all test unit-test control-plane tools lint fmt clean-control-plane manifests
 
 all: lint test
 
@@ -50,3 +51,7 @@ clean-control-plane:
 .PHONY: demo
 demo: control-plane
 	scripts/demo.sh
+
+# deploy/manifests/userns-labeler.yaml is the chart rendered with its defaults; commit the result.
+manifests:
+	scripts/render-manifests.sh
