@@ -694,3 +694,51 @@ async fn kyverno_policies_and_the_guardrail_pass_a_server_side_dry_run() {
         assert_dry_run_accepts(cp, &yaml, &file.display().to_string());
     }
 }
+
+/// The Deployment's pod, as a Pod in `namespace`, in YAML.
+fn deployment_pod(objects: &[Value], namespace: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "userns-labeler-pod", "namespace": namespace},
+        "spec": one(objects, "Deployment")["spec"]["template"]["spec"].clone(),
+    })
+}
+
+#[tokio::test]
+async fn controller_pod_is_admitted_under_the_restricted_pod_security_standard() {
+    let cp = common::shared();
+    let namespace = cp.namespace("restricted").await;
+    let output = kubectl(
+        cp,
+        &[
+            "label",
+            "namespace",
+            namespace.name(),
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let pod = deployment_pod(rendered("default"), namespace.name());
+    assert_dry_run_accepts(cp, &pod.to_string(), "the controller's pod");
+
+    // The same pod without its security contexts is refused: the namespace really enforces.
+    let mut loose = pod;
+    loose["spec"]["securityContext"] = Value::Null;
+    loose["spec"]["containers"][0]["securityContext"] = Value::Null;
+    let output = kubectl(
+        cp,
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&loose.to_string()),
+    );
+    assert!(
+        !output.status.success(),
+        "a non-restricted pod was admitted"
+    );
+    assert!(
+        text(&output.stderr).contains("violates PodSecurity \"restricted"),
+        "{}",
+        text(&output.stderr)
+    );
+}
