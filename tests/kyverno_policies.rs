@@ -17,7 +17,7 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -47,25 +47,7 @@ fn kyverno_dir() -> PathBuf {
 
 /// The Kyverno CLI from `tests/tools/build.sh path kyverno` (built on first use).
 fn kyverno_cli() -> PathBuf {
-    let script = repo().join("tests/tools/build.sh");
-    let output = Command::new(&script)
-        .args(["path", "kyverno"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "`tests/tools/build.sh path kyverno` failed ({}); these tests need the Kyverno CLI: \
-         run `make tools` (needs Go >= 1.26 and the Go module proxy) and read its output above",
-        output.status
-    );
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    assert!(
-        path.is_file(),
-        "tests/tools/build.sh printed {}, which is not a file",
-        path.display()
-    );
-    path
+    common::tool("kyverno")
 }
 
 /// Every `*.yaml` file below `dir`, sorted.
