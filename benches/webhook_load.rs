@@ -19,7 +19,11 @@
 //! (closed loop), `WEBHOOK_LOAD_MAX_ROUNDS` (alternating closed-loop rounds per server, median
 //! reported), `WEBHOOK_LOAD_ONLY=webhook|trivial`, `WEBHOOK_LOAD_PODS=minimal` (one container
 //! and one claim, ~1 KiB reviews, instead of the realistic ones), `WEBHOOK_LOAD_SERVER_THREADS` /
-//! `WEBHOOK_LOAD_CLIENT_THREADS` (tokio workers of each side; both share the machine's cores).
+//! `WEBHOOK_LOAD_CLIENT_THREADS` (tokio workers of each side; both share the machine's cores),
+//! `WEBHOOK_LOAD_HANDLER_REQUESTS` (requests of the one-thread CPU breakdown, default 20,000) and
+//! `WEBHOOK_LOAD_HANDLER_ONLY=1` (stop after that breakdown), `WEBHOOK_LOAD_PROFILE=handler|
+//! fast|skip|typed|mutate` (only run that stage `WEBHOOK_LOAD_HANDLER_REQUESTS` times, for a profiler:
+//! `perf record --call-graph dwarf` on the bench binary).
 //! Under `cargo test --all-targets` (no `--bench` argument) it only makes a one-second smoke
 //! run.
 
@@ -34,13 +38,14 @@ use axum::body::Bytes;
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use kube::core::admission::{AdmissionRequest, AdmissionReview};
+use kube::core::admission::AdmissionReview;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
+use userns_labeler::webhook::lean::decode_pod_create;
 use userns_labeler::webhook::{
-    AdmissionSettings, MUTATE_PODS_PATH, Mode, Outcome, SelfSigned, ServerTls, mutate, router,
-    serve_tls,
+    AdmissionSettings, MUTATE_PODS_PATH, Mode, Outcome, PodCreate, SelfSigned, ServerTls,
+    WebhookState, mutate_pod, router, serve_tls,
 };
 use webhook_support::{caches, class, from_json, https, namespace, review, state};
 
@@ -176,6 +181,24 @@ fn thread_cpu() -> Duration {
         .unwrap_or_default()
 }
 
+/// CPU time so far of this process's threads named `name` (the tokio workers of one runtime).
+fn threads_cpu(name: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse().ok()
+        })
+        .map(Duration::from_nanos)
+        .sum()
+}
+
 /// The trivial server: every POST gets the same AdmissionReview.
 fn trivial_router() -> axum::Router {
     let constant = constant_review();
@@ -213,6 +236,58 @@ fn handler_cpu(router: &axum::Router, bodies: &[Bytes], n: usize) -> Duration {
     })
 }
 
+/// Runs one stage of the request path `n` times on this thread and prints its CPU time per
+/// request, for a profiler to look at that stage alone: `handler` (the router, no network),
+/// `fast` (the fast-path decode), `skip` (JSON syntax only, the floor of any serde_json decode), `typed` (the full typed decode), `mutate` (deciding and
+/// building the patch).
+fn profile_stage(stage: &str, state: &Arc<WebhookState>, bodies: &[Bytes], n: usize) {
+    let started = thread_cpu();
+    match stage {
+        "handler" => {
+            let router = router(state.clone(), AdmissionSettings::default());
+            println!("{:.1?}", handler_cpu(&router, bodies, n));
+            return;
+        }
+        "fast" => {
+            for i in 0..n {
+                let request = decode_pod_create(&bodies[i % bodies.len()], &state.keys);
+                std::hint::black_box(request.unwrap());
+            }
+        }
+        "skip" => {
+            for i in 0..n {
+                let any: serde::de::IgnoredAny =
+                    serde_json::from_slice(&bodies[i % bodies.len()]).unwrap();
+                std::hint::black_box(any);
+            }
+        }
+        "typed" => {
+            for i in 0..n {
+                let review: AdmissionReview<Pod> =
+                    serde_json::from_slice(&bodies[i % bodies.len()]).unwrap();
+                std::hint::black_box(review);
+            }
+        }
+        "mutate" => {
+            let requests: Vec<PodCreate> = bodies
+                .iter()
+                .map(|body| decode_pod_create(body, &state.keys).unwrap())
+                .collect();
+            let started = thread_cpu();
+            for i in 0..n {
+                let request = &requests[i % requests.len()];
+                std::hint::black_box(mutate_pod(request, state, Mode::Enforce));
+            }
+            println!("{:.1?}", (thread_cpu() - started) / n as u32);
+            return;
+        }
+        other => {
+            panic!("WEBHOOK_LOAD_PROFILE={other}: expected handler, fast, skip, typed or mutate")
+        }
+    }
+    println!("{:.1?}", (thread_cpu() - started) / n as u32);
+}
+
 /// A minimal pod CREATE review (one container, one claim, no managedFields): shows how much of
 /// the gap to the trivial server is the size of the object to decode.
 fn minimal_pod_review(rng: &mut Rng, i: usize) -> Vec<u8> {
@@ -245,6 +320,9 @@ struct Run {
     latencies_us: Vec<u32>,
     errors: usize,
     elapsed: Duration,
+    /// CPU time of the server's and the client's worker threads during the run (closed loop).
+    server_cpu: Duration,
+    client_cpu: Duration,
 }
 
 impl Run {
@@ -499,7 +577,15 @@ fn main() {
     let only: Option<String> = std::env::var("WEBHOOK_LOAD_ONLY").ok();
     let skip = |name: &str| only.as_deref().is_some_and(|o| o != name);
     // Where a webhook request's CPU goes, on one thread, before any load.
-    let n = if smoke { 200 } else { 20_000 };
+    let n = if smoke {
+        200
+    } else {
+        env_or("WEBHOOK_LOAD_HANDLER_REQUESTS", 20_000)
+    };
+    if let Ok(stage) = std::env::var("WEBHOOK_LOAD_PROFILE") {
+        profile_stage(&stage, &state, &bodies, n);
+        return;
+    }
     let webhook_handler = handler_cpu(
         &router(state.clone(), AdmissionSettings::default()),
         &bodies,
@@ -513,26 +599,35 @@ fn main() {
         std::hint::black_box(review);
     }
     let parse = (thread_cpu() - started) / n as u32;
-    let requests: Vec<AdmissionRequest<Pod>> = bodies
+    let started = thread_cpu();
+    for i in 0..n {
+        let request = decode_pod_create(&bodies[i % bodies.len()], &state.keys).unwrap();
+        std::hint::black_box(request);
+    }
+    let fast_parse = (thread_cpu() - started) / n as u32;
+    let requests: Vec<PodCreate> = bodies
         .iter()
-        .map(|body| {
-            serde_json::from_slice::<AdmissionReview<Pod>>(body)
-                .unwrap()
-                .try_into()
-                .unwrap()
-        })
+        .map(|body| decode_pod_create(body, &state.keys).unwrap())
         .collect();
     let started = thread_cpu();
     for i in 0..n {
-        std::hint::black_box(mutate(&requests[i % requests.len()], &state, Mode::Enforce));
+        std::hint::black_box(mutate_pod(
+            &requests[i % requests.len()],
+            &state,
+            Mode::Enforce,
+        ));
     }
     let decide = (thread_cpu() - started) / n as u32;
     drop(requests);
     println!(
         "CPU per request on one thread, no network: webhook handler {webhook_handler:.1?} \
-         (parsing the review into AdmissionReview<Pod> {parse:.1?}, deciding and building the \
-         patch {decide:.1?}); trivial handler {trivial_handler:.1?}"
+         (decoding the review: {fast_parse:.1?} on the fast path, {parse:.1?} into the full \
+         AdmissionReview<Pod>; deciding and building the patch {decide:.1?}); trivial handler \
+         {trivial_handler:.1?}"
     );
+    if std::env::var("WEBHOOK_LOAD_HANDLER_ONLY").is_ok_and(|v| v == "1") {
+        return;
+    }
     println!("load average before the runs: {}", load_average());
 
     let mut results: Vec<(String, [Option<Run>; 2])> = Vec::new();
@@ -562,7 +657,11 @@ fn main() {
         for _ in 0..max_rounds {
             for (k, (name, target)) in targets.iter().enumerate() {
                 if !skip(name) {
-                    rounds[k].push(closed_loop(target, seconds, max_pool).await);
+                    let (server, client) = (threads_cpu("server"), threads_cpu("client"));
+                    let mut run = closed_loop(target, seconds, max_pool).await;
+                    run.server_cpu = threads_cpu("server") - server;
+                    run.client_cpu = threads_cpu("client") - client;
+                    rounds[k].push(run);
                 }
             }
         }
@@ -608,6 +707,17 @@ fn main() {
             webhook.throughput(),
             100.0 * webhook.throughput() / trivial.throughput(),
             trivial.throughput()
+        );
+        let per_request = |run: &Run, cpu: Duration| {
+            cpu.as_secs_f64() * 1e6 / run.latencies_us.len().max(1) as f64
+        };
+        println!(
+            "CPU per request in that run (worker threads, user and kernel): webhook server {:.1} µs \
+             + client {:.1} µs; trivial server {:.1} µs + client {:.1} µs",
+            per_request(webhook, webhook.server_cpu),
+            per_request(webhook, webhook.client_cpu),
+            per_request(trivial, trivial.server_cpu),
+            per_request(trivial, trivial.client_cpu),
         );
     }
     println!("load average after the runs: {}", load_average());

@@ -9,6 +9,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use rstest::rstest;
@@ -16,9 +18,10 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use userns_labeler::capability::{BlockerCode, DriverTable};
 use userns_labeler::keys::Keys;
+use userns_labeler::webhook::lean::decode_pod_create;
 use userns_labeler::webhook::{
-    AdmissionSettings, MAX_BODY_BYTES, MUTATE_PODS_PATH, Mode, Outcome, WebhookMetrics,
-    WebhookState, router,
+    AdmissionSettings, MAX_BODY_BYTES, MUTATE_PODS_PATH, Mode, Outcome, PodCreate, WebhookMetrics,
+    WebhookState, mutate, mutate_pod, router,
 };
 use webhook_support::*;
 
@@ -280,6 +283,105 @@ async fn a_skipped_pod_keeps_host_users_and_says_why(
     for code in codes {
         assert_eq!(state.metrics.blockers(*code), 1, "{case}: {code}");
     }
+}
+
+/// The fixture pods of this file, enabled and skipped.
+fn fixture_pods() -> Vec<Value> {
+    let mut pods = vec![
+        pod("web"),
+        with_volume(pod("web"), claim_volume("data", "data")),
+        with_volume(
+            pod("scratch"),
+            json!({"name": "work", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                "accessModes": ["ReadWriteOnce"], "storageClassName": "ebs",
+                "resources": {"requests": {"storage": "10Gi"}}}}}}),
+        ),
+    ];
+    let mut config = pod("cfg");
+    for volume in [
+        json!({"name": "config", "configMap": {"name": "settings"}}),
+        json!({"name": "secret", "secret": {"secretName": "creds"}}),
+        json!({"name": "scratch", "emptyDir": {}}),
+    ] {
+        config = with_volume(config, volume);
+    }
+    pods.push(config);
+    for case in [
+        "host-network",
+        "host-pid",
+        "host-ipc",
+        "host-users-true",
+        "host-users-false",
+        "dev-host-path",
+        "volume-devices",
+        "rwx-longhorn",
+        "nfs-claim",
+        "unknown-driver",
+        "missing-claim",
+        "run-as-user-70000",
+        "privileged",
+    ] {
+        pods.push(skipped_pod(case));
+    }
+    let mut labelled = with_volume(pod("web"), claim_volume("data", "data"));
+    labelled["metadata"]["labels"] = json!({"userns.io/opt-out": "true"});
+    pods.push(labelled);
+    pods
+}
+
+/// The router decodes pod CREATEs on a fast path that keeps only what the decision reads; every
+/// fixture pod gets from it the same admission, in both modes and namespaces, as from kube's
+/// full typed decoder.
+#[test]
+fn every_fixture_pod_gets_the_same_admission_from_the_fast_and_the_full_decoder() {
+    let state = world();
+    for pod in fixture_pods() {
+        for namespace in ["app", "quiet"] {
+            let body = serde_json::to_vec(&review("CREATE", namespace, &pod)).unwrap();
+            let full: AdmissionReview<Pod> = serde_json::from_slice(&body).unwrap();
+            let full: AdmissionRequest<Pod> = full.try_into().unwrap();
+            let fast = decode_pod_create(&body, &state.keys).expect("the fast path decodes it");
+            let full_pod = full.object.as_ref().unwrap();
+            assert_eq!(fast, PodCreate::of(&full, full_pod, &state.keys), "{pod}");
+            for mode in [Mode::Enforce, Mode::Audit] {
+                let (a, b) = (mutate_pod(&fast, &state, mode), mutate(&full, &state, mode));
+                assert_eq!(a.response, b.response, "{pod}");
+                assert_eq!(
+                    (a.outcome, &a.blockers, a.error, a.cache_miss),
+                    (b.outcome, &b.blockers, b.error, b.cache_miss),
+                    "{pod}"
+                );
+            }
+        }
+    }
+}
+
+/// The answer is JSON with the patch as a base64 string and its type, as the API server's own
+/// types encode it.
+#[tokio::test]
+async fn the_answer_is_json_with_a_base64_patch() {
+    let state = world();
+    let review = review("CREATE", "app", &pod("web"));
+    let request = Request::post(MUTATE_PODS_PATH)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&review).unwrap()))
+        .unwrap();
+    let response = router(state, enforce()).oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(value["kind"], "AdmissionReview");
+    assert_eq!(value["response"]["allowed"], true);
+    assert_eq!(value["response"]["status"], json!({}));
+    assert_eq!(value["response"]["patchType"], "JSONPatch");
+    let patch = value["response"]["patch"]
+        .as_str()
+        .expect("a base64 string");
+    assert!(
+        answer(&body).patch.is_some_and(|p| !p.0.is_empty()),
+        "{patch}"
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, SecurityContext, Volume};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaimTemplate, Pod, PodSpec, SecurityContext, Volume, VolumeDevice,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::resolve::{
@@ -147,9 +149,206 @@ impl PodDecision {
     }
 }
 
+/// What the decision reads of a pod. [`PodFacts::of`] takes it from a k8s-openapi `Pod`; the
+/// webhook's fast decoder (`crate::webhook::lean`) builds it straight from the JSON, borrowing
+/// strings from it. Both must agree: the webhook's tests compare them on every pod they decode.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodFacts<'a> {
+    /// `metadata.name`: a generic ephemeral volume's claim is named after it.
+    pub name: Option<Cow<'a, str>>,
+    /// `None` for a pod without a spec, which is blocked (fail closed).
+    pub spec: Option<SpecFacts<'a>>,
+}
+
+/// The parts of a pod's spec the decision reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpecFacts<'a> {
+    pub host_users: Option<bool>,
+    pub host_network: Option<bool>,
+    pub host_pid: Option<bool>,
+    pub host_ipc: Option<bool>,
+    /// `os.name`.
+    pub os_name: Option<Cow<'a, str>>,
+    /// `resourceClaims` is present and not empty.
+    pub resource_claims: bool,
+    /// `securityContext.runAsUser`.
+    pub run_as_user: Option<i64>,
+    /// `securityContext.runAsGroup`.
+    pub run_as_group: Option<i64>,
+    /// `securityContext.fsGroup`.
+    pub fs_group: Option<i64>,
+    /// `securityContext.supplementalGroups`.
+    pub supplemental_groups: Cow<'a, [i64]>,
+    /// The containers, then the init containers, then the ephemeral containers.
+    pub containers: Vec<ContainerFacts<'a>>,
+    /// `volumes`, in order.
+    pub volumes: Vec<PodVolume<'a>>,
+}
+
+/// Which list of the spec a container is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerKind {
+    Container,
+    Init,
+    Ephemeral,
+}
+
+impl ContainerKind {
+    /// The field of the spec, as the reasons name it.
+    pub fn field(self) -> &'static str {
+        match self {
+            ContainerKind::Container => "containers",
+            ContainerKind::Init => "initContainers",
+            ContainerKind::Ephemeral => "ephemeralContainers",
+        }
+    }
+}
+
+/// The parts of a container the decision reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerFacts<'a> {
+    pub kind: ContainerKind,
+    pub name: Cow<'a, str>,
+    /// `volumeDevices` is present and not empty.
+    pub volume_devices: bool,
+    /// `securityContext.privileged`.
+    pub privileged: Option<bool>,
+    /// `securityContext.runAsUser`.
+    pub run_as_user: Option<i64>,
+    /// `securityContext.runAsGroup`.
+    pub run_as_group: Option<i64>,
+}
+
+/// A pod volume: its name and what its source means for idmap mounts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodVolume<'a> {
+    pub name: Cow<'a, str>,
+    pub source: VolumeSource<'a>,
+}
+
+/// The kind of a pod volume's source, as far as idmap mounts are concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VolumeSource<'a> {
+    /// Node-local, kubelet-managed volumes (configMap, secret, projected, downwardAPI, emptyDir).
+    NodeLocal,
+    /// A `persistentVolumeClaim`, by claim name.
+    Claim(Cow<'a, str>),
+    /// A generic `ephemeral` volume and its claim template, if it has one (boxed: it is large
+    /// and rare).
+    Ephemeral(Option<Box<Cow<'a, PersistentVolumeClaimTemplate>>>),
+    HostPath(Cow<'a, str>),
+    /// A CSI volume, or an in-tree source named by its pseudo-driver.
+    Driver {
+        driver: Cow<'a, str>,
+        fs_type: Option<Cow<'a, str>>,
+        attributes: Option<Cow<'a, BTreeMap<String, String>>>,
+    },
+    /// No source this version recognises.
+    Unrecognized,
+}
+
+impl<'a> PodFacts<'a> {
+    /// The facts of a decoded pod, borrowing its strings.
+    pub fn of(pod: &'a Pod) -> PodFacts<'a> {
+        PodFacts {
+            name: pod.metadata.name.as_deref().map(Cow::Borrowed),
+            spec: pod.spec.as_ref().map(SpecFacts::of),
+        }
+    }
+}
+
+impl<'a> SpecFacts<'a> {
+    pub fn of(spec: &'a PodSpec) -> SpecFacts<'a> {
+        let sc = spec.security_context.as_ref();
+        let containers = spec
+            .containers
+            .iter()
+            .map(|c| {
+                ContainerFacts::of(
+                    ContainerKind::Container,
+                    &c.name,
+                    &c.volume_devices,
+                    &c.security_context,
+                )
+            })
+            .chain(spec.init_containers.iter().flatten().map(|c| {
+                ContainerFacts::of(
+                    ContainerKind::Init,
+                    &c.name,
+                    &c.volume_devices,
+                    &c.security_context,
+                )
+            }))
+            .chain(spec.ephemeral_containers.iter().flatten().map(|c| {
+                ContainerFacts::of(
+                    ContainerKind::Ephemeral,
+                    &c.name,
+                    &c.volume_devices,
+                    &c.security_context,
+                )
+            }))
+            .collect();
+        SpecFacts {
+            host_users: spec.host_users,
+            host_network: spec.host_network,
+            host_pid: spec.host_pid,
+            host_ipc: spec.host_ipc,
+            os_name: spec.os.as_ref().map(|os| Cow::Borrowed(os.name.as_str())),
+            resource_claims: spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()),
+            run_as_user: sc.and_then(|sc| sc.run_as_user),
+            run_as_group: sc.and_then(|sc| sc.run_as_group),
+            fs_group: sc.and_then(|sc| sc.fs_group),
+            supplemental_groups: Cow::Borrowed(
+                sc.and_then(|sc| sc.supplemental_groups.as_deref())
+                    .unwrap_or_default(),
+            ),
+            containers,
+            volumes: spec
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| PodVolume {
+                    name: Cow::Borrowed(&v.name),
+                    source: volume_source(v),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<'a> ContainerFacts<'a> {
+    pub fn of(
+        kind: ContainerKind,
+        name: &'a str,
+        devices: &'a Option<Vec<VolumeDevice>>,
+        security: &'a Option<SecurityContext>,
+    ) -> ContainerFacts<'a> {
+        let sc = security.as_ref();
+        ContainerFacts {
+            kind,
+            name: Cow::Borrowed(name),
+            volume_devices: devices.as_ref().is_some_and(|d| !d.is_empty()),
+            privileged: sc.and_then(|sc| sc.privileged),
+            run_as_user: sc.and_then(|sc| sc.run_as_user),
+            run_as_group: sc.and_then(|sc| sc.run_as_group),
+        }
+    }
+}
+
 /// Decides whether `pod`, created in `namespace`, may get `spec.hostUsers: false`.
 pub fn decide_pod<V: ClusterView + ?Sized>(
     pod: &Pod,
+    namespace: &str,
+    view: &V,
+    table: &DriverTable,
+    keys: &Keys,
+) -> PodDecision {
+    decide(&PodFacts::of(pod), namespace, view, table, keys)
+}
+
+/// [`decide_pod`] on the facts of a pod.
+pub fn decide<V: ClusterView + ?Sized>(
+    pod: &PodFacts<'_>,
     namespace: &str,
     view: &V,
     table: &DriverTable,
@@ -162,14 +361,14 @@ pub fn decide_pod<V: ClusterView + ?Sized>(
     };
     check_pod_fields(spec, &mut decision);
     check_containers(spec, &mut decision);
-    for volume in spec.volumes.iter().flatten() {
+    for volume in &spec.volumes {
         decision.volumes_checked += 1;
         check_volume(volume, pod, namespace, view, table, keys, &mut decision);
     }
     decision
 }
 
-fn check_pod_fields(spec: &PodSpec, decision: &mut PodDecision) {
+fn check_pod_fields(spec: &SpecFacts<'_>, decision: &mut PodDecision) {
     if let Some(host_users) = spec.host_users {
         decision.block(
             BlockerCode::HostUsersSet,
@@ -192,44 +391,44 @@ fn check_pod_fields(spec: &PodSpec, decision: &mut PodDecision) {
         }
     }
     if spec
-        .os
-        .as_ref()
-        .is_some_and(|os| os.name.eq_ignore_ascii_case("windows"))
+        .os_name
+        .as_deref()
+        .is_some_and(|os| os.eq_ignore_ascii_case("windows"))
     {
         decision.block(
             BlockerCode::WindowsPod,
             "Windows pods (spec.os.name: windows) cannot set hostUsers",
         );
     }
-    if spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()) {
+    if spec.resource_claims {
         decision.block(
             BlockerCode::ResourceClaims,
             "devices handed to the pod through DRA resourceClaims are not idmap-aware",
         );
     }
-    if let Some(sc) = &spec.security_context {
-        let ids = [
-            ("runAsUser", sc.run_as_user),
-            ("runAsGroup", sc.run_as_group),
-            ("fsGroup", sc.fs_group),
-        ];
-        for (field, id) in ids {
-            check_id(&format!("spec.securityContext.{field}"), id, decision);
-        }
-        for id in sc.supplemental_groups.iter().flatten() {
-            check_id(
-                "spec.securityContext.supplementalGroups",
-                Some(*id),
-                decision,
-            );
-        }
+    let ids = [
+        ("runAsUser", spec.run_as_user),
+        ("runAsGroup", spec.run_as_group),
+        ("fsGroup", spec.fs_group),
+    ];
+    for (field, id) in ids {
+        check_id(|| format!("spec.securityContext.{field}"), id, decision);
+    }
+    for id in spec.supplemental_groups.iter() {
+        check_id(
+            || "spec.securityContext.supplementalGroups".to_string(),
+            Some(*id),
+            decision,
+        );
     }
 }
 
-fn check_id(field: &str, id: Option<i64>, decision: &mut PodDecision) {
+/// Blocks an ID outside the pod's range; `field` names it (only formatted when it blocks).
+fn check_id(field: impl FnOnce() -> String, id: Option<i64>, decision: &mut PodDecision) {
     if let Some(id) = id
         && id >= IDS_PER_POD
     {
+        let field = field();
         decision.block(
             BlockerCode::IdOutOfRange,
             format!(
@@ -239,110 +438,66 @@ fn check_id(field: &str, id: Option<i64>, decision: &mut PodDecision) {
     }
 }
 
-fn check_containers(spec: &PodSpec, decision: &mut PodDecision) {
-    let containers = spec
-        .containers
-        .iter()
-        .map(|c| {
-            (
-                "containers",
-                &c.name,
-                &c.volume_devices,
-                &c.security_context,
-            )
-        })
-        .chain(spec.init_containers.iter().flatten().map(|c| {
-            (
-                "initContainers",
-                &c.name,
-                &c.volume_devices,
-                &c.security_context,
-            )
-        }))
-        .chain(spec.ephemeral_containers.iter().flatten().map(|c| {
-            (
-                "ephemeralContainers",
-                &c.name,
-                &c.volume_devices,
-                &c.security_context,
-            )
-        }));
-    for (kind, name, devices, security) in containers {
-        if devices.as_ref().is_some_and(|d| !d.is_empty()) {
+fn check_containers(spec: &SpecFacts<'_>, decision: &mut PodDecision) {
+    for c in &spec.containers {
+        let (kind, name) = (c.kind.field(), &c.name);
+        if c.volume_devices {
             decision.block(
                 BlockerCode::VolumeDevices,
                 format!("{kind} {name} uses volumeDevices, and raw block devices cannot be used in a user namespace"),
             );
         }
-        if let Some(sc) = security {
-            check_container_security(kind, name, sc, decision);
+        if c.privileged == Some(true) {
+            decision.block(
+                BlockerCode::PrivilegedContainer,
+                format!("{kind} {name} is privileged and expects host-level privileges that a user namespace removes"),
+            );
         }
-    }
-}
-
-fn check_container_security(
-    kind: &str,
-    name: &str,
-    sc: &SecurityContext,
-    decision: &mut PodDecision,
-) {
-    if sc.privileged == Some(true) {
-        decision.block(
-            BlockerCode::PrivilegedContainer,
-            format!("{kind} {name} is privileged and expects host-level privileges that a user namespace removes"),
+        check_id(
+            || format!("{kind} {name} runAsUser"),
+            c.run_as_user,
+            decision,
+        );
+        check_id(
+            || format!("{kind} {name} runAsGroup"),
+            c.run_as_group,
+            decision,
         );
     }
-    check_id(
-        &format!("{kind} {name} runAsUser"),
-        sc.run_as_user,
-        decision,
-    );
-    check_id(
-        &format!("{kind} {name} runAsGroup"),
-        sc.run_as_group,
-        decision,
-    );
 }
 
-/// The kind of a pod volume, as far as idmap mounts are concerned.
-enum VolumeKind<'a> {
-    /// Node-local, kubelet-managed volumes (configMap, secret, projected, downwardAPI, emptyDir).
-    NodeLocal,
-    Claim(&'a str),
-    Ephemeral,
-    HostPath(&'a str),
-    Driver {
-        driver: Cow<'a, str>,
-        fs_type: Option<&'a str>,
-        attributes: Option<&'a BTreeMap<String, String>>,
-    },
-    Unrecognized,
-}
-
-fn volume_kind<'a>(v: &'a Volume) -> VolumeKind<'a> {
-    let driver = |name: &'static str, fs_type: Option<&'a str>| VolumeKind::Driver {
-        driver: Cow::Borrowed(name),
-        fs_type,
-        attributes: None,
-    };
+/// The source of a decoded volume. When a volume names several sources (the API server rejects
+/// that), the first in this order counts.
+pub fn volume_source(v: &Volume) -> VolumeSource<'_> {
+    fn driver<'a>(name: &'static str, fs_type: Option<&'a String>) -> VolumeSource<'a> {
+        VolumeSource::Driver {
+            driver: Cow::Borrowed(name),
+            fs_type: fs_type.map(|f| Cow::Borrowed(f.as_str())),
+            attributes: None,
+        }
+    }
     if v.config_map.is_some()
         || v.secret.is_some()
         || v.projected.is_some()
         || v.downward_api.is_some()
         || v.empty_dir.is_some()
     {
-        VolumeKind::NodeLocal
+        VolumeSource::NodeLocal
     } else if let Some(c) = &v.persistent_volume_claim {
-        VolumeKind::Claim(&c.claim_name)
-    } else if v.ephemeral.is_some() {
-        VolumeKind::Ephemeral
+        VolumeSource::Claim(Cow::Borrowed(&c.claim_name))
+    } else if let Some(e) = &v.ephemeral {
+        VolumeSource::Ephemeral(
+            e.volume_claim_template
+                .as_ref()
+                .map(|t| Box::new(Cow::Borrowed(t))),
+        )
     } else if let Some(h) = &v.host_path {
-        VolumeKind::HostPath(&h.path)
+        VolumeSource::HostPath(Cow::Borrowed(&h.path))
     } else if let Some(c) = &v.csi {
-        VolumeKind::Driver {
+        VolumeSource::Driver {
             driver: Cow::Borrowed(&c.driver),
-            fs_type: c.fs_type.as_deref(),
-            attributes: c.volume_attributes.as_ref(),
+            fs_type: c.fs_type.as_deref().map(Cow::Borrowed),
+            attributes: c.volume_attributes.as_ref().map(Cow::Borrowed),
         }
     } else if v.nfs.is_some() {
         driver(pseudo::NFS, None)
@@ -351,49 +506,49 @@ fn volume_kind<'a>(v: &'a Volume) -> VolumeKind<'a> {
     } else if v.glusterfs.is_some() {
         driver(pseudo::GLUSTERFS, None)
     } else if let Some(s) = &v.iscsi {
-        driver(pseudo::ISCSI, s.fs_type.as_deref())
+        driver(pseudo::ISCSI, s.fs_type.as_ref())
     } else if let Some(s) = &v.fc {
-        driver(pseudo::FC, s.fs_type.as_deref())
+        driver(pseudo::FC, s.fs_type.as_ref())
     } else if let Some(s) = &v.rbd {
-        driver(pseudo::RBD, s.fs_type.as_deref())
+        driver(pseudo::RBD, s.fs_type.as_ref())
     } else if v.azure_file.is_some() {
         driver(pseudo::AZURE_FILE, None)
     } else if let Some(s) = &v.azure_disk {
-        driver(pseudo::AZURE_DISK, s.fs_type.as_deref())
+        driver(pseudo::AZURE_DISK, s.fs_type.as_ref())
     } else if let Some(s) = &v.aws_elastic_block_store {
-        driver(pseudo::AWS_EBS, s.fs_type.as_deref())
+        driver(pseudo::AWS_EBS, s.fs_type.as_ref())
     } else if let Some(s) = &v.gce_persistent_disk {
-        driver(pseudo::GCE_PD, s.fs_type.as_deref())
+        driver(pseudo::GCE_PD, s.fs_type.as_ref())
     } else if let Some(s) = &v.cinder {
-        driver(pseudo::CINDER, s.fs_type.as_deref())
+        driver(pseudo::CINDER, s.fs_type.as_ref())
     } else if let Some(s) = &v.vsphere_volume {
-        driver(pseudo::VSPHERE, s.fs_type.as_deref())
+        driver(pseudo::VSPHERE, s.fs_type.as_ref())
     } else if let Some(s) = &v.portworx_volume {
-        driver(pseudo::PORTWORX, s.fs_type.as_deref())
+        driver(pseudo::PORTWORX, s.fs_type.as_ref())
     } else if let Some(s) = &v.flex_volume {
-        driver(pseudo::FLEX, s.fs_type.as_deref())
+        driver(pseudo::FLEX, s.fs_type.as_ref())
     } else if v.flocker.is_some() {
         driver(pseudo::FLOCKER, None)
     } else if v.quobyte.is_some() {
         driver(pseudo::QUOBYTE, None)
     } else if let Some(s) = &v.scale_io {
-        driver(pseudo::SCALEIO, s.fs_type.as_deref())
+        driver(pseudo::SCALEIO, s.fs_type.as_ref())
     } else if let Some(s) = &v.storageos {
-        driver(pseudo::STORAGEOS, s.fs_type.as_deref())
+        driver(pseudo::STORAGEOS, s.fs_type.as_ref())
     } else if let Some(s) = &v.photon_persistent_disk {
-        driver(pseudo::PHOTON_PD, s.fs_type.as_deref())
+        driver(pseudo::PHOTON_PD, s.fs_type.as_ref())
     } else if v.image.is_some() {
         driver(pseudo::IMAGE, None)
     } else if v.git_repo.is_some() {
         driver(pseudo::GIT_REPO, None)
     } else {
-        VolumeKind::Unrecognized
+        VolumeSource::Unrecognized
     }
 }
 
 fn check_volume<V: ClusterView + ?Sized>(
-    volume: &Volume,
-    pod: &Pod,
+    volume: &PodVolume<'_>,
+    pod: &PodFacts<'_>,
     namespace: &str,
     view: &V,
     table: &DriverTable,
@@ -401,21 +556,22 @@ fn check_volume<V: ClusterView + ?Sized>(
     decision: &mut PodDecision,
 ) {
     let name = &volume.name;
-    match volume_kind(volume) {
-        VolumeKind::NodeLocal => {}
-        VolumeKind::Claim(claim_name) => match view.claim(namespace, claim_name) {
+    match &volume.source {
+        VolumeSource::NodeLocal => {}
+        VolumeSource::Claim(claim_name) => match view.claim(namespace, claim_name) {
             None => decision.block(
                 BlockerCode::ClaimNotFound,
                 format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
             ),
             Some(claim) => {
                 let verdict = resolve_claim(&claim, view, table, keys);
-                let what = format!("volume {name}: claim {claim_name}");
-                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, true);
+                if verdict.verdict != Verdict::True {
+                    let what = format!("volume {name}: claim {claim_name}");
+                    record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, true);
+                }
             }
         },
-        VolumeKind::Ephemeral => {
-            let template = volume.ephemeral.as_ref().and_then(|e| e.volume_claim_template.as_ref());
+        VolumeSource::Ephemeral(template) => {
             let Some(template) = template else {
                 decision.block(
                     BlockerCode::VolumeSupportUnknown,
@@ -425,11 +581,13 @@ fn check_volume<V: ClusterView + ?Sized>(
             };
             let meta = template.metadata.clone().unwrap_or_default();
             let verdict = claim_facts(&meta, &template.spec, None, view).judge(table);
-            let pod_name = pod.metadata.name.as_deref().unwrap_or("<generated>");
-            let what = format!("volume {name}: ephemeral claim {pod_name}-{name}");
-            record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
+            if verdict.verdict != Verdict::True {
+                let pod_name = pod.name.as_deref().unwrap_or("<generated>");
+                let what = format!("volume {name}: ephemeral claim {pod_name}-{name}");
+                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
+            }
         }
-        VolumeKind::HostPath(path) => {
+        VolumeSource::HostPath(path) => {
             if let Some(root) = forbidden_host_path(path) {
                 decision.block(
                     BlockerCode::HostPathForbidden,
@@ -437,18 +595,20 @@ fn check_volume<V: ClusterView + ?Sized>(
                 );
             }
         }
-        VolumeKind::Driver { driver, fs_type, attributes } => {
+        VolumeSource::Driver { driver, fs_type, attributes } => {
             let facts = VolumeFacts {
-                driver: Some((driver, DriverSource::InlineVolume)),
-                fs_type,
-                attributes,
+                driver: Some((Cow::Borrowed(driver.as_ref()), DriverSource::InlineVolume)),
+                fs_type: fs_type.as_deref(),
+                attributes: attributes.as_deref(),
                 ..VolumeFacts::default()
             };
             let verdict = facts.judge(table);
-            let what = format!("volume {name}");
-            record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
+            if verdict.verdict != Verdict::True {
+                let what = format!("volume {name}");
+                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
+            }
         }
-        VolumeKind::Unrecognized => decision.block(
+        VolumeSource::Unrecognized => decision.block(
             BlockerCode::UnrecognizedVolume,
             format!("volume {name}: its source is not one this version of userns-labeler recognises"),
         ),

@@ -1,17 +1,20 @@
 //! The pure part of the webhook: one admission request and the current caches in, one
 //! AdmissionResponse (with its JSON Patch) out. No I/O, no clock, no API calls.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::{Status, TypeMeta};
 use serde_json::{Value, json};
 
 use super::metrics::Outcome;
 use super::{Mode, WebhookState};
-use crate::capability::{BlockerCode, PodDecision, decide_pod};
+use crate::capability::pod::{PodFacts, decide};
+use crate::capability::{BlockerCode, PodDecision};
 use crate::keys::Keys;
 
 /// Values of the `<prefix>/decision` annotation.
@@ -79,20 +82,96 @@ pub fn is_pod_create<K: kube::Resource>(request: &AdmissionRequest<K>) -> bool {
         && request.sub_resource.as_deref().is_none_or(str::is_empty)
 }
 
+/// A pod CREATE as the webhook reads it: the request fields it answers with or logs, the pod
+/// metadata it checks, and the [`PodFacts`] the capability engine decides on. Made from a fully
+/// decoded request by [`PodCreate::of`], or straight from the JSON by the fast decoder
+/// ([`super::lean`]); both must give equal values (tested).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodCreate<'a> {
+    /// The review's `apiVersion` and `kind`, echoed in the response.
+    pub api_version: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
+    pub uid: Cow<'a, str>,
+    /// `request.name` (empty when the pod has only a `generateName`).
+    pub name: Cow<'a, str>,
+    /// `request.namespace`.
+    pub namespace: Option<Cow<'a, str>>,
+    pub meta: PodMeta<'a>,
+    pub facts: PodFacts<'a>,
+}
+
+/// The pod metadata the webhook reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodMeta<'a> {
+    pub namespace: Option<Cow<'a, str>>,
+    pub generate_name: Option<Cow<'a, str>>,
+    /// The value of the opt-out label, when the pod has it.
+    pub opt_out: Option<Cow<'a, str>>,
+    /// `metadata.annotations` is present: the patch adds to it rather than creating it.
+    pub has_annotations: bool,
+    /// The value of the decision annotation, when the pod has it.
+    pub decision: Option<Cow<'a, str>>,
+}
+
+impl<'a> PodCreate<'a> {
+    /// The pod CREATE of a decoded request, borrowing from it.
+    pub fn of(request: &'a AdmissionRequest<Pod>, pod: &'a Pod, keys: &Keys) -> PodCreate<'a> {
+        let meta = &pod.metadata;
+        let value = |map: &'a Option<BTreeMap<String, String>>, key: &str| {
+            map.as_ref()
+                .and_then(|m| m.get(key))
+                .map(|v| Cow::Borrowed(v.as_str()))
+        };
+        let borrow = |s: &'a Option<String>| s.as_deref().map(Cow::Borrowed);
+        PodCreate {
+            api_version: Cow::Borrowed(&request.types.api_version),
+            kind: Cow::Borrowed(&request.types.kind),
+            uid: Cow::Borrowed(&request.uid),
+            name: Cow::Borrowed(&request.name),
+            namespace: borrow(&request.namespace),
+            meta: PodMeta {
+                namespace: borrow(&meta.namespace),
+                generate_name: borrow(&meta.generate_name),
+                opt_out: value(&meta.labels, &keys.opt_out),
+                has_annotations: meta.annotations.is_some(),
+                decision: value(&meta.annotations, &keys.decision),
+            },
+            facts: PodFacts::of(pod),
+        }
+    }
+
+    /// The answer allowing the request unchanged.
+    pub fn allowed(&self) -> AdmissionResponse {
+        // kube's constructors start from a request (or deny); this is `From<&AdmissionRequest>`
+        // made from the fields it copies.
+        let mut response = AdmissionResponse::invalid("");
+        response.types = TypeMeta {
+            api_version: self.api_version.to_string(),
+            kind: self.kind.to_string(),
+        };
+        response.uid = self.uid.to_string();
+        response.allowed = true;
+        response.result = Status::default();
+        response
+    }
+
+    /// The namespace the pod is created in: the request's, else the pod's own.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace
+            .as_deref()
+            .or(self.meta.namespace.as_deref())
+            .filter(|ns| !ns.is_empty())
+    }
+}
+
 /// Decides one admission request from the caches and the current driver table.
 ///
 /// - not a pod CREATE: allowed, no patch (`ignored`);
 /// - a pod CREATE without an object or namespace: an invalid-request response (`error`);
-/// - caches not yet synced, or the namespace not in them: allowed, no patch (`error`, and
-///   `cache_miss` so the handler waits for the caches first);
-/// - pod or namespace label `<prefix>/opt-out: "true"`: allowed, no patch (`opt_out`);
-/// - a pod this webhook already enabled (a reinvocation): allowed, no patch (`ignored`);
-/// - otherwise the capability engine decides, and the patch sets the decision annotations, plus
-///   `spec.hostUsers: false` in enforce mode when nothing blocks.
+/// - otherwise as [`mutate_pod`].
 pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode) -> Admission {
-    let allowed = AdmissionResponse::from(request);
     if !is_pod_create(request) {
-        return Admission::new(allowed, Outcome::Ignored);
+        return Admission::new(AdmissionResponse::from(request), Outcome::Ignored);
     }
     let Some(pod) = &request.object else {
         return Admission::invalid(
@@ -101,18 +180,26 @@ pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode)
             "the AdmissionReview request for a pod CREATE carries no object",
         );
     };
-    let Some(namespace) = request
-        .namespace
-        .as_deref()
-        .or(pod.metadata.namespace.as_deref())
-        .filter(|ns| !ns.is_empty())
-    else {
+    mutate_pod(&PodCreate::of(request, pod, &state.keys), state, mode)
+}
+
+/// Decides one pod CREATE:
+/// - no namespace: an invalid-request response (`error`);
+/// - caches not yet synced, or the namespace not in them: allowed, no patch (`error`, and
+///   `cache_miss` so the handler waits for the caches first);
+/// - pod or namespace label `<prefix>/opt-out: "true"`: allowed, no patch (`opt_out`);
+/// - a pod this webhook already enabled (a reinvocation): allowed, no patch (`ignored`);
+/// - otherwise the capability engine decides, and the patch sets the decision annotations, plus
+///   `spec.hostUsers: false` in enforce mode when nothing blocks.
+pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admission {
+    let Some(namespace) = pod.namespace() else {
         return Admission::invalid(
-            Some(&request.uid),
+            Some(&pod.uid),
             "no_namespace",
             "the AdmissionReview request for a pod CREATE names no namespace",
         );
     };
+    let allowed = pod.allowed();
     if !state.caches_synced() {
         return Admission {
             cache_miss: true,
@@ -127,17 +214,20 @@ pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode)
             ..Admission::fail_safe(allowed, "namespace_not_cached")
         };
     };
-    if opted_out(pod.metadata.labels.as_ref(), &state.keys)
-        || opted_out(Some(&namespace_labels), &state.keys)
+    if pod.meta.opt_out.as_deref() == Some("true")
+        || namespace_labels
+            .get(&state.keys.opt_out)
+            .map(String::as_str)
+            == Some("true")
     {
         return Admission::new(allowed, Outcome::OptOut);
     }
-    if already_enabled(pod, &state.keys) {
+    if already_enabled(pod) {
         return Admission::new(allowed, Outcome::Ignored);
     }
 
     let table = state.table.borrow().clone();
-    let decision = decide_pod(pod, namespace, &state.caches, &table, &state.keys);
+    let decision = decide(&pod.facts, namespace, &state.caches, &table, &state.keys);
     let cache_miss = decision
         .blockers
         .iter()
@@ -157,7 +247,13 @@ pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode)
             false,
         ),
     };
-    let patch = decision_patch(pod, &state.keys, value, reason, set_host_users);
+    let patch = decision_patch(
+        pod.meta.has_annotations,
+        &state.keys,
+        value,
+        reason,
+        set_host_users,
+    );
     match allowed.with_patch(patch) {
         Ok(response) => Admission {
             response,
@@ -166,7 +262,7 @@ pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode)
             error: None,
             cache_miss,
         },
-        Err(_) => Admission::fail_safe(AdmissionResponse::from(request), "patch_serialization"),
+        Err(_) => Admission::fail_safe(pod.allowed(), "patch_serialization"),
     }
 }
 
@@ -180,29 +276,19 @@ pub fn audit_reason(decision: &PodDecision) -> String {
     }
 }
 
-fn opted_out(labels: Option<&BTreeMap<String, String>>, keys: &Keys) -> bool {
-    labels
-        .and_then(|l| l.get(&keys.opt_out))
-        .is_some_and(|v| v == "true")
-}
-
 /// `hostUsers: false` together with our `enabled` annotation: this webhook already mutated the
 /// pod (the API server reinvokes webhooks when a later one changed the pod). Deciding again
 /// would see `hostUsers` set and turn the annotation into `skipped`.
-fn already_enabled(pod: &Pod, keys: &Keys) -> bool {
-    pod.spec.as_ref().and_then(|s| s.host_users) == Some(false)
-        && pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(&keys.decision))
-            .is_some_and(|v| v == DECISION_ENABLED)
+fn already_enabled(pod: &PodCreate<'_>) -> bool {
+    pod.facts.spec.as_ref().and_then(|s| s.host_users) == Some(false)
+        && pod.meta.decision.as_deref() == Some(DECISION_ENABLED)
 }
 
-/// The JSON Patch: the two annotations (creating `/metadata/annotations` when the pod has none)
+/// The JSON Patch: the two annotations (creating `/metadata/annotations` when the pod has none,
+/// `has_annotations` false)
 /// and, when asked, `spec.hostUsers: false`. `add` replaces a value already present.
 pub fn decision_patch(
-    pod: &Pod,
+    has_annotations: bool,
     keys: &Keys,
     decision: &str,
     reason: String,
@@ -215,7 +301,7 @@ pub fn decision_patch(
         })
     };
     let mut ops = Vec::with_capacity(3);
-    if pod.metadata.annotations.is_some() {
+    if has_annotations {
         ops.push(add(
             &["metadata", "annotations", &keys.decision],
             json!(decision),

@@ -38,10 +38,14 @@
 //!   never per admission.
 
 pub mod admission;
+pub mod lean;
 pub mod metrics;
+pub mod review;
 pub mod server;
 pub mod tls;
 
+#[cfg(test)]
+mod lean_tests;
 #[cfg(test)]
 mod tests;
 
@@ -56,7 +60,7 @@ use crate::cache::Caches;
 use crate::capability::DriverTable;
 use crate::keys::Keys;
 
-pub use admission::{Admission, mutate};
+pub use admission::{Admission, PodCreate, mutate, mutate_pod};
 pub use metrics::{Outcome, WebhookMetrics};
 pub use server::{MAX_BODY_BYTES, MUTATE_PODS_PATH, router, serve, serve_tls};
 pub use tls::{SelfSigned, ServerTls, inject_ca_bundle};

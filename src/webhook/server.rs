@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Pod;
@@ -18,10 +18,13 @@ use kube::core::TypeMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Admission, is_pod_create, mutate};
+use super::admission::{Admission, PodCreate, is_pod_create, mutate, mutate_pod};
+use super::lean::decode_pod_create;
 use super::metrics::Outcome;
+use super::review;
 use super::tls::{SelfSigned, ServerTls, inject_ca_bundle};
 use super::{AdmissionSettings, Mode, WebhookArgs, WebhookError, WebhookState};
+use crate::keys::Keys;
 
 /// The path the API server posts pod AdmissionReviews to.
 pub const MUTATE_PODS_PATH: &str = "/mutate/pods";
@@ -73,8 +76,8 @@ async fn mutate_pods(
             return rejection.into_response();
         }
     };
-    let request = match parse_review(&body) {
-        Parsed::Pod(request) => request,
+    let parsed = parse_review(&body, &state.keys);
+    let (admission, (namespace, name)) = match &parsed {
         Parsed::NotAReview(message) => {
             tracing::warn!(error = %message, bytes = body.len(), "the request body is not an AdmissionReview");
             record(Outcome::Error, &[], Some("not_admission_review"));
@@ -85,28 +88,63 @@ async fn mutate_pods(
                 .into_response();
         }
         Parsed::Answered(admission) => {
-            log_admission(None, &admission);
+            log_admission(("", ""), admission);
             record(admission.outcome, &[], admission.error);
-            return review_response(admission.response);
+            return review_response(&admission.response);
+        }
+        Parsed::Fast(pod) => {
+            let decide = |mode| mutate_pod(pod, &state, mode);
+            let admission = admit(decide, || pod.allowed(), &pod.uid, &state, settings).await;
+            let name = match pod.name.as_ref() {
+                "" => pod.meta.generate_name.as_deref().unwrap_or_default(),
+                name => name,
+            };
+            (
+                admission,
+                (pod.namespace.as_deref().unwrap_or_default(), name),
+            )
+        }
+        Parsed::Full(request) => {
+            let decide = |mode| mutate(request, &state, mode);
+            let allowed = || AdmissionResponse::from(&**request);
+            let admission = admit(decide, allowed, &request.uid, &state, settings).await;
+            let name = match request.name.as_str() {
+                "" => request
+                    .object
+                    .as_ref()
+                    .and_then(|p| p.metadata.generate_name.as_deref())
+                    .unwrap_or_default(),
+                name => name,
+            };
+            (
+                admission,
+                (request.namespace.as_deref().unwrap_or_default(), name),
+            )
         }
     };
-    let admission = admit(&request, &state, settings).await;
-    log_admission(Some(&request), &admission);
+    log_admission((namespace, name), &admission);
     record(admission.outcome, &admission.blockers, admission.error);
-    review_response(admission.response)
+    review_response(&admission.response)
 }
 
-/// Decides, waiting up to `settings.cache_wait` for the caches when the answer depends on a claim
-/// or namespace they do not hold yet (a claim created just before its pod).
+/// Decides with `decide`, waiting up to `settings.cache_wait` for the caches when the answer
+/// depends on a claim or namespace they do not hold yet (a claim created just before its pod).
+/// A panic in `decide` is turned into `allowed()` (fail safe) instead of a dropped connection.
 async fn admit(
-    request: &AdmissionRequest<Pod>,
+    decide: impl Fn(Mode) -> Admission,
+    allowed: impl Fn() -> AdmissionResponse,
+    uid: &str,
     state: &WebhookState,
     settings: AdmissionSettings,
 ) -> Admission {
     let deadline = Instant::now() + settings.cache_wait;
     let mut waited = false;
     loop {
-        let admission = mutate_guarded(request, state, settings.mode);
+        let admission = std::panic::catch_unwind(AssertUnwindSafe(|| decide(settings.mode)))
+            .unwrap_or_else(|_| {
+                tracing::error!(uid, "deciding the pod panicked; admitting it unchanged");
+                Admission::fail_safe(allowed(), "panic")
+            });
         if !admission.cache_miss || Instant::now() >= deadline {
             if waited {
                 state.metrics.cache_wait(!admission.cache_miss);
@@ -118,22 +156,11 @@ async fn admit(
     }
 }
 
-/// [`mutate`], with a panic turned into "allowed, unchanged" (fail safe) instead of a dropped
-/// connection.
-fn mutate_guarded(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode) -> Admission {
-    std::panic::catch_unwind(AssertUnwindSafe(|| mutate(request, state, mode))).unwrap_or_else(
-        |_| {
-            tracing::error!(
-                uid = %request.uid,
-                "deciding the pod panicked; admitting it unchanged"
-            );
-            Admission::fail_safe(AdmissionResponse::from(request), "panic")
-        },
-    )
-}
-
-enum Parsed {
-    Pod(Box<AdmissionRequest<Pod>>),
+enum Parsed<'b> {
+    /// A pod CREATE, decoded on the fast path, borrowing from the body.
+    Fast(Box<PodCreate<'b>>),
+    /// Any other review, fully decoded.
+    Full(Box<AdmissionRequest<Pod>>),
     /// Answered without a decision: no request, not a pod, or an undecodable pod.
     Answered(Box<Admission>),
     NotAReview(String),
@@ -143,14 +170,20 @@ fn is_review_type(types: &TypeMeta) -> bool {
     types.kind == "AdmissionReview" && types.api_version.starts_with("admission.k8s.io/")
 }
 
-fn parse_review(body: &[u8]) -> Parsed {
+/// Decodes the body: a pod CREATE through the fast path ([`lean`](super::lean)), anything the
+/// fast path declines through kube's full typed decoder, and failing that as a
+/// `DynamicObject` review.
+fn parse_review<'b>(body: &'b [u8], keys: &Keys) -> Parsed<'b> {
+    if let Some(pod) = decode_pod_create(body, keys) {
+        return Parsed::Fast(Box::new(pod));
+    }
     let typed_error = match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
         Ok(review) if !is_review_type(&review.types) => {
             return Parsed::NotAReview(not_review_kind(&review.types));
         }
         Ok(review) => {
             return match review.try_into() {
-                Ok(request) => Parsed::Pod(Box::new(request)),
+                Ok(request) => Parsed::Full(Box::new(request)),
                 Err(_) => Parsed::Answered(Box::new(Admission::invalid(
                     None,
                     "no_request",
@@ -196,25 +229,25 @@ fn not_review_kind(types: &TypeMeta) -> String {
     )
 }
 
-fn review_response(response: AdmissionResponse) -> Response {
-    axum::Json(response.into_review()).into_response()
+/// The AdmissionReview carrying `response` (see [`review::encode`]); 500 if it cannot be
+/// serialised, as with `axum::Json`.
+fn review_response(response: &AdmissionResponse) -> Response {
+    match review::encode(response) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
 }
 
-fn log_admission(request: Option<&AdmissionRequest<Pod>>, admission: &Admission) {
+/// Logs an answer: errors at warn, decisions at debug; `(namespace, name)` of the pod, if any.
+fn log_admission((namespace, name): (&str, &str), admission: &Admission) {
     let uid = admission.response.uid.as_str();
-    let (namespace, name) = match request {
-        Some(r) => {
-            let meta = r.object.as_ref().map(|p| &p.metadata);
-            let name = if r.name.is_empty() {
-                meta.and_then(|m| m.generate_name.as_deref())
-                    .unwrap_or_default()
-            } else {
-                r.name.as_str()
-            };
-            (r.namespace.as_deref().unwrap_or_default(), name)
-        }
-        None => ("", ""),
-    };
     match admission.error {
         Some(category) => tracing::warn!(
             uid,

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::core::admission::AdmissionReview;
-use kube::core::{DynamicObject, ObjectMeta, PartialObjectMeta};
+use kube::core::{ObjectMeta, PartialObjectMeta};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use userns_labeler::cache::Caches;
@@ -199,23 +198,36 @@ pub struct Answer {
     pub patch: Option<Patch>,
 }
 
+/// Decodes a returned AdmissionReview as the API server does: `apiVersion`, `kind`, and
+/// `response` with `uid`, `allowed`, `status.message` and, when patched, `patchType: JSONPatch`
+/// and the patch as base64 (Go's encoding of `[]byte`).
 pub fn answer(body: &[u8]) -> Answer {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).unwrap_or_else(|e| {
-        panic!(
-            "response is an AdmissionReview ({e}): {}",
-            String::from_utf8_lossy(body)
-        )
+    use base64::Engine;
+    let review: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("response is JSON ({e}): {}", String::from_utf8_lossy(body)));
+    assert_eq!(review["kind"], "AdmissionReview", "{review}");
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1", "{review}");
+    let response = &review["response"];
+    assert!(response.is_object(), "the review has a response: {review}");
+    let patch = response.get("patch").map(|patch| {
+        assert_eq!(response["patchType"], "JSONPatch", "{review}");
+        let encoded = patch.as_str().expect("the patch is a base64 string");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("the patch is valid base64");
+        serde_json::from_slice(&bytes).expect("the patch is a JSON Patch")
     });
-    assert_eq!(review.types.kind, "AdmissionReview");
-    assert_eq!(review.types.api_version, "admission.k8s.io/v1");
-    let response = review.response.expect("the review has a response");
+    if patch.is_none() {
+        assert_eq!(response.get("patchType"), None, "{review}");
+    }
     Answer {
-        uid: response.uid,
-        allowed: response.allowed,
-        message: response.result.message,
-        patch: response
-            .patch
-            .map(|bytes| serde_json::from_slice(&bytes).expect("the patch is a JSON Patch")),
+        uid: response["uid"].as_str().expect("a uid").to_string(),
+        allowed: response["allowed"].as_bool().expect("allowed"),
+        message: response["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        patch,
     }
 }
 
