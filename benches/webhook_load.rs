@@ -21,7 +21,8 @@
 //! and one claim, ~1 KiB reviews, instead of the realistic ones), `WEBHOOK_LOAD_SERVER_THREADS` /
 //! `WEBHOOK_LOAD_CLIENT_THREADS` (tokio workers of each side; both share the machine's cores),
 //! `WEBHOOK_LOAD_HANDLER_REQUESTS` (requests of the one-thread CPU breakdown, default 20,000) and
-//! `WEBHOOK_LOAD_HANDLER_ONLY=1` (stop after that breakdown), `WEBHOOK_LOAD_PROFILE=handler|
+//! `WEBHOOK_LOAD_TRIVIAL_CPU_US` (the trivial server first spins that long per request: a
+//! calibration), `WEBHOOK_LOAD_HANDLER_ONLY=1` (stop after that breakdown), `WEBHOOK_LOAD_PROFILE=handler|
 //! fast|skip|typed|mutate` (only run that stage `WEBHOOK_LOAD_HANDLER_REQUESTS` times, for a profiler:
 //! `perf record --call-graph dwarf` on the bench binary).
 //! Under `cargo test --all-targets` (no `--bench` argument) it only makes a one-second smoke
@@ -200,15 +201,43 @@ fn threads_cpu(name: &str) -> Duration {
 }
 
 /// The trivial server: every POST gets the same AdmissionReview.
+/// With `WEBHOOK_LOAD_TRIVIAL_CPU_US=N` it first spins for N µs: a calibration of how much a
+/// given handler cost lowers the maximum throughput on this machine.
 fn trivial_router() -> axum::Router {
     let constant = constant_review();
+    let spin = spin_iterations(env_or("WEBHOOK_LOAD_TRIVIAL_CPU_US", 0));
     axum::Router::new().route(
         MUTATE_PODS_PATH,
         post(move |_body: Bytes| {
             let constant = constant.clone();
-            async move { ([("content-type", "application/json")], constant) }
+            async move {
+                spin_for(spin);
+                ([("content-type", "application/json")], constant)
+            }
         }),
     )
+}
+
+/// Busy work: `iterations` rounds of a loop the optimiser cannot remove.
+fn spin_for(iterations: u64) {
+    let mut x = 0u64;
+    for i in 0..iterations {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+    }
+    std::hint::black_box(x);
+}
+
+/// How many rounds of [`spin_for`] take `micros` of this thread's CPU time (measured, not
+/// wall time: preemption on a busy machine does not shorten the work).
+fn spin_iterations(micros: u64) -> u64 {
+    if micros == 0 {
+        return 0;
+    }
+    const PROBE: u64 = 20_000_000;
+    let started = thread_cpu();
+    spin_for(PROBE);
+    let per_iteration = (thread_cpu() - started).as_secs_f64() / PROBE as f64;
+    (micros as f64 * 1e-6 / per_iteration) as u64
 }
 
 /// One thread's CPU time per request through a router without network or TLS.

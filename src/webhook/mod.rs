@@ -1,9 +1,14 @@
 //! The mutating admission webhook: sets `spec.hostUsers: false` on new pods when the capability
 //! engine allows it, and explains every decision on the pod.
 //!
-//! - [`admission`]: the pure decision, one `AdmissionRequest<Pod>` and the caches in, one
-//!   `AdmissionResponse` with its JSON Patch out. No API call is made per admission: claims,
-//!   volumes, classes and namespace labels come from the reflector stores in [`Caches`].
+//! - [`admission`]: the pure decision, one [`PodCreate`] (or a full `AdmissionRequest<Pod>`)
+//!   and the caches in, one `AdmissionResponse` with its JSON Patch out. No API call is made per
+//!   admission: claims, volumes, classes and namespace labels come from the reflector stores in
+//!   [`Caches`].
+//! - [`lean`]: the fast path of decoding: a pod CREATE review read in one pass straight into the
+//!   [`PodCreate`] (only the fields the decision reads, strings borrowed from the body); every
+//!   other review goes through kube's full typed decoder.
+//! - [`review`]: the response AdmissionReview on the wire (patch as base64).
 //! - [`server`]: the axum router (`POST /mutate/pods`), the HTTPS server and its shutdown.
 //! - [`tls`]: the serving certificate, from files re-read when they change on disk, or
 //!   generated at start-up (`--self-signed-tls`) with its CA written into the webhook
