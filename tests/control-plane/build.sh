@@ -44,20 +44,8 @@ cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/userns-labeler/control-plane
 k8s_dir=$cache_root/$k8s_version
 etcd_dir=$cache_root/etcd-$etcd_version
 
-find_go() {
-    if command -v go >/dev/null 2>&1; then
-        command -v go
-        return
-    fi
-    local candidate
-    for candidate in /usr/local/go/bin/go /usr/lib/go/bin/go "$HOME/go/bin/go" "$HOME/sdk/go/bin/go"; do
-        if [[ -x $candidate ]]; then
-            echo "$candidate"
-            return
-        fi
-    done
-    die "Go toolchain not found (looked on PATH and in /usr/local/go/bin): install Go >= 1.24 to build the test control plane"
-}
+# shellcheck source=../find-go.sh
+source "$here/../find-go.sh"
 
 # Writes a kubernetes wrapper go.mod for $1 (v1.Y.Z) into directory $2 and tidies it.
 # The replace set is read from that exact version's own go.mod: every staging
@@ -181,7 +169,7 @@ main() {
         exit 0
         ;;
     regen)
-        GO=$(find_go)
+        GO=$(find_go "Go >= 1.24 to build the test control plane")
         [[ -z ${USERNS_K8S_VERSION:-}${USERNS_ETCD_VERSION:-} ]] ||
             die "regen writes the committed modules for the pins in versions.env; unset USERNS_K8S_VERSION/USERNS_ETCD_VERSION (or edit versions.env)"
         gen_kubernetes_module "$K8S_VERSION" "$here/kubernetes"
@@ -217,7 +205,7 @@ main() {
         fi
     fi
 
-    GO=$(find_go)
+    GO=$(find_go "Go >= 1.24 to build the test control plane")
     log "kubernetes $k8s_version, etcd $etcd_version, $("$GO" version), cache $cache_root"
 
     if [[ ! -x $k8s_dir/kube-apiserver || ! -x $k8s_dir/kubectl ]]; then

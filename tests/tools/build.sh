@@ -75,20 +75,8 @@ helm_dir=$cache_root/helm-$helm_version
 kyverno_dir=$cache_root/kyverno-$kyverno_version
 crds_dir=$cache_root/crds-kyverno-$kyverno_version-cert-manager-$cert_manager_version-prometheus-operator-$prometheus_operator_version
 
-find_go() {
-    if command -v go >/dev/null 2>&1; then
-        command -v go
-        return
-    fi
-    local candidate
-    for candidate in /usr/local/go/bin/go /usr/lib/go/bin/go "$HOME/go/bin/go" "$HOME/sdk/go/bin/go"; do
-        if [[ -x $candidate ]]; then
-            echo "$candidate"
-            return
-        fi
-    done
-    die "Go toolchain not found (looked on PATH and in /usr/local/go/bin): install Go >= 1.26 to build helm and the Kyverno CLI for the tests"
-}
+# shellcheck source=../find-go.sh
+source "$here/../find-go.sh"
 
 # download <module> <version>: downloads it into the module cache and prints the
 # JSON of `go mod download -json`.
@@ -221,11 +209,11 @@ locked() {
             exec {fd}>&-
             return 0
         fi
-        [[ -n ${GO:-} ]] || GO=$(find_go)
+        [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and the Kyverno CLI for the tests")
         "$make_fn"
         exec {fd}>&-
     else
-        [[ -n ${GO:-} ]] || GO=$(find_go)
+        [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and the Kyverno CLI for the tests")
         "$make_fn"
     fi
 }
@@ -359,7 +347,7 @@ main() {
         log "up to date: $helm_dir/helm, $kyverno_dir/kyverno, $crds_dir"
         exit 0
     fi
-    GO=$(find_go)
+    GO=$(find_go "Go >= 1.26 to build helm and the Kyverno CLI for the tests")
     log "helm $helm_version, kyverno $kyverno_version, $("$GO" version), cache $cache_root"
     # The CRDs need downloads only; collect them first so a slow build does not delay them.
     locked "$(basename "$crds_dir")" crds_done make_crds
