@@ -17,7 +17,8 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -48,6 +49,26 @@ fn kyverno_dir() -> PathBuf {
 /// The Kyverno CLI from `tests/tools/build.sh path kyverno` (built on first use).
 fn kyverno_cli() -> PathBuf {
     common::tool("kyverno")
+}
+
+/// The output of `kyverno test deploy/kyverno/tests -o json` (run once for all tests here).
+fn kyverno_test_output() -> &'static Output {
+    static OUTPUT: OnceLock<Output> = OnceLock::new();
+    OUTPUT.get_or_init(|| {
+        let cli = kyverno_cli();
+        Command::new(&cli)
+            .arg("test")
+            .arg(kyverno_dir().join("tests"))
+            .args([
+                "--require-tests",
+                "--remove-color",
+                "--detailed-results",
+                "-o",
+                "json",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()))
+    })
 }
 
 /// Every `*.yaml` file below `dir`, sorted.
@@ -194,19 +215,7 @@ fn kyverno_cli_passes_every_declared_result_of_the_policy_tests() {
         "the test files declare {declared} results, fewer than the {MIN_KYVERNO_TEST_ROWS} expected"
     );
 
-    let cli = kyverno_cli();
-    let output = Command::new(&cli)
-        .arg("test")
-        .arg(kyverno_dir().join("tests"))
-        .args([
-            "--require-tests",
-            "--remove-color",
-            "--detailed-results",
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()));
+    let output = kyverno_test_output();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -247,20 +256,7 @@ fn kyverno_cli_skips_each_test_pod_for_its_own_blocker_and_mutates_the_others() 
         mutations.len()
     );
 
-    let cli = kyverno_cli();
-    let output = Command::new(&cli)
-        .arg("test")
-        .arg(kyverno_dir().join("tests"))
-        .args([
-            "--require-tests",
-            "--remove-color",
-            "--detailed-results",
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&kyverno_test_output().stdout);
     let rows = json_rows(&stdout);
 
     let mut wrong = Vec::new();
