@@ -355,6 +355,16 @@ struct Run {
 }
 
 impl Run {
+    /// One request: its latency since `since` when it succeeded, else an error.
+    fn record(&mut self, ok: bool, since: Instant) {
+        if ok {
+            let micros = since.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            self.latencies_us.push(micros);
+        } else {
+            self.errors += 1;
+        }
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return f64::NAN;
@@ -410,12 +420,10 @@ async fn open_loop(target: &Target, rate: u32, seconds: u64, pool: usize) -> Run
                 let next = rx.lock().await.recv().await;
                 let Some((i, due)) = next else { break };
                 let body = bodies[i as usize % bodies.len()].clone();
-                match https::post(&mut sender, MUTATE_PODS_PATH, body).await {
-                    Ok((status, _)) if status.is_success() => run
-                        .latencies_us
-                        .push(due.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                    _ => run.errors += 1,
-                }
+                let ok = https::post(&mut sender, MUTATE_PODS_PATH, body)
+                    .await
+                    .is_ok_and(|(status, _)| status.is_success());
+                run.record(ok, due);
             }
             run
         }));
@@ -430,14 +438,20 @@ async fn open_loop(target: &Target, rate: u32, seconds: u64, pool: usize) -> Run
         tx.send((i, Instant::now())).unwrap();
     }
     drop(tx);
+    let mut run = join(workers).await;
+    run.elapsed = start.elapsed();
+    run.finish()
+}
+
+/// The workers' runs, merged.
+async fn join(workers: Vec<tokio::task::JoinHandle<Run>>) -> Run {
     let mut run = Run::default();
     for worker in workers {
         let part = worker.await.unwrap();
         run.latencies_us.extend(part.latencies_us);
         run.errors += part.errors;
     }
-    run.elapsed = start.elapsed();
-    run.finish()
+    run
 }
 
 /// Closed loop: each connection sends its next request as soon as the previous one returns.
@@ -454,22 +468,15 @@ async fn closed_loop(target: &Target, seconds: u64, pool: usize) -> Run {
                 let body = bodies[i % bodies.len()].clone();
                 i += 1;
                 let sent = Instant::now();
-                match https::post(&mut sender, MUTATE_PODS_PATH, body).await {
-                    Ok((status, _)) if status.is_success() => run
-                        .latencies_us
-                        .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                    _ => run.errors += 1,
-                }
+                let ok = https::post(&mut sender, MUTATE_PODS_PATH, body)
+                    .await
+                    .is_ok_and(|(status, _)| status.is_success());
+                run.record(ok, sent);
             }
             run
         }));
     }
-    let mut run = Run::default();
-    for worker in workers {
-        let part = worker.await.unwrap();
-        run.latencies_us.extend(part.latencies_us);
-        run.errors += part.errors;
-    }
+    let mut run = join(workers).await;
     run.elapsed = start.elapsed();
     run.finish()
 }
