@@ -245,18 +245,20 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
     labeler::install_rbac(&admin, &controller_ns, &rendering).await;
     let kubeconfig = cp.user_kubeconfig(USER, &[]);
 
-    let config_name = objects
-        .iter()
-        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .and_then(|o| o["metadata"]["name"].as_str())
-        .unwrap()
-        .to_string();
-    let config_map_name = objects
-        .iter()
-        .find(|o| o["kind"] == "ConfigMap")
-        .and_then(|o| o["metadata"]["name"].as_str())
-        .unwrap()
-        .to_string();
+    let object = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .unwrap_or_else(|| panic!("the self-signed rendering has a {kind}"))
+    };
+    let name_of = |kind: &str| {
+        object(kind)["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let config_name = name_of("MutatingWebhookConfiguration");
+    let config_map_name = name_of("ConfigMap");
 
     let labeler = Labeler::start_with(
         &kubeconfig,
@@ -273,11 +275,7 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
 
     // The rendered webhook configuration, for real, so the binary writes its CA into it and the
     // API server calls it. Only the Service reference becomes a URL (same path).
-    let mut config = objects
-        .iter()
-        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .expect("the self-signed rendering has a webhook configuration")
-        .clone();
+    let mut config = object("MutatingWebhookConfiguration").clone();
     let path = config["webhooks"][0]["clientConfig"]["service"]["path"]
         .as_str()
         .unwrap()
