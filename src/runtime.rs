@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::controller::{self, Context, ControllerMetrics};
+use crate::controller::{self, Context, ControllerMetrics, PendingWrites};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::webhook::{self, WebhookArgs, WebhookState};
@@ -130,16 +129,6 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let recorder = recorder(&client, &identity);
 
     let (caches, subscriptions) = cache::start(&client, &shutdown);
-    let config_maps = Api::namespaced(client.clone(), &args.namespace);
-    let (table, config_watch) = config::watch(
-        config_maps,
-        args.config_map.clone(),
-        recorder.clone(),
-        &mut registry,
-    );
-    tokio::spawn(until(shutdown.clone(), config_watch));
-    let readiness = Readiness::track(caches.clone(), table.clone(), shutdown.clone());
-
     let lease = LeaseSettings {
         namespace: args.namespace.clone(),
         name: args.lease_name.clone(),
@@ -148,6 +137,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     };
     let leadership = leader::start(client.clone(), lease, shutdown.clone()).await?;
     let leader = leadership.is_leader.clone();
+    let source = config::Source {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+        name: args.config_map.clone(),
+        prefix: args.label_prefix.clone(),
+    };
+    let (table, config_watch) =
+        config::watch(source, recorder.clone(), leader.clone(), &mut registry);
+    tokio::spawn(until(shutdown.clone(), config_watch));
+    let readiness = Readiness::track(caches.clone(), table.clone(), shutdown.clone());
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),
@@ -156,6 +156,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         writable: controller::write_gate(caches.clone(), table.clone(), leader, shutdown.clone()),
         recorder,
         metrics: ControllerMetrics::register(&mut registry),
+        written: PendingWrites::default(),
     });
     let controllers = controller::run(
         ctx.clone(),

@@ -126,6 +126,18 @@ impl Labeler {
         identity: &str,
         extra: &[&str],
     ) -> Labeler {
+        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, extra);
+        labeler.wait_ready(Duration::from_secs(30));
+        labeler
+    }
+
+    fn spawn(
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Labeler {
         let admin_port = free_port();
         let webhook = format!("127.0.0.1:{}", free_port());
         let log = log_dir.join(format!("labeler-{identity}-{admin_port}.log"));
@@ -147,13 +159,33 @@ impl Labeler {
             .stderr(out)
             .spawn()
             .expect("start userns-labeler");
-        let labeler = Labeler {
+        Labeler {
             child,
             admin: format!("127.0.0.1:{admin_port}"),
             webhook,
             log,
-        };
-        labeler.wait_ready(Duration::from_secs(30));
+        }
+    }
+
+    /// [`Labeler::start_with`], waiting only until the admin server answers `/livez` (for a
+    /// replica that is not meant to become ready).
+    pub fn start_unready(
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Labeler {
+        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, extra);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while labeler.get("/livez").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no /livez; log:\n{}",
+                labeler.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         labeler
     }
 
