@@ -18,7 +18,6 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ReflectHandle};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +28,7 @@ use crate::cache::Caches;
 use crate::config::{ReloadOutcome, TableTracker};
 use crate::controller::{self, Context};
 use crate::keys::{InvalidPrefix, Keys};
+use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::metrics::{ControllerMetrics, OutcomeLabels};
 use crate::webhook::{self, WebhookArgs, WebhookMetrics, WebhookState};
 
@@ -90,7 +90,9 @@ pub enum RunError {
     #[error("creating the Kubernetes client: {0}")]
     Client(#[from] kube::Error),
     #[error("leader election: {0}")]
-    Lease(String),
+    Lease(#[from] LeaderError),
+    #[error("the leader-election task ended: {0}")]
+    LeaseTask(String),
     #[error("admin server on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -288,23 +290,24 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
 
     // Leader election: every replica runs the controllers (keeping caches warm) but only the
     // lease holder writes; gaining the lease reconciles everything.
-    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.namespace)
-        .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .map_err(|e| RunError::Lease(e.to_string()))?;
-    let (leader_rx, lease_task) = lease.watch().await;
-    let leader = Arc::new(AtomicBool::new(*leader_rx.borrow()));
+    let leadership = leader::start(
+        client.clone(),
+        LeaseSettings::new(&args.namespace, &args.lease_name, &identity),
+        shutdown.clone(),
+    );
+    let lease_task = leadership.task;
+    let leader = Arc::new(AtomicBool::new(false));
+    // The controllers' flag is set before `leader_rx` announces the change, so that the
+    // reconcile-all on gaining the lease already sees it.
+    let (announce, leader_rx) = watch::channel(false);
     {
         let leader = leader.clone();
-        let mut rx = leader_rx.clone();
+        let mut rx = leadership.is_leader;
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let is_leader = *rx.borrow_and_update();
                 leader.store(is_leader, Ordering::Release);
+                announce.send_replace(is_leader);
                 info!(is_leader, "leadership changed");
             }
         });
@@ -388,31 +391,38 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         });
     }
 
-    let result = tokio::select! {
-        result = lease_task => {
-            // The lease task only ends on error or when we release on shutdown.
-            if shutdown.is_cancelled() {
-                Ok(())
-            } else {
-                error!("the leader-election task ended; exiting so that a restart re-elects");
-                Err(RunError::Lease(match result {
-                    Ok(Ok(_)) => "the lease task ended".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                }))
-            }
+    // The election ends after shutdown (having released the lease) or on an error no retry can
+    // fix, which ends the process so that a restart re-elects.
+    let election = async {
+        let result = match lease_task.await {
+            Ok(result) => result.map_err(RunError::from),
+            Err(e) => Err(RunError::LeaseTask(e.to_string())),
+        };
+        if let Err(e) = &result {
+            error!(error = %e, "leader election failed; shutting down");
         }
-        result = async {
-            let (admin, webhook, _, _) = tokio::join!(admin_server, webhook_server, claim_controller, volume_controller);
-            admin.map_err(|source| RunError::Admin { addr: admin_addr, source })?;
-            webhook?;
-            Ok(())
-        } => result,
+        shutdown.cancel();
+        result
     };
-    shutdown.cancel();
+    let components = async {
+        let (admin, webhook, _, _) = tokio::join!(
+            admin_server,
+            webhook_server,
+            claim_controller,
+            volume_controller
+        );
+        shutdown.cancel();
+        admin.map_err(|source| RunError::Admin {
+            addr: admin_addr,
+            source,
+        })?;
+        webhook?;
+        Ok(())
+    };
+    let (election, components) = tokio::join!(election, components);
     drop(leader_rx);
     info!("stopped");
-    result
+    election.and(components)
 }
 
 /// Watches the driver ConfigMap; every version is validated. An invalid one keeps the last good
