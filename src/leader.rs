@@ -278,6 +278,8 @@ fn is_newer(lease: &Lease, than: &Lease) -> bool {
 pub enum Transition {
     Started,
     Stopped(&'static str),
+    /// Stopped for a graceful shutdown.
+    Resigned,
 }
 
 /// The elector's state without I/O: what it knows of the Lease, whether it leads and until
@@ -452,7 +454,7 @@ impl Candidate {
 
     /// Gives up leading (on shutdown); the Lease is released next.
     pub fn resign(&mut self) -> Option<Transition> {
-        self.stop("shutting down")
+        self.leading_until.take().map(|_| Transition::Resigned)
     }
 
     /// The Lease to write to release it, if the view says we hold it.
@@ -562,6 +564,7 @@ impl Elector {
         let settings = self.settings();
         let now = Timestamp::now();
         match action {
+            // Never called with `WaitUntil`; a read would be harmless.
             Action::Fetch | Action::WaitUntil(_) => {
                 self.api.get_opt(&settings.name).await.map(Outcome::Read)
             }
@@ -597,9 +600,6 @@ impl Elector {
             Ok(Outcome::Read(lease)) => self.candidate.read(lease, Instant::now()),
             Ok(Outcome::Wrote(lease)) => {
                 self.backoff = self.retry_backoff.build();
-                if action == Action::Acquire {
-                    info!(lease = %self.settings().name, "lease acquired");
-                }
                 self.candidate.wrote(lease, sent)
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -650,6 +650,10 @@ impl Elector {
             Transition::Stopped(reason) => {
                 self.sender.send_replace(false);
                 warn!(%lease, reason, "no longer leading");
+            }
+            Transition::Resigned => {
+                self.sender.send_replace(false);
+                info!(%lease, "no longer leading: shutting down");
             }
         }
     }
@@ -997,10 +1001,7 @@ mod tests {
     fn on_shutdown_the_leader_resigns_then_releases() {
         let t0 = Instant::now();
         let mut candidate = leader_at(t0);
-        assert_eq!(
-            candidate.resign(),
-            Some(Transition::Stopped("shutting down"))
-        );
+        assert_eq!(candidate.resign(), Some(Transition::Resigned));
         assert!(!candidate.is_leading());
         let release = candidate.release_request().expect("ours to release");
         assert_eq!(release.metadata.resource_version.as_deref(), Some("10"));
