@@ -645,15 +645,15 @@ impl Elector {
         match transition {
             Transition::Started => {
                 self.sender.send_replace(true);
-                info!(%lease, "leading: this replica holds the lease");
+                info!(%lease, is_leader = true, "leading: this replica holds the lease");
             }
             Transition::Stopped(reason) => {
                 self.sender.send_replace(false);
-                warn!(%lease, reason, "no longer leading");
+                warn!(%lease, is_leader = false, reason, "no longer leading");
             }
             Transition::Resigned => {
                 self.sender.send_replace(false);
-                info!(%lease, "no longer leading: shutting down");
+                info!(%lease, is_leader = false, "no longer leading: shutting down");
             }
         }
     }
