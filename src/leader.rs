@@ -263,8 +263,8 @@ pub fn released(current: &Lease) -> Lease {
 }
 
 /// Whether `lease` is a later version than `than`. The API server's resourceVersions are etcd
-/// revisions (decimal integers that only grow, comparable since Kubernetes 1.35); when one does
-/// not parse, `lease` is taken as newer.
+/// revisions, decimal integers that only grow; when one does not parse, `lease` is taken as
+/// newer (safe: at worst a leader stops leading early, or a standby reads the Lease again).
 fn is_newer(lease: &Lease, than: &Lease) -> bool {
     let version = |l: &Lease| l.metadata.resource_version.as_deref()?.parse::<u64>().ok();
     match (version(lease), version(than)) {
