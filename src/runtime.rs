@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -21,9 +20,6 @@ use crate::{cache, config, metrics};
 
 /// The controller's name in Events and leases.
 pub const COMPONENT: &str = "userns-labeler";
-
-/// How long the lease is valid without renewal.
-const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// Flags of `userns-labeler run`; each has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -129,13 +125,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let recorder = recorder(&client, &identity);
 
     let (caches, subscriptions) = cache::start(&client, &shutdown);
-    let lease = LeaseSettings {
-        namespace: args.namespace.clone(),
-        name: args.lease_name.clone(),
-        identity,
-        duration: LEASE_DURATION,
-    };
-    let leadership = leader::start(client.clone(), lease, shutdown.clone()).await?;
+    let lease = LeaseSettings::new(&args.namespace, &args.lease_name, &identity);
+    let leadership = leader::start(client.clone(), lease, shutdown.clone());
     let leader = leadership.is_leader.clone();
     let source = config::Source {
         client: client.clone(),
@@ -215,7 +206,7 @@ fn lease_ended(
     match result {
         Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
         Ok(Ok(())) => Err(RunError::Lease("the lease task ended".to_string())),
-        Ok(Err(e)) => Err(RunError::Lease(e.to_string())),
+        Ok(Err(e)) => Err(RunError::Leader(e)),
         Err(e) => Err(RunError::Lease(e.to_string())),
     }
 }
