@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::controller::{self, Context, ControllerMetrics, PendingWrites};
+use crate::controller::{self, Backoff, Context, ControllerMetrics, PendingWrites};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::webhook::{self, WebhookArgs, WebhookState};
@@ -148,6 +148,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         recorder,
         metrics: ControllerMetrics::register(&mut registry),
         written: PendingWrites::default(),
+        backoff: Backoff::default(),
     });
     let controllers = controller::run(
         ctx.clone(),

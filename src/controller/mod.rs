@@ -27,7 +27,9 @@ use crate::cache::{Caches, Subscriptions};
 use crate::config::TableState;
 use crate::keys::Keys;
 pub use metrics::ControllerMetrics;
-pub use reconcile::{DesiredKeys, FIELD_MANAGER, Labelled, PendingWrites, error_policy, reconcile};
+pub use reconcile::{
+    Backoff, DesiredKeys, FIELD_MANAGER, Labelled, PendingWrites, error_policy, reconcile,
+};
 
 /// Everything a reconciliation needs, shared by both controllers.
 pub struct Context {
@@ -42,6 +44,8 @@ pub struct Context {
     pub metrics: ControllerMetrics,
     /// Label writes the caches have not caught up with yet.
     pub written: PendingWrites,
+    /// Failures in a row per object.
+    pub backoff: Backoff,
 }
 
 impl Context {
