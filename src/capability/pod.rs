@@ -533,14 +533,16 @@ fn check_volume<V: ClusterView + ?Sized>(
                 format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
             ),
             Some(claim) => {
-                if let Some(volume) = awaited_volume(&claim, view, keys) {
+                let verdict = resolve_claim(&claim, view, table, keys);
+                if verdict.verdict == Verdict::Unknown
+                    && let Some(volume) = awaited_volume(&claim, view, keys)
+                {
                     decision.block(
                         BlockerCode::ClaimVolumeNotFound,
                         format!("volume {name}: claim {claim_name} is bound to PersistentVolume {volume}, which is not known, so its storage cannot be checked"),
                     );
                     return;
                 }
-                let verdict = resolve_claim(&claim, view, table, keys);
                 if verdict.verdict != Verdict::True {
                     let what = format!("volume {name}: claim {claim_name}");
                     record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, true);

@@ -747,6 +747,18 @@ fn a_claim_pre_bound_to_a_volume_not_known_yet_is_unknown_naming_it() {
 }
 
 #[test]
+fn a_claim_pre_bound_to_a_missing_volume_keeps_a_false_verdict_of_its_own() {
+    let v = resolve(
+        &snapshot(),
+        &claim("ns", "c")
+            .class("nfs")
+            .set("/spec/volumeName", json!("pv-static"))
+            .build(),
+    );
+    assert_eq!(v.verdict, Verdict::False, "{v:?}");
+}
+
+#[test]
 fn a_pre_bound_claim_is_judged_by_its_volume_once_it_exists() {
     let mut s = snapshot();
     s.add_volume(
