@@ -226,7 +226,10 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
         return Admission::new(allowed, Outcome::Ignored);
     }
 
-    let table = state.table.borrow().clone();
+    let Some(table) = state.table.borrow().table().cloned() else {
+        // Before the driver ConfigMap is read nothing can be judged: the pod stays as written.
+        return Admission::fail_safe(allowed, "table_not_loaded");
+    };
     let decision = decide(&pod.facts, namespace, &state.caches, &table, &state.keys);
     let cache_miss = decision
         .blockers

@@ -55,14 +55,13 @@ mod lean_tests;
 mod tests;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::cache::Caches;
-use crate::capability::DriverTable;
+use crate::config::TableState;
 use crate::keys::Keys;
 
 pub use admission::{Admission, PodCreate, mutate, mutate_pod};
@@ -156,7 +155,7 @@ impl Default for WebhookArgs {
 /// Holds no API client.
 pub struct WebhookState {
     pub caches: Caches,
-    pub table: watch::Receiver<Arc<DriverTable>>,
+    pub table: watch::Receiver<TableState>,
     pub keys: Keys,
     pub metrics: WebhookMetrics,
 }
