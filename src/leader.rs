@@ -44,6 +44,13 @@ pub async fn start(
         .await
         .map_err(|e| LeaderError(e.to_string()))?;
     let (is_leader, lease_task) = lease.watch().await;
+    let mut changes = is_leader.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let is_leader = *changes.borrow_and_update();
+            tracing::info!(is_leader, "leadership changed");
+        }
+    });
     let task = tokio::spawn(async move {
         tokio::select! {
             _ = shutdown.cancelled() => Ok(()),

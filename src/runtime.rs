@@ -17,7 +17,7 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::controller::{self, Context, ControllerMetrics};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
-use crate::webhook::{self, WebhookArgs, WebhookMetrics, WebhookState};
+use crate::webhook::{self, WebhookArgs, WebhookState};
 use crate::{cache, config, metrics};
 
 /// The controller's name in Events and leases.
@@ -127,11 +127,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
     let mut registry = metrics::registry();
-    let reporter = Reporter {
-        controller: COMPONENT.to_string(),
-        instance: Some(identity.clone()),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = recorder(&client, &identity);
 
     let (caches, subscriptions) = cache::start(&client, &shutdown);
     let config_maps = Api::namespaced(client.clone(), &args.namespace);
@@ -151,18 +147,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         duration: LEASE_DURATION,
     };
     let leadership = leader::start(client.clone(), lease, shutdown.clone()).await?;
-    let writable = controller::write_gate(
-        caches.clone(),
-        table.clone(),
-        leadership.is_leader.clone(),
-        shutdown.clone(),
-    );
+    let leader = leadership.is_leader.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),
         table: table.clone(),
         keys: keys.clone(),
-        writable,
+        writable: controller::write_gate(caches.clone(), table.clone(), leader, shutdown.clone()),
         recorder,
         metrics: ControllerMetrics::register(&mut registry),
     });
@@ -173,13 +164,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         shutdown.clone(),
     );
 
-    let webhook_state = Arc::new(WebhookState {
-        caches: caches.clone(),
-        table,
-        keys: keys.clone(),
-        metrics: WebhookMetrics::register(&mut registry),
-    });
-    let webhook = webhook::serve(&args.webhook, webhook_state, client, shutdown.clone());
+    let webhook_state = WebhookState::new(caches.clone(), table, keys.clone(), &mut registry);
+    let webhook = webhook::serve(
+        &args.webhook,
+        Arc::new(webhook_state),
+        client,
+        shutdown.clone(),
+    );
     let admin_state = Arc::new(AdminState {
         readiness,
         registry,
@@ -189,15 +180,29 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     });
     let admin = admin::serve(args.admin_addr, admin_state, shutdown.clone());
 
-    let result = tokio::select! {
-        result = leadership.task => lease_ended(result, &shutdown),
-        (admin, webhook, ()) = async { tokio::join!(admin, webhook, controllers) } => admin
-            .map_err(|source| RunError::Admin { addr: args.admin_addr, source })
-            .and(webhook.map_err(RunError::from)),
+    // Both end after shutdown, once drained; the first error ends the process at once.
+    let serving = async {
+        let (admin, webhook, ()) = tokio::join!(admin, webhook, controllers);
+        admin.map_err(|source| RunError::Admin {
+            addr: args.admin_addr,
+            source,
+        })?;
+        Ok(webhook?)
     };
+    let lease = async { lease_ended(leadership.task.await, &shutdown) };
+    let result = tokio::try_join!(serving, lease).map(|_| ());
     shutdown.cancel();
     info!("stopped");
     result
+}
+
+/// Events are published as this replica of [`COMPONENT`].
+fn recorder(client: &Client, identity: &str) -> Recorder {
+    let reporter = Reporter {
+        controller: COMPONENT.to_string(),
+        instance: Some(identity.to_string()),
+    };
+    Recorder::new(client.clone(), reporter)
 }
 
 /// The leader-election task only ends after shutdown, or with an error: then the process exits

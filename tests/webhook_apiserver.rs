@@ -30,10 +30,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Config};
 use serde_json::{Value, json};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use userns_labeler::cache;
 use userns_labeler::cache::Caches;
 use userns_labeler::capability::DriverTable;
 use userns_labeler::keys::Keys;
-use userns_labeler::cache;
 use userns_labeler::webhook::{
     AdmissionSettings, Mode, Outcome, SelfSigned, ServerTls, WebhookArgs, WebhookMetrics,
     WebhookState, serve, serve_tls,

@@ -11,9 +11,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::resolve::{
-    ClusterView, DriverSource, VolumeFacts, claim_facts, forbidden_host_path, resolve_claim,
+    ClusterView, DriverSource, VolumeFacts, apply_override, awaited_volume, claim_facts,
+    forbidden_host_path, resolve_claim,
 };
 use super::sources::pod_volume_source;
+use super::sources::pseudo;
 use super::table::{DriverTable, Verdict};
 use crate::keys::Keys;
 
@@ -44,6 +46,8 @@ pub enum BlockerCode {
     PrivilegedContainer,
     /// A `persistentVolumeClaim` volume names a claim that is not known (fail closed).
     ClaimNotFound,
+    /// A claim is bound (`spec.volumeName`) to a PersistentVolume that is not known (yet).
+    ClaimVolumeNotFound,
     /// A claim's storage cannot be idmap-mounted.
     ClaimNotSupported,
     /// A claim's storage support is not known.
@@ -57,7 +61,7 @@ pub enum BlockerCode {
 }
 
 impl BlockerCode {
-    pub const ALL: [BlockerCode; 16] = [
+    pub const ALL: [BlockerCode; 17] = [
         BlockerCode::HostUsersSet,
         BlockerCode::HostNetwork,
         BlockerCode::HostPid,
@@ -69,6 +73,7 @@ impl BlockerCode {
         BlockerCode::ResourceClaims,
         BlockerCode::PrivilegedContainer,
         BlockerCode::ClaimNotFound,
+        BlockerCode::ClaimVolumeNotFound,
         BlockerCode::ClaimNotSupported,
         BlockerCode::ClaimSupportUnknown,
         BlockerCode::VolumeNotSupported,
@@ -89,6 +94,7 @@ impl BlockerCode {
             BlockerCode::ResourceClaims => "ResourceClaims",
             BlockerCode::PrivilegedContainer => "PrivilegedContainer",
             BlockerCode::ClaimNotFound => "ClaimNotFound",
+            BlockerCode::ClaimVolumeNotFound => "ClaimVolumeNotFound",
             BlockerCode::ClaimNotSupported => "ClaimNotSupported",
             BlockerCode::ClaimSupportUnknown => "ClaimSupportUnknown",
             BlockerCode::VolumeNotSupported => "VolumeNotSupported",
@@ -485,6 +491,13 @@ fn check_volume<V: ClusterView + ?Sized>(
                 format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
             ),
             Some(claim) => {
+                if let Some(volume) = awaited_volume(&claim, view, keys) {
+                    decision.block(
+                        BlockerCode::ClaimVolumeNotFound,
+                        format!("volume {name}: claim {claim_name} is bound to PersistentVolume {volume}, which is not known, so its storage cannot be checked"),
+                    );
+                    return;
+                }
                 let verdict = resolve_claim(&claim, view, table, keys);
                 if verdict.verdict != Verdict::True {
                     let what = format!("volume {name}: claim {claim_name}");
@@ -502,6 +515,7 @@ fn check_volume<V: ClusterView + ?Sized>(
             };
             let meta = template.metadata.clone().unwrap_or_default();
             let verdict = claim_facts(&meta, &template.spec, None, view).judge(table);
+            let verdict = apply_override(verdict, &meta, keys);
             if verdict.verdict != Verdict::True {
                 let pod_name = pod.name.as_deref().unwrap_or("<generated>");
                 let what = format!("volume {name}: ephemeral claim {pod_name}-{name}");
@@ -514,6 +528,18 @@ fn check_volume<V: ClusterView + ?Sized>(
                     BlockerCode::HostPathForbidden,
                     format!("volume {name}: hostPath {path} is on {root}, which cannot be idmap-mounted"),
                 );
+                return;
+            }
+            // After the hard rule, the table decides, as for any in-tree source.
+            let facts = VolumeFacts {
+                driver: Some((Cow::Borrowed(pseudo::HOST_PATH), DriverSource::InlineVolume)),
+                host_path: Some(path),
+                ..VolumeFacts::default()
+            };
+            let verdict = facts.judge(table);
+            if verdict.verdict != Verdict::True {
+                let what = format!("volume {name}: hostPath {path}");
+                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
             }
         }
         VolumeSource::Driver { driver, fs_type, attributes } => {

@@ -187,13 +187,42 @@ pub fn resolve_claim<V: ClusterView + ?Sized>(
 ) -> VolumeVerdict {
     let default_spec = PersistentVolumeClaimSpec::default();
     let spec = claim.spec.as_ref().unwrap_or(&default_spec);
-    let volume = spec
-        .volume_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .and_then(|n| view.volume(n));
+    let volume = match bound_volume_name(spec) {
+        None => None,
+        Some(name) => match view.volume(name) {
+            Some(volume) => Some(volume),
+            None => {
+                let verdict = VolumeVerdict {
+                    verdict: Verdict::Unknown,
+                    driver: None,
+                    driver_source: None,
+                    reason: format!(
+                        "The claim is bound to PersistentVolume {name}, which does not exist (yet); its storage is unknown until it does."
+                    ),
+                };
+                return apply_override(verdict, &claim.metadata, keys);
+            }
+        },
+    };
     let verdict = claim_facts(&claim.metadata, spec, volume.as_deref(), view).judge(table);
     apply_override(verdict, &claim.metadata, keys)
+}
+
+/// `spec.volumeName`, when set: the PV the claim is (or is to be) bound to.
+fn bound_volume_name(spec: &PersistentVolumeClaimSpec) -> Option<&str> {
+    spec.volume_name.as_deref().filter(|n| !n.is_empty())
+}
+
+/// The PV a claim is bound to when the view does not know it (yet), unless the operator's
+/// override annotation decides the claim anyway: what the webhook waits for.
+pub(crate) fn awaited_volume<'a, V: ClusterView + ?Sized>(
+    claim: &'a PersistentVolumeClaim,
+    view: &V,
+    keys: &Keys,
+) -> Option<&'a str> {
+    let name = bound_volume_name(claim.spec.as_ref()?)?;
+    let overridden = annotation(&claim.metadata, &keys.idmap_override).is_some();
+    (!overridden && view.volume(name).is_none()).then_some(name)
 }
 
 /// Gathers a claim's facts. Also used for generic ephemeral volume templates, which have no
@@ -302,7 +331,11 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
 /// The operator's per-object override, `<prefix>/idmap-override: "true" | "false"`, replaces the
 /// verdict and reason (the resolved driver stays for information). Any other value yields
 /// `unknown` with a reason naming the bad value, so a typo fails closed and shows.
-fn apply_override(mut verdict: VolumeVerdict, meta: &ObjectMeta, keys: &Keys) -> VolumeVerdict {
+pub(crate) fn apply_override(
+    mut verdict: VolumeVerdict,
+    meta: &ObjectMeta,
+    keys: &Keys,
+) -> VolumeVerdict {
     let Some(value) = annotation(meta, &keys.idmap_override) else {
         return verdict;
     };

@@ -127,11 +127,13 @@ pub async fn run(
     concurrency: u16,
     shutdown: CancellationToken,
 ) {
-    let claims_store = ctx.caches.claims.clone();
+    let (for_volumes, for_classes) = (ctx.caches.claims.clone(), ctx.caches.claims.clone());
     let claims = Controller::for_shared_stream(subscriptions.claims, ctx.caches.claims.clone())
-        .watches_shared_stream(subscriptions.volumes_for_claims, |pv| volume_to_claim(&pv))
+        .watches_shared_stream(subscriptions.volumes_for_claims, move |pv| {
+            volume_to_claims(&pv, &for_volumes)
+        })
         .watches_shared_stream(subscriptions.classes_for_claims, move |class| {
-            class_to_claims(&class, &claims_store)
+            class_to_claims(&class, &for_classes)
         });
     let volumes_store = ctx.caches.volumes.clone();
     let volumes = Controller::for_shared_stream(subscriptions.volumes, ctx.caches.volumes.clone())
@@ -188,6 +190,24 @@ fn opened(rx: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
 pub fn volume_to_claim(volume: &PersistentVolume) -> Option<ObjectRef<PersistentVolumeClaim>> {
     let claim_ref = volume.spec.as_ref()?.claim_ref.as_ref()?;
     Some(ObjectRef::new(claim_ref.name.as_deref()?).within(claim_ref.namespace.as_deref()?))
+}
+
+/// The claims a PV change can affect: its `claimRef`'s claim or, for a PV not bound yet, the
+/// claims pre-bound to it by `spec.volumeName` (static provisioning).
+pub fn volume_to_claims(
+    volume: &PersistentVolume,
+    claims: &Store<PersistentVolumeClaim>,
+) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    if let Some(claim) = volume_to_claim(volume) {
+        return vec![claim];
+    }
+    let name = volume.metadata.name.as_deref().unwrap_or_default();
+    claims
+        .state()
+        .iter()
+        .filter(|c| c.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(name))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
 }
 
 /// The claims a StorageClass change can affect: those naming it, and those naming no class
@@ -247,6 +267,39 @@ mod tests {
             Some(ObjectRef::new("data").within("ns"))
         );
         assert_eq!(volume_to_claim(&volume("free").build()), None);
+    }
+
+    #[test]
+    fn an_unbound_volume_maps_to_the_claims_pre_bound_to_it() {
+        let store = Caches::from_objects(
+            vec![
+                claim("a", "static")
+                    .set("/spec/volumeName", json!("pv"))
+                    .build(),
+                claim("a", "other")
+                    .set("/spec/volumeName", json!("pv2"))
+                    .build(),
+                claim("b", "dynamic").build(),
+            ],
+            vec![],
+            vec![],
+            vec![],
+        );
+        assert_eq!(
+            volume_to_claims(&volume("pv").build(), &store.claims),
+            vec![ObjectRef::new("static").within("a")]
+        );
+        let bound = volume("pv")
+            .set(
+                "/spec/claimRef",
+                json!({"namespace": "b", "name": "dynamic"}),
+            )
+            .build();
+        assert_eq!(
+            volume_to_claims(&bound, &store.claims),
+            vec![ObjectRef::new("dynamic").within("b")],
+            "a claimRef decides"
+        );
     }
 
     #[test]

@@ -161,6 +161,22 @@ pub struct WebhookState {
 }
 
 impl WebhookState {
+    /// The state over the shared caches and table, its metrics registered in `registry`.
+    pub fn new(
+        caches: Caches,
+        table: watch::Receiver<TableState>,
+        keys: Keys,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> WebhookState {
+        let metrics = WebhookMetrics::register(registry);
+        WebhookState {
+            caches,
+            table,
+            keys,
+            metrics,
+        }
+    }
+
     /// True once every store has received its initial list.
     pub fn caches_synced(&self) -> bool {
         let c = &self.caches;
