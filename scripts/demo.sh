@@ -178,7 +178,7 @@ webhooks:
     sideEffects: None
     admissionReviewVersions: [v1]
     timeoutSeconds: 5
-    reinvocationPolicy: Never
+    reinvocationPolicy: IfNeeded
 EOF
 probe() {
     local decision

@@ -494,6 +494,47 @@ async fn a_reinvocation_after_our_own_mutation_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_reinvocation_after_a_later_webhook_added_an_nfs_volume_reverts_host_users() {
+    let state = world();
+    let (_, first) = admit(&state, enforce(), "app", &pod("web")).await;
+    assert_eq!(first["spec"]["hostUsers"], json!(false));
+    // What a later webhook did: an NFS claim.
+    let changed = with_volume(first, claim_volume("media", "nfs-data"));
+    let (answer, after) = admit(&state, enforce(), "app", &changed).await;
+    assert!(answer.patch.is_some());
+    assert_eq!(
+        after["spec"].get("hostUsers"),
+        None,
+        "our hostUsers: false removed"
+    );
+    assert_eq!(annotation(&after, DECISION), Some("reverted"));
+    let reason = annotation(&after, REASON).unwrap();
+    assert!(reason.contains("ClaimNotSupported: "), "{reason}");
+    assert_eq!(state.metrics.admissions(Outcome::Reverted), 1);
+}
+
+#[tokio::test]
+async fn a_reinvocation_after_a_later_webhook_added_host_network_reverts_host_users() {
+    let state = world();
+    let (_, first) = admit(&state, enforce(), "app", &pod("web")).await;
+    let mut changed = first;
+    changed["spec"]["hostNetwork"] = json!(true);
+    let (_, after) = admit(&state, enforce(), "app", &changed).await;
+    assert_eq!(after["spec"].get("hostUsers"), None);
+    assert_eq!(
+        after["spec"]["hostNetwork"],
+        json!(true),
+        "nothing else changes"
+    );
+    assert_eq!(annotation(&after, DECISION), Some("reverted"));
+    assert!(
+        annotation(&after, REASON)
+            .unwrap()
+            .contains("HostNetwork: ")
+    );
+}
+
+#[tokio::test]
 async fn a_dry_run_gets_the_same_decision() {
     let state = world();
     let mut review = review("CREATE", "app", &pod("web"));

@@ -19,6 +19,12 @@ use super::sources::pseudo;
 use super::table::{DriverTable, Verdict};
 use crate::keys::Keys;
 
+/// The longest decision reason written on a pod (annotations total at most 256 KiB).
+pub const MAX_SUMMARY_BYTES: usize = 1024;
+
+/// Room kept for "; … and N more".
+const MORE_TAIL_BYTES: usize = 32;
+
 /// A pod's user namespace maps this many IDs (kubelet `userNamespaces.idsPerPod` default);
 /// a UID or GID at or above it does not exist inside the pod.
 pub const IDS_PER_POD: i64 = 65_536;
@@ -58,10 +64,12 @@ pub enum BlockerCode {
     VolumeSupportUnknown,
     /// A volume with a source this version does not recognise (fail closed).
     UnrecognizedVolume,
+    /// No usable driver table (invalid ConfigMap, no last good copy): every pod fails closed.
+    DriverTableInvalid,
 }
 
 impl BlockerCode {
-    pub const ALL: [BlockerCode; 17] = [
+    pub const ALL: [BlockerCode; 18] = [
         BlockerCode::HostUsersSet,
         BlockerCode::HostNetwork,
         BlockerCode::HostPid,
@@ -79,6 +87,7 @@ impl BlockerCode {
         BlockerCode::VolumeNotSupported,
         BlockerCode::VolumeSupportUnknown,
         BlockerCode::UnrecognizedVolume,
+        BlockerCode::DriverTableInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +109,7 @@ impl BlockerCode {
             BlockerCode::VolumeNotSupported => "VolumeNotSupported",
             BlockerCode::VolumeSupportUnknown => "VolumeSupportUnknown",
             BlockerCode::UnrecognizedVolume => "UnrecognizedVolume",
+            BlockerCode::DriverTableInvalid => "DriverTableInvalid",
         }
     }
 }
@@ -126,11 +136,19 @@ pub struct PodDecision {
 }
 
 impl PodDecision {
+    /// A decision with this one blocker.
+    pub fn blocked(code: BlockerCode, message: impl Into<String>) -> PodDecision {
+        let mut decision = PodDecision::default();
+        decision.block(code, message);
+        decision
+    }
+
     pub fn mutate(&self) -> bool {
         self.blockers.is_empty()
     }
 
-    /// One deterministic sentence for the pod's decision-reason annotation.
+    /// One deterministic sentence for the pod's decision-reason annotation, at most
+    /// [`MAX_SUMMARY_BYTES`] long: blockers past the bound are counted, not listed.
     pub fn summary(&self) -> String {
         if self.blockers.is_empty() {
             return match self.volumes_checked {
@@ -141,11 +159,35 @@ impl PodDecision {
                 ),
             };
         }
-        self.blockers
-            .iter()
-            .map(|b| format!("{}: {}", b.code, b.message))
-            .collect::<Vec<_>>()
-            .join("; ")
+        let mut summary = String::new();
+        for (listed, blocker) in self.blockers.iter().enumerate() {
+            let item = format!("{}: {}", blocker.code, blocker.message);
+            let rest = self.blockers.len() - listed;
+            // Room for this item, and for the tail naming what follows it.
+            let tail = if rest > 1 { MORE_TAIL_BYTES } else { 0 };
+            if listed > 0 && summary.len() + 2 + item.len() + tail > MAX_SUMMARY_BYTES {
+                summary.push_str(&format!("; … and {rest} more"));
+                return summary;
+            }
+            if listed > 0 {
+                summary.push_str("; ");
+            }
+            summary.push_str(&item);
+            if summary.len() > MAX_SUMMARY_BYTES - MORE_TAIL_BYTES {
+                // One very long message: cut it on a character boundary.
+                let mut end = MAX_SUMMARY_BYTES - MORE_TAIL_BYTES;
+                while !summary.is_char_boundary(end) {
+                    end -= 1;
+                }
+                summary.truncate(end);
+                summary.push('…');
+                if rest > 1 {
+                    summary.push_str(&format!("; … and {} more", rest - 1));
+                }
+                return summary;
+            }
+        }
+        summary
     }
 
     fn block(&mut self, code: BlockerCode, message: impl Into<String>) {

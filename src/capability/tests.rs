@@ -784,7 +784,11 @@ fn an_operator_rule_for_host_path_applies_to_inline_host_path_volumes() {
     let p = pod("ns", "p").host_path_volume("data", "/mnt/nfs").build();
     let d = decide_pod(&p, "ns", &pod_view(), &table, &keys());
     assert_eq!(codes(&d), vec![BlockerCode::VolumeNotSupported]);
-    assert!(d.blockers[0].message.contains("/mnt/nfs"), "{:?}", d.blockers);
+    assert!(
+        d.blockers[0].message.contains("/mnt/nfs"),
+        "{:?}",
+        d.blockers
+    );
     assert!(
         d.blockers[0].message.contains("node dirs on NFS here"),
         "{:?}",
@@ -799,10 +803,42 @@ fn an_operator_rule_for_host_path_applies_to_inline_host_path_volumes() {
 #[test]
 fn an_override_true_on_an_ephemeral_template_enables_its_pod() {
     let p = pod("ns", "p")
-        .volume(json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
+        .volume(
+            json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
             "metadata": {"annotations": {"userns.io/idmap-override": "true"}},
             "spec": {"storageClassName": "nfs", "accessModes": ["ReadWriteOnce"],
-                     "resources": {"requests": {"storage": "1Gi"}}}}}}))
+                     "resources": {"requests": {"storage": "1Gi"}}}}}}),
+        )
         .build();
     assert!(decide(&p).mutate(), "{:?}", decide(&p).blockers);
+}
+
+#[test]
+fn a_pod_with_thousands_of_blockers_has_a_bounded_summary_that_counts_the_rest() {
+    let volumes: Vec<_> = (0..5_000)
+        .map(|i| json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": format!("missing-{i}")}}))
+        .collect();
+    let d = decide(&pod("ns", "p").set("/spec/volumes", json!(volumes)).build());
+    assert_eq!(d.blockers.len(), 5_000);
+    let summary = d.summary();
+    assert!(summary.len() <= pod::MAX_SUMMARY_BYTES, "{}", summary.len());
+    assert!(
+        summary.starts_with("ClaimNotFound: volume v0: "),
+        "{summary}"
+    );
+    let listed = summary.matches("ClaimNotFound: ").count();
+    assert!(
+        summary.ends_with(&format!("; … and {} more", 5_000 - listed)),
+        "{summary}"
+    );
+}
+
+#[test]
+fn one_overlong_blocker_message_is_cut_within_the_bound() {
+    let long = "x".repeat(5_000);
+    let mut p = pod("ns", "p").host_path_volume("dev", &format!("/dev/{long}"));
+    p = p.claim_volume("b", "absent");
+    let summary = decide(&p.build()).summary();
+    assert!(summary.len() <= pod::MAX_SUMMARY_BYTES, "{}", summary.len());
+    assert!(summary.ends_with("…; … and 1 more"), "{summary}");
 }

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::{Status, TypeMeta};
@@ -15,12 +15,16 @@ use super::metrics::Outcome;
 use super::{Mode, WebhookState};
 use crate::capability::pod::{PodFacts, decide};
 use crate::capability::{BlockerCode, PodDecision};
+use crate::config::TableState;
 use crate::keys::Keys;
 
 /// Values of the `<prefix>/decision` annotation.
 pub const DECISION_ENABLED: &str = "enabled";
 pub const DECISION_SKIPPED: &str = "skipped";
 pub const DECISION_AUDIT: &str = "audit";
+/// A reinvocation found a pod we enabled no longer safe (a later webhook changed it): our
+/// `hostUsers: false` was removed.
+pub const DECISION_REVERTED: &str = "reverted";
 
 /// The result of one admission: the response to send, and what to count.
 #[derive(Clone, Debug)]
@@ -188,7 +192,8 @@ pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode)
 /// - caches not yet synced, or the namespace not in them: allowed, no patch (`error`, and
 ///   `cache_miss` so the handler waits for the caches first);
 /// - pod or namespace label `<prefix>/opt-out: "true"`: allowed, no patch (`opt_out`);
-/// - a pod this webhook already enabled (a reinvocation): allowed, no patch (`ignored`);
+/// - a pod this webhook already enabled (a reinvocation): decided again; still safe: allowed, no
+///   patch (`ignored`); no longer safe: `hostUsers` removed, `decision: reverted` (`reverted`);
 /// - otherwise the capability engine decides, and the patch sets the decision annotations, plus
 ///   `spec.hostUsers: false` in enforce mode when nothing blocks.
 pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admission {
@@ -223,20 +228,14 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
         return Admission::new(allowed, Outcome::OptOut);
     }
     if already_enabled(pod) {
-        return Admission::new(allowed, Outcome::Ignored);
+        return reinvoked(pod, namespace, state, allowed);
     }
 
-    let Some(table) = state.table.borrow().table().cloned() else {
+    let Some(decision) = decide_with_table(&pod.facts, namespace, state) else {
         // Before the driver ConfigMap is read nothing can be judged: the pod stays as written.
         return Admission::fail_safe(allowed, "table_not_loaded");
     };
-    let decision = decide(&pod.facts, namespace, &state.caches, &table, &state.keys);
-    let cache_miss = decision.blockers.iter().any(|b| {
-        matches!(
-            b.code,
-            BlockerCode::ClaimNotFound | BlockerCode::ClaimVolumeNotFound
-        )
-    });
+    let cache_miss = waits_for_caches(&decision);
     let (outcome, value, reason, set_host_users) = match (mode, decision.mutate()) {
         (Mode::Enforce, true) => (Outcome::Enabled, DECISION_ENABLED, decision.summary(), true),
         (Mode::Enforce, false) => (
@@ -266,6 +265,80 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
             blockers: decision.blockers.iter().map(|b| b.code).collect(),
             error: None,
             cache_miss,
+        },
+        Err(_) => Admission::fail_safe(pod.allowed(), "patch_serialization"),
+    }
+}
+
+/// The engine's decision under the table in force; `None` while no table is loaded. With no
+/// usable table every pod fails closed, and says why.
+fn decide_with_table(
+    facts: &PodFacts<'_>,
+    namespace: &str,
+    state: &WebhookState,
+) -> Option<PodDecision> {
+    let table = state.table.borrow().clone();
+    match &table {
+        TableState::InForce(table) => {
+            Some(decide(facts, namespace, &state.caches, table, &state.keys))
+        }
+        TableState::Unusable(reason) => Some(PodDecision::blocked(
+            BlockerCode::DriverTableInvalid,
+            format!("no usable driver table, so no pod is enabled: {reason}"),
+        )),
+        TableState::Loading => None,
+    }
+}
+
+/// Whether a blocker may go away once the caches catch up (a claim or its PV just created).
+fn waits_for_caches(decision: &PodDecision) -> bool {
+    decision.blockers.iter().any(|b| {
+        matches!(
+            b.code,
+            BlockerCode::ClaimNotFound | BlockerCode::ClaimVolumeNotFound
+        )
+    })
+}
+
+/// A reinvocation of a pod we enabled: a later webhook may have added a host namespace, a
+/// privileged container or a volume. Decided again as if `hostUsers` were not set (we set it);
+/// still safe: no patch; no longer safe (or no table to judge by): our `hostUsers: false` is
+/// removed, so the API server neither rejects the pod nor the node fails it, and the pod says
+/// why (`decision: reverted`).
+fn reinvoked(
+    pod: &PodCreate<'_>,
+    namespace: &str,
+    state: &WebhookState,
+    allowed: AdmissionResponse,
+) -> Admission {
+    let mut facts = pod.facts.clone();
+    if let Some(spec) = facts.spec.as_mut() {
+        spec.host_users = None;
+    }
+    let decision = decide_with_table(&facts, namespace, state).unwrap_or_else(|| {
+        PodDecision::blocked(
+            BlockerCode::DriverTableInvalid,
+            "the driver table is not loaded on this replica, so the pod cannot be judged again",
+        )
+    });
+    if decision.mutate() {
+        return Admission::new(allowed, Outcome::Ignored);
+    }
+    let reason = format!(
+        "changed after this webhook enabled it; {}",
+        decision.summary()
+    );
+    let mut patch = decision_patch(true, &state.keys, DECISION_REVERTED, reason, false);
+    patch.0.push(PatchOperation::Remove(RemoveOperation {
+        path: PointerBuf::from_tokens(["spec", "hostUsers"]),
+    }));
+    match allowed.with_patch(patch) {
+        Ok(response) => Admission {
+            response,
+            outcome: Outcome::Reverted,
+            blockers: decision.blockers.iter().map(|b| b.code).collect(),
+            error: None,
+            cache_miss: waits_for_caches(&decision),
         },
         Err(_) => Admission::fail_safe(pod.allowed(), "patch_serialization"),
     }

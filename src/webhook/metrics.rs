@@ -19,6 +19,8 @@ pub enum Outcome {
     Skipped,
     /// Audit mode: annotated with what enforce mode would do.
     Audit,
+    /// A reinvocation found a pod we enabled no longer safe: `hostUsers: false` removed.
+    Reverted,
     /// The pod or its namespace opted out: no patch at all.
     OptOut,
     /// Not a pod CREATE (or already decided on an earlier invocation): no patch.
@@ -28,9 +30,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Enabled,
         Outcome::Skipped,
+        Outcome::Reverted,
         Outcome::Audit,
         Outcome::OptOut,
         Outcome::Ignored,
@@ -41,6 +44,7 @@ impl Outcome {
         match self {
             Outcome::Enabled => "enabled",
             Outcome::Skipped => "skipped",
+            Outcome::Reverted => "reverted",
             Outcome::Audit => "audit",
             Outcome::OptOut => "opt_out",
             Outcome::Ignored => "ignored",
@@ -92,7 +96,7 @@ impl WebhookMetrics {
         let registry = registry.sub_registry_with_prefix("webhook");
         registry.register(
             "admissions",
-            "Pod admission requests by outcome (enabled, skipped, audit, opt_out, ignored, error)",
+            "Pod admission requests by outcome (enabled, skipped, reverted, audit, opt_out, ignored, error)",
             metrics.admissions.clone(),
         );
         registry.register(

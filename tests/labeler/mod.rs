@@ -126,6 +126,18 @@ impl Labeler {
         identity: &str,
         extra: &[&str],
     ) -> Labeler {
+        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, extra);
+        labeler.wait_ready(Duration::from_secs(30));
+        labeler
+    }
+
+    fn spawn(
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Labeler {
         let admin_port = free_port();
         let webhook = format!("127.0.0.1:{}", free_port());
         let log = log_dir.join(format!("labeler-{identity}-{admin_port}.log"));
@@ -147,13 +159,33 @@ impl Labeler {
             .stderr(out)
             .spawn()
             .expect("start userns-labeler");
-        let labeler = Labeler {
+        Labeler {
             child,
             admin: format!("127.0.0.1:{admin_port}"),
             webhook,
             log,
-        };
-        labeler.wait_ready(Duration::from_secs(30));
+        }
+    }
+
+    /// [`Labeler::start_with`], waiting only until the admin server answers `/livez` (for a
+    /// replica that is not meant to become ready).
+    pub fn start_unready(
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Labeler {
+        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, extra);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while labeler.get("/livez").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no /livez; log:\n{}",
+                labeler.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         labeler
     }
 
@@ -216,9 +248,19 @@ impl Labeler {
     }
 
     /// SIGTERM and wait for a graceful exit.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM (a graceful shutdown) without waiting.
+    pub fn sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Waits up to 20 s for the process to exit.
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
