@@ -36,29 +36,40 @@ struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
     interval: Duration,
+    /// The files' stamps and content as first loaded.
+    loaded: (Stamps, Pem),
 }
 
+/// A certificate (chain) and its key, PEM.
+type Pem = (Vec<u8>, Vec<u8>);
+
 impl ServerTls {
-    /// Loads a PEM certificate (chain) and key; the server re-reads them when their
-    /// modification time, size or inode changes, checking every `reload_interval`.
+    /// Loads a PEM certificate (chain) and key, checking that the key is the certificate's
+    /// (rustls compares their public keys); the server re-reads them when their modification
+    /// time, size or inode changes, checking every `reload_interval`.
     pub async fn from_files(
         cert: &Path,
         key: &Path,
         reload_interval: Duration,
     ) -> Result<ServerTls, WebhookError> {
-        let config = RustlsConfig::from_pem_file(cert, key)
+        let error = |source| WebhookError::LoadCertificate {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            source,
+        };
+        // Stamp first, then read: see `reload_on_change`.
+        let stamps = fingerprint(cert, key).await;
+        let pem = read_pair(cert, key).await.map_err(error)?;
+        let config = RustlsConfig::from_pem(pem.0.clone(), pem.1.clone())
             .await
-            .map_err(|source| WebhookError::LoadCertificate {
-                cert: cert.to_path_buf(),
-                key: key.to_path_buf(),
-                source,
-            })?;
+            .map_err(|e| error(explain(e)))?;
         Ok(ServerTls {
             config,
             files: Some(CertFiles {
                 cert: cert.to_path_buf(),
                 key: key.to_path_buf(),
                 interval: reload_interval.max(Duration::from_millis(100)),
+                loaded: (stamps, pem),
             }),
         })
     }
@@ -70,7 +81,7 @@ impl ServerTls {
             .map_err(|source| WebhookError::LoadCertificate {
                 cert: PathBuf::from("<memory>"),
                 key: PathBuf::from("<memory>"),
-                source,
+                source: explain(source),
             })?;
         Ok(ServerTls {
             config,
@@ -84,7 +95,8 @@ impl ServerTls {
 
     /// Re-reads the files whenever they change, until `shutdown`. A failed reload (say, the
     /// certificate already replaced but not yet its key) keeps the certificate being served
-    /// and is retried at the next check.
+    /// and is retried at the next check. A change that leaves the content as served (a `touch`,
+    /// or a stamp taken while a file was being written) is not a reload.
     pub(crate) async fn reload_on_change(
         self,
         metrics: WebhookMetrics,
@@ -93,7 +105,7 @@ impl ServerTls {
         let Some(files) = self.files else {
             return;
         };
-        let mut served = fingerprint(&files.cert, &files.key).await;
+        let (mut seen, mut served) = files.loaded.clone();
         let mut ticker = tokio::time::interval(files.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -102,18 +114,30 @@ impl ServerTls {
                 _ = ticker.tick() => {}
             }
             let current = fingerprint(&files.cert, &files.key).await;
-            if current == served {
+            if current == seen {
                 continue;
             }
-            match self
-                .config
-                .reload_from_pem_file(&files.cert, &files.key)
-                .await
-            {
-                Ok(()) => {
+            // Stamp first, then read: content read after a stamp is at least as new as the
+            // stamp, so a write racing the read shows as a changed stamp at the next check.
+            let loaded = match read_pair(&files.cert, &files.key).await {
+                Ok(pair) if pair == served => {
+                    seen = current;
+                    continue;
+                }
+                Ok((cert, key)) => self
+                    .config
+                    .reload_from_pem(cert.clone(), key.clone())
+                    .await
+                    .map(|()| (cert, key))
+                    .map_err(explain),
+                Err(error) => Err(error),
+            };
+            match loaded {
+                Ok(pair) => {
                     tracing::info!(cert = %files.cert.display(), "reloaded the webhook serving certificate");
                     metrics.tls_reload(true);
-                    served = current;
+                    served = pair;
+                    seen = current;
                 }
                 Err(error) => {
                     tracing::warn!(cert = %files.cert.display(), key = %files.key.display(), %error,
@@ -125,11 +149,46 @@ impl ServerTls {
     }
 }
 
+/// rustls says "keys may not be consistent: KeyMismatch" for a key that is not the
+/// certificate's; every other error is kept as it is.
+fn explain(error: std::io::Error) -> std::io::Error {
+    let mismatch = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)
+            )
+        });
+    if mismatch {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the private key does not match the certificate (their public keys differ)",
+        )
+    } else {
+        error
+    }
+}
+
+/// The certificate and key files' content; an error names the file.
+async fn read_pair(cert: &Path, key: &Path) -> std::io::Result<Pem> {
+    async fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+        tokio::fs::read(path)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display())))
+    }
+    Ok((read(cert).await?, read(key).await?))
+}
+
 /// Modification time, size and inode of both files (following symlinks, as a Secret volume's
 /// `..data` swap changes the target). `None` for a file that cannot be read.
 type FileStamp = Option<(SystemTime, u64, u64)>;
 
-async fn fingerprint(cert: &Path, key: &Path) -> (FileStamp, FileStamp) {
+/// The certificate's and the key's [`FileStamp`].
+type Stamps = (FileStamp, FileStamp);
+
+async fn fingerprint(cert: &Path, key: &Path) -> Stamps {
     async fn stamp(path: &Path) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
         let meta = tokio::fs::metadata(path).await.ok()?;
