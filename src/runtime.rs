@@ -98,6 +98,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
+    #[error("the {0} server stopped before shutdown")]
+    ServerStopped(&'static str),
 }
 
 /// Builds the client from `--kubeconfig`/`--context`, else in-cluster or the default kubeconfig.
@@ -246,6 +248,16 @@ fn leadership_gained(rx: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), or until a component fails.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let keys = Keys::new(&args.label_prefix)?;
+    // Both ports bound and the webhook's certificate checked against its key before anything
+    // else: each failure ends the process with its cause.
+    let admin_addr = args.admin_addr;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| RunError::Admin {
+            addr: admin_addr,
+            source,
+        })?;
+    let webhook_listener = webhook::WebhookListener::bind(&args.webhook).await?;
     let client = client(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
@@ -367,8 +379,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         caches: caches.clone(),
         keys: keys.clone(),
     });
-    let admin_addr = args.admin_addr;
-    let admin_server = admin::serve(admin_addr, admin_state, shutdown.clone());
+    let admin_server = async {
+        admin::serve(admin_listener, admin_state, shutdown.clone())
+            .await
+            .map_err(|source| RunError::Admin {
+                addr: admin_addr,
+                source,
+            })?;
+        stopped_early("admin", &shutdown)
+    };
 
     let webhook_state = Arc::new(WebhookState {
         caches,
@@ -376,7 +395,27 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         keys,
         metrics: webhook_metrics,
     });
-    let webhook_server = webhook::serve(&args.webhook, webhook_state, client, shutdown.clone());
+    // Serving from here: the port is bound and the certificate valid (a certificate reloaded
+    // from disk replaces it only when it is valid too) until the server stops.
+    readiness.webhook_serving.store(true, Ordering::Release);
+    let webhook_server = async {
+        let served = webhook_listener
+            .serve(&args.webhook, webhook_state, client, shutdown.clone())
+            .await;
+        readiness.webhook_serving.store(false, Ordering::Release);
+        served?;
+        stopped_early("webhook", &shutdown)
+    };
+    // A server that fails or stops on its own ends the process: a replica that cannot serve
+    // must not keep running and look alive.
+    let servers = async {
+        let result = tokio::try_join!(admin_server, webhook_server);
+        if let Err(error) = &result {
+            error!(%error, "a server failed; shutting down");
+        }
+        shutdown.cancel();
+        result.map(|_| ())
+    };
 
     // Readiness flips first on shutdown, then everything drains.
     {
@@ -402,12 +441,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
                 }))
             }
         }
-        result = async {
-            let (admin, webhook, _, _) = tokio::join!(admin_server, webhook_server, claim_controller, volume_controller);
-            admin.map_err(|source| RunError::Admin { addr: admin_addr, source })?;
-            webhook?;
-            Ok(())
-        } => result,
+        (servers, _, _) = async {
+            tokio::join!(servers, claim_controller, volume_controller)
+        } => servers,
     };
     shutdown.cancel();
     drop(leader_rx);
@@ -499,6 +535,15 @@ async fn apply_config_map(
         }
     }
     outcome
+}
+
+/// A server that returns `Ok` has stopped: fine once shutdown started, a failure before.
+fn stopped_early(server: &'static str, shutdown: &CancellationToken) -> Result<(), RunError> {
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        Err(RunError::ServerStopped(server))
+    }
 }
 
 fn default_identity() -> String {
