@@ -324,7 +324,17 @@ impl Webhook {
 }
 
 async fn register(client: &Client, name: &str, url: &str, ns: &str, ca_pem: Option<&str>) {
-    let config = MutatingWebhookConfiguration {
+    apply(client, registration(name, url, ns, ca_pem)).await;
+}
+
+/// This test's MutatingWebhookConfiguration: pods of its namespace, sent to `url`.
+fn registration(
+    name: &str,
+    url: &str,
+    ns: &str,
+    ca_pem: Option<&str>,
+) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             ..Default::default()
@@ -355,7 +365,13 @@ async fn register(client: &Client, name: &str, url: &str, ns: &str, ca_pem: Opti
             reinvocation_policy: Some("IfNeeded".into()),
             ..Default::default()
         }]),
-    };
+    }
+}
+
+/// Creates `config`, or replaces the configuration of that name.
+async fn apply(client: &Client, config: MutatingWebhookConfiguration) {
+    let name = config.metadata.name.clone().unwrap();
+    let name = name.as_str();
     let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
     match api.get_opt(name).await.unwrap() {
         None => {
@@ -792,81 +808,191 @@ async fn a_certificate_rotated_on_disk_is_served_to_the_api_server_without_a_res
     webhook.unregister().await;
 }
 
+/// `serve` with `--self-signed-tls` and `--webhook-config-name`, in its own test namespace,
+/// before its configuration exists.
+struct SelfSignedWebhook {
+    admin: Client,
+    ns: common::TestNamespace,
+    state: Arc<WebhookState>,
+    url: String,
+    config_name: String,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), userns_labeler::webhook::WebhookError>>,
+}
+
+impl SelfSignedWebhook {
+    async fn start(prefix: &str) -> SelfSignedWebhook {
+        let cp = control_plane();
+        let admin = cp.client().await;
+        let ns = cp.namespace(prefix).await;
+        let shutdown = CancellationToken::new();
+        let (client, _) = counted_client(cp, &cache_user(&ns)).await;
+        let (caches, _subscriptions) = start_caches(&client, &shutdown);
+        tokio::time::timeout(WAIT, caches.wait_until_ready())
+            .await
+            .unwrap();
+        let (_tx, table) = tokio::sync::watch::channel(DriverTable::defaults());
+        let state = Arc::new(WebhookState {
+            caches,
+            table,
+            keys: Keys::default(),
+            metrics: WebhookMetrics::default(),
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config_name = format!("userns-test-{}", ns.name());
+        let args = WebhookArgs {
+            webhook_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            self_signed_tls: true,
+            webhook_config_name: Some(config_name.clone()),
+            ..WebhookArgs::default()
+        };
+        let server = tokio::spawn({
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            async move { serve(&args, state, client, shutdown).await }
+        });
+        SelfSignedWebhook {
+            admin,
+            ns,
+            state,
+            url: format!("https://127.0.0.1:{port}/mutate/pods"),
+            config_name,
+            shutdown,
+            server,
+        }
+    }
+
+    fn configs(&self) -> Api<MutatingWebhookConfiguration> {
+        Api::all(self.admin.clone())
+    }
+
+    /// Polls (every 20 ms) until the configuration's caBundle is the one in `differs_from`'s
+    /// place: present, and not `differs_from`. The bundle and how long it took.
+    async fn bundle_written(&self, differs_from: Option<&ByteString>) -> (ByteString, Duration) {
+        let started = Instant::now();
+        loop {
+            let config = self.configs().get_opt(&self.config_name).await.unwrap();
+            let bundle = config
+                .and_then(|c| c.webhooks?.first()?.client_config.ca_bundle.clone())
+                .filter(|b| Some(b) != differs_from);
+            if let Some(bundle) = bundle {
+                return (bundle, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "no caBundle written within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Dry-run creates until the API server calls the webhook and the pod comes back enabled.
+    async fn wait_until_mutating(&self) {
+        let pods = Api::<Pod>::namespaced(self.admin.clone(), &self.ns);
+        let probe: Pod = serde_json::from_value(pod("self-signed")).unwrap();
+        let dry_run = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        loop {
+            let created = pods.create(&dry_run, &probe).await;
+            if let Ok(pod) = &created
+                && host_users(pod) == Some(false)
+            {
+                return;
+            }
+            assert!(started.elapsed() < WAIT, "never mutated: {created:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `n` writes of the caBundle were counted (the counter follows the write the
+    /// API server shows), then checks there were no more.
+    async fn assert_injections(&self, n: u64) {
+        let started = Instant::now();
+        while self.state.metrics.ca_bundle_injections(true) < n {
+            assert!(
+                started.elapsed() < WAIT,
+                "fewer than {n} caBundle writes counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(self.state.metrics.ca_bundle_injections(true), n);
+    }
+
+    async fn stop(self) {
+        let _ = self
+            .configs()
+            .delete(&self.config_name, &DeleteParams::default())
+            .await;
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
 /// `--self-signed-tls` through `serve`: the configuration is created after the server starts;
-/// the CA is written into its caBundle (with retries) and the API server then trusts it.
+/// the CA is written into its caBundle and the API server then trusts it.
 #[tokio::test]
 async fn self_signed_tls_writes_the_ca_bundle_into_the_configuration() {
-    let cp = control_plane();
-    let admin = cp.client().await;
-    let ns = cp.namespace("wh-self-signed").await;
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    let (client, _) = counted_client(cp, &cache_user(&ns)).await;
-    let (caches, _subscriptions) = start_caches(&client, &shutdown);
-    tokio::time::timeout(WAIT, caches.wait_until_ready())
+    let webhook = SelfSignedWebhook::start("wh-self-signed").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    register(
+        &webhook.admin,
+        &webhook.config_name,
+        &webhook.url,
+        &webhook.ns,
+        None,
+    )
+    .await;
+    let (bundle, _) = webhook.bundle_written(None).await;
+    assert!(String::from_utf8_lossy(&bundle.0).contains("BEGIN CERTIFICATE"));
+    webhook.wait_until_mutating().await;
+    webhook.assert_injections(1).await;
+    webhook.stop().await;
+}
+
+/// A configuration deleted and re-created without a caBundle (a GitOps replace), or given
+/// another CA's bundle, gets the self-signed CA back within seconds, without a restart, and
+/// the API server calls the webhook again.
+#[tokio::test]
+async fn a_re_created_or_altered_configuration_gets_the_self_signed_ca_back_without_a_restart() {
+    let webhook = SelfSignedWebhook::start("wh-recreated").await;
+    let config = || registration(&webhook.config_name, &webhook.url, &webhook.ns, None);
+    apply(&webhook.admin, config()).await;
+    let (ours, _) = webhook.bundle_written(None).await;
+    webhook.wait_until_mutating().await;
+
+    webhook
+        .configs()
+        .delete(&webhook.config_name, &DeleteParams::default())
         .await
         .unwrap();
-    let (_tx, table) = tokio::sync::watch::channel(DriverTable::defaults());
-    let state = Arc::new(WebhookState {
-        caches,
-        table,
-        keys: Keys::default(),
-        metrics: WebhookMetrics::default(),
-    });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config_name = format!("userns-test-{}", ns.name());
-    let args = WebhookArgs {
-        webhook_addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        self_signed_tls: true,
-        webhook_config_name: Some(config_name.clone()),
-        ..WebhookArgs::default()
-    };
-    let server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { serve(&args, state, client, shutdown).await }
-    });
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let url = format!("https://127.0.0.1:{port}/mutate/pods");
-    register(&admin, &config_name, &url, &ns, None).await;
+    apply(&webhook.admin, config()).await;
+    let (restored, took) = webhook.bundle_written(None).await;
+    assert_eq!(restored, ours);
+    eprintln!("caBundle restored {took:?} after the configuration was re-created");
+    webhook.wait_until_mutating().await;
 
-    let api = Api::<MutatingWebhookConfiguration>::all(admin.clone());
-    let started = Instant::now();
-    let bundle = loop {
-        let config = api.get(&config_name).await.unwrap();
-        if let Some(bundle) = config.webhooks.unwrap()[0].client_config.ca_bundle.clone() {
-            break bundle;
-        }
-        assert!(started.elapsed() < WAIT, "no caBundle written");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(String::from_utf8_lossy(&bundle.0).contains("BEGIN CERTIFICATE"));
-
-    let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
-    let probe: Pod = serde_json::from_value(pod("self-signed")).unwrap();
-    let started = Instant::now();
-    loop {
-        let created = pods
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                },
-                &probe,
-            )
-            .await;
-        if let Ok(pod) = &created
-            && host_users(pod) == Some(false)
-        {
-            break;
-        }
-        assert!(started.elapsed() < WAIT, "never mutated: {created:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = api.delete(&config_name, &DeleteParams::default()).await;
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    let other = SelfSigned::generate(&[]).unwrap();
+    let other_bundle = ByteString(other.ca_pem.clone().into_bytes());
+    apply(
+        &webhook.admin,
+        registration(
+            &webhook.config_name,
+            &webhook.url,
+            &webhook.ns,
+            Some(&other.ca_pem),
+        ),
+    )
+    .await;
+    let (restored, took) = webhook.bundle_written(Some(&other_bundle)).await;
+    assert_eq!(restored, ours);
+    eprintln!("caBundle restored {took:?} after another CA's bundle was written");
+    webhook.wait_until_mutating().await;
+    webhook.assert_injections(3).await;
+    webhook.stop().await;
 }

@@ -22,7 +22,7 @@ use super::admission::{Admission, PodCreate, is_pod_create, mutate, mutate_pod};
 use super::lean::decode_pod_create;
 use super::metrics::Outcome;
 use super::review;
-use super::tls::{SelfSigned, ServerTls, inject_ca_bundle};
+use super::tls::{SelfSigned, ServerTls, keep_ca_bundle};
 use super::{AdmissionSettings, Mode, WebhookArgs, WebhookError, WebhookState};
 use crate::keys::Keys;
 
@@ -305,8 +305,8 @@ impl WebhookListener {
     }
 
     /// Serves [`router`] over HTTPS until `shutdown` (see [`serve_tls`]). With
-    /// `--self-signed-tls` and `--webhook-config-name` it also writes the generated CA into that
-    /// configuration, in the background and with retries; `client` is used for nothing else.
+    /// `--self-signed-tls` and `--webhook-config-name` it also keeps the generated CA in that
+    /// configuration's caBundle, in the background; `client` is used for nothing else.
     pub async fn serve(
         self,
         args: &WebhookArgs,
@@ -316,11 +316,9 @@ impl WebhookListener {
     ) -> Result<(), WebhookError> {
         match (self.self_signed_ca, args.webhook_config_name.clone()) {
             (Some(ca_pem), Some(name)) => {
-                let shutdown = shutdown.clone();
+                let (metrics, shutdown) = (state.metrics.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = inject_ca_bundle(client, &name, &ca_pem, shutdown).await {
-                        tracing::error!(webhook_config = name, %error, "writing the caBundle failed");
-                    }
+                    keep_ca_bundle(client, &name, &ca_pem, metrics, shutdown).await;
                 });
             }
             (Some(_), None) => tracing::warn!(
