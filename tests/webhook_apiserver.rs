@@ -776,7 +776,15 @@ async fn a_thousand_admissions_make_zero_api_requests() {
 }
 
 /// The serving certificate is replaced on disk by one from another CA and the caBundle
-/// switched to that CA: the API server keeps reaching the same server process.
+/// switched to that CA: the API server keeps reaching the same server process, now verifying
+/// the rotated certificate.
+///
+/// Two things could let an admission succeed without the rotated certificate, and are ruled
+/// out in turn: the server still presenting the old one (it is picked up at the next check of
+/// the files: the test waits for that reload before anything else), and the API server still
+/// on the old configuration, whose client keeps idle connections opened under the old
+/// certificate (the rotated configuration only sends labelled pods: an unlabelled pod admitted
+/// without a decision shows it is in effect, and its new caBundle means a new client).
 #[tokio::test]
 async fn a_certificate_rotated_on_disk_is_served_to_the_api_server_without_a_restart() {
     let webhook = Webhook::start("wh-rotation", Mode::Enforce).await;
@@ -784,26 +792,52 @@ async fn a_certificate_rotated_on_disk_is_served_to_the_api_server_without_a_res
     let dir = webhook.cert_dir.path();
     std::fs::write(dir.join("tls.key"), &rotated.key_pem).unwrap();
     std::fs::write(dir.join("tls.crt"), &rotated.cert_pem).unwrap();
-    webhook.register(Some(&rotated.ca_pem)).await;
-
-    // Until the new caBundle is loaded the API server may still trust the old CA (which the
-    // server no longer presents), and failurePolicy Fail rejects the pod: retry until the
-    // rotated pair is in use end to end.
-    let probe: Pod = serde_json::from_value(pod("after-rotation")).unwrap();
     let started = Instant::now();
-    let stored = loop {
-        match webhook.pods().create(&PostParams::default(), &probe).await {
-            Ok(created) => break created,
-            Err(error) => {
-                assert!(
-                    started.elapsed() < WAIT,
-                    "the rotated certificate never worked: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+    while webhook.state.metrics.tls_reloads(true) == 0 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the rotated pair was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("rotated pair loaded after {:?}", started.elapsed());
+
+    let mut config = registration(
+        &webhook.config_name,
+        &webhook.url(),
+        &webhook.ns,
+        Some(&rotated.ca_pem),
+    );
+    let rotation_label = ("userns.test/rotation", "done");
+    config.webhooks.as_mut().unwrap()[0].object_selector = Some(LabelSelector {
+        match_labels: Some([(rotation_label.0.into(), rotation_label.1.into())].into()),
+        ..Default::default()
+    });
+    apply(&webhook.admin, config).await;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
     };
+    let unlabelled: Pod = serde_json::from_value(pod("before-switch")).unwrap();
+    let started = Instant::now();
+    loop {
+        // Err: the old configuration, whose CA the server no longer presents (failurePolicy
+        // Fail); a decision: the old configuration over an idle connection of the old pair.
+        match webhook.pods().create(&dry_run, &unlabelled).await {
+            Ok(created) if annotation(&created, DECISION).is_none() => break,
+            other => assert!(
+                started.elapsed() < WAIT,
+                "the rotated configuration never took effect: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut labelled = pod("after-rotation");
+    labelled["metadata"]["labels"] = json!({rotation_label.0: rotation_label.1});
+    let stored = webhook.create_pod(labelled).await;
     assert_eq!(host_users(&stored), Some(false));
+    assert_eq!(annotation(&stored, DECISION), Some("enabled"));
     assert_eq!(webhook.state.metrics.tls_reloads(true), 1);
     webhook.unregister().await;
 }
