@@ -45,6 +45,14 @@ impl Setup {
         path.display().to_string()
     }
 
+    /// `pair` as `tls.crt` and `tls.key`: their paths.
+    fn write_pair(&self, pair: &SelfSigned) -> (String, String) {
+        (
+            self.write("tls.crt", &pair.cert_pem),
+            self.write("tls.key", &pair.key_pem),
+        )
+    }
+
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
@@ -110,9 +118,7 @@ async fn a_certificate_that_does_not_match_its_key_ends_the_process_with_the_cau
 #[tokio::test]
 async fn missing_or_unreadable_certificate_files_end_the_process_with_the_cause_logged() {
     let setup = setup("missing").await;
-    let pair = SelfSigned::generate(&[]).unwrap();
-    let cert = setup.write("tls.crt", &pair.cert_pem);
-    let key = setup.write("tls.key", &pair.key_pem);
+    let (cert, key) = setup.write_pair(&SelfSigned::generate(&[]).unwrap());
     let absent = setup.path("absent.pem");
     // A directory where the key should be: exists, cannot be read as a file.
     let directory = setup.path("key-dir");
@@ -171,9 +177,7 @@ async fn a_port_in_use_ends_the_process_with_the_cause_logged() {
 #[tokio::test]
 async fn a_matching_pair_serves_and_becomes_ready() {
     let setup = setup("matching").await;
-    let pair = SelfSigned::generate(&[]).unwrap();
-    let cert = setup.write("tls.crt", &pair.cert_pem);
-    let key = setup.write("tls.key", &pair.key_pem);
+    let (cert, key) = setup.write_pair(&SelfSigned::generate(&[]).unwrap());
     let labeler = Labeler::spawn(
         &setup.kubeconfig,
         &setup.namespace,

@@ -134,6 +134,29 @@ async fn counted_client(cp: &ControlPlane, user: &str) -> (Client, RequestLog) {
     (client, log)
 }
 
+/// Webhook state over the runtime's caches (synced when this returns), fed by a client that
+/// authenticates as the namespace's cache user and logs every request; the client and its log.
+async fn cached_state(
+    cp: &ControlPlane,
+    ns: &str,
+    shutdown: &CancellationToken,
+) -> (Arc<WebhookState>, Client, RequestLog) {
+    let (client, requests) = counted_client(cp, &cache_user(ns)).await;
+    let (caches, _subscriptions) = start_caches(&client, shutdown);
+    tokio::time::timeout(WAIT, caches.wait_until_ready())
+        .await
+        .expect("caches synced");
+    // The table channel's sender may go: the receiver keeps the last table.
+    let (_tx, table) = tokio::sync::watch::channel(DriverTable::defaults());
+    let state = Arc::new(WebhookState {
+        caches,
+        table,
+        keys: Keys::default(),
+        metrics: WebhookMetrics::default(),
+    });
+    (state, client, requests)
+}
+
 /// A webhook server for one test namespace, registered with the API server.
 struct Webhook {
     cp: &'static ControlPlane,
@@ -154,19 +177,8 @@ impl Webhook {
         let admin = cp.client().await;
         let ns = cp.namespace(prefix).await;
         let shutdown = CancellationToken::new();
-        let (client, requests) = counted_client(cp, &cache_user(&ns)).await;
-        let (caches, _subscriptions) = start_caches(&client, &shutdown);
-        tokio::time::timeout(WAIT, caches.wait_until_ready())
-            .await
-            .expect("caches synced");
-        let (_tx, table) = tokio::sync::watch::channel(DriverTable::defaults());
-        let state = Arc::new(WebhookState {
-            caches: caches.clone(),
-            table,
-            keys: Keys::default(),
-            metrics: WebhookMetrics::default(),
-        });
-        // The table channel's sender may go: the receiver keeps the last table.
+        let (state, _, requests) = cached_state(cp, &ns, &shutdown).await;
+        let caches = state.caches.clone();
         let cert_dir = tempfile::tempdir().unwrap();
         let pair = cp.issue_server_cert(&["127.0.0.1", "localhost"]);
         let (cert, key) = (
@@ -232,24 +244,11 @@ impl Webhook {
     /// Server-side dry-run creates of a probe pod until the webhook's annotation shows: the
     /// API server loads webhook configurations asynchronously.
     async fn wait_until_called(&self) {
-        let probe: Pod = serde_json::from_value(pod("probe")).unwrap();
-        let dry_run = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let started = Instant::now();
-        loop {
-            match self.pods().create(&dry_run, &probe).await {
-                Ok(created) if annotation(&created, DECISION).is_some() => return,
-                Ok(_) | Err(_) if started.elapsed() < WAIT => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => panic!(
-                    "the API server did not call the webhook at {} within {WAIT:?}: {other:?}",
-                    self.url()
-                ),
-            }
-        }
+        let what = format!("the API server calling the webhook at {}", self.url());
+        dry_run_until(&self.pods(), &what, |created| {
+            annotation(created, DECISION).is_some()
+        })
+        .await;
     }
 
     async fn create_class(&self, suffix: &str, provisioner: &str) -> String {
@@ -320,6 +319,28 @@ impl Webhook {
         let _ = Api::<MutatingWebhookConfiguration>::all(self.admin.clone())
             .delete(&self.config_name, &DeleteParams::default())
             .await;
+    }
+}
+
+/// Server-side dry-run creates of a pod `probe` in `pods`' namespace, every 100 ms until one
+/// comes back `done`; panics with the last answer after [`WAIT`].
+async fn dry_run_until(pods: &Api<Pod>, what: &str, done: impl Fn(&Pod) -> bool) {
+    let probe: Pod = serde_json::from_value(pod("probe")).unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    loop {
+        let created = pods.create(&dry_run, &probe).await;
+        if created.as_ref().is_ok_and(&done) {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}: {created:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -814,24 +835,15 @@ async fn a_certificate_rotated_on_disk_is_served_to_the_api_server_without_a_res
         ..Default::default()
     });
     apply(&webhook.admin, config).await;
-    let dry_run = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let unlabelled: Pod = serde_json::from_value(pod("before-switch")).unwrap();
-    let started = Instant::now();
-    loop {
-        // Err: the old configuration, whose CA the server no longer presents (failurePolicy
-        // Fail); a decision: the old configuration over an idle connection of the old pair.
-        match webhook.pods().create(&dry_run, &unlabelled).await {
-            Ok(created) if annotation(&created, DECISION).is_none() => break,
-            other => assert!(
-                started.elapsed() < WAIT,
-                "the rotated configuration never took effect: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Until then: errors (the old configuration, whose CA the server no longer presents;
+    // failurePolicy Fail), or decisions (the old configuration over an idle connection made
+    // under the old pair).
+    dry_run_until(
+        &webhook.pods(),
+        "the rotated configuration in effect",
+        |created| annotation(created, DECISION).is_none(),
+    )
+    .await;
 
     let mut labelled = pod("after-rotation");
     labelled["metadata"]["labels"] = json!({rotation_label.0: rotation_label.1});
@@ -860,18 +872,7 @@ impl SelfSignedWebhook {
         let admin = cp.client().await;
         let ns = cp.namespace(prefix).await;
         let shutdown = CancellationToken::new();
-        let (client, _) = counted_client(cp, &cache_user(&ns)).await;
-        let (caches, _subscriptions) = start_caches(&client, &shutdown);
-        tokio::time::timeout(WAIT, caches.wait_until_ready())
-            .await
-            .unwrap();
-        let (_tx, table) = tokio::sync::watch::channel(DriverTable::defaults());
-        let state = Arc::new(WebhookState {
-            caches,
-            table,
-            keys: Keys::default(),
-            metrics: WebhookMetrics::default(),
-        });
+        let (state, client, _) = cached_state(cp, &ns, &shutdown).await;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -926,22 +927,10 @@ impl SelfSignedWebhook {
     /// Dry-run creates until the API server calls the webhook and the pod comes back enabled.
     async fn wait_until_mutating(&self) {
         let pods = Api::<Pod>::namespaced(self.admin.clone(), &self.ns);
-        let probe: Pod = serde_json::from_value(pod("self-signed")).unwrap();
-        let dry_run = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let started = Instant::now();
-        loop {
-            let created = pods.create(&dry_run, &probe).await;
-            if let Ok(pod) = &created
-                && host_users(pod) == Some(false)
-            {
-                return;
-            }
-            assert!(started.elapsed() < WAIT, "never mutated: {created:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        dry_run_until(&pods, "a pod enabled", |created| {
+            host_users(created) == Some(false)
+        })
+        .await;
     }
 
     /// Waits until `n` writes of the caBundle were counted (the counter follows the write the

@@ -74,6 +74,14 @@ fn write_pair(dir: &Path, pair: &SelfSigned) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// `pair` written into `dir` and served from there, re-read every [`RELOAD`]: the paths of
+/// the certificate and the key, and the server.
+async fn serve_from_files(dir: &Path, pair: &SelfSigned) -> (PathBuf, PathBuf, Running) {
+    let (cert, key) = write_pair(dir, pair);
+    let tls = ServerTls::from_files(&cert, &key, RELOAD).await.unwrap();
+    (cert, key, start(tls).await)
+}
+
 /// Polls until a connection trusting `ca_pem` succeeds, for at most 5 s.
 async fn until_served_by(addr: SocketAddr, ca_pem: &str) -> Duration {
     let started = Instant::now();
@@ -97,8 +105,7 @@ async fn a_client_trusting_the_ca_gets_a_decision_over_tls() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let pair = SelfSigned::generate(&[]).unwrap();
-    let (cert, key) = write_pair(dir.path(), &pair);
-    let server = start(ServerTls::from_files(&cert, &key, RELOAD).await.unwrap()).await;
+    let (_, _, server) = serve_from_files(dir.path(), &pair).await;
 
     for name in ["localhost", "127.0.0.1"] {
         let answer = admit_over_tls(server.addr, name, &pair.ca_pem)
@@ -148,8 +155,7 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let first = SelfSigned::generate(&[]).unwrap();
-    let (cert, key) = write_pair(dir.path(), &first);
-    let server = start(ServerTls::from_files(&cert, &key, RELOAD).await.unwrap()).await;
+    let (cert, key, server) = serve_from_files(dir.path(), &first).await;
     admit_over_tls(server.addr, "localhost", &first.ca_pem)
         .await
         .expect("the first certificate is served");
@@ -288,8 +294,7 @@ async fn the_same_pair_written_again_is_not_a_reload() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let pair = SelfSigned::generate(&[]).unwrap();
-    let (cert, key) = write_pair(dir.path(), &pair);
-    let server = start(ServerTls::from_files(&cert, &key, RELOAD).await.unwrap()).await;
+    let (cert, _, server) = serve_from_files(dir.path(), &pair).await;
     // Later than the file timestamps' granularity, and a new inode: the stamps differ.
     tokio::time::sleep(RELOAD).await;
     std::fs::remove_file(&cert).unwrap();
