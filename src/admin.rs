@@ -9,29 +9,74 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Caches;
+use crate::config::TableState;
+use crate::controller::ControllerMetrics;
 use crate::keys::Keys;
-use crate::metrics::ControllerMetrics;
 
-/// What `/readyz` reports on. Ready once every cache has synced, a driver table is loaded and
-/// the webhook is serving; not ready again as soon as shutdown starts or the webhook stops.
-#[derive(Default)]
+/// What `/readyz` reports on. Ready once every cache has synced, a driver table is in force
+/// and the webhook is serving; not ready again as soon as shutdown starts or the webhook stops.
 pub struct Readiness {
-    pub caches_synced: AtomicBool,
-    pub table_loaded: AtomicBool,
-    pub shutting_down: AtomicBool,
+    caches_synced: AtomicBool,
+    shutting_down: AtomicBool,
     /// The webhook's port is bound with a certificate that matches its key, and its server runs.
-    pub webhook_serving: AtomicBool,
+    webhook_serving: AtomicBool,
+    table: watch::Receiver<TableState>,
 }
 
 impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.caches_synced.load(Ordering::Acquire)
-            && self.table_loaded.load(Ordering::Acquire)
-            && self.webhook_serving.load(Ordering::Acquire)
-            && !self.shutting_down.load(Ordering::Acquire)
+    /// Follows `caches` until they have synced, and `shutdown`.
+    pub fn track(
+        caches: Caches,
+        table: watch::Receiver<TableState>,
+        shutdown: CancellationToken,
+    ) -> Arc<Readiness> {
+        let readiness = Arc::new(Readiness {
+            caches_synced: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            webhook_serving: AtomicBool::new(false),
+            table,
+        });
+        let tracked = readiness.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = caches.wait_until_ready() => {
+                    tracked.caches_synced.store(true, Ordering::Release);
+                    tracing::info!("caches synced");
+                }
+                _ = shutdown.cancelled() => {}
+            }
+            shutdown.cancelled().await;
+            tracked.shutting_down.store(true, Ordering::Release);
+        });
+        readiness
+    }
+
+    /// Whether the webhook serves: set once its listener is bound with a validated pair,
+    /// cleared when its server stops.
+    pub fn set_webhook_serving(&self, serving: bool) {
+        self.webhook_serving.store(serving, Ordering::Release);
+    }
+
+    /// What keeps this replica from being ready; empty when it is.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.caches_synced.load(Ordering::Acquire) {
+            missing.push("caches not synced");
+        }
+        if self.table.borrow().table().is_none() {
+            missing.push("driver table not loaded");
+        }
+        if !self.webhook_serving.load(Ordering::Acquire) {
+            missing.push("webhook not serving");
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            missing.push("shutting down");
+        }
+        missing
     }
 }
 
@@ -52,22 +97,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let r = &state.readiness;
-    if r.is_ready() {
+    let missing = state.readiness.missing();
+    if missing.is_empty() {
         return (StatusCode::OK, "ok".to_string());
-    }
-    let mut missing = Vec::new();
-    if !r.caches_synced.load(Ordering::Acquire) {
-        missing.push("caches not synced");
-    }
-    if !r.table_loaded.load(Ordering::Acquire) {
-        missing.push("driver table not loaded");
-    }
-    if !r.webhook_serving.load(Ordering::Acquire) {
-        missing.push("webhook not serving");
-    }
-    if r.shutting_down.load(Ordering::Acquire) {
-        missing.push("shutting down");
     }
     (StatusCode::SERVICE_UNAVAILABLE, missing.join(", "))
 }
@@ -114,11 +146,25 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    use super::*;
+    use kube::runtime::reflector::store::Writer;
 
-    async fn readyz_with(readiness: Readiness) -> (StatusCode, String) {
+    use super::*;
+    use crate::capability::DriverTable;
+
+    /// Readiness over synced caches and a table in force; its tracking task has run.
+    async fn synced_and_loaded() -> Arc<Readiness> {
+        let caches = Caches::from_objects(vec![], vec![], vec![], vec![]);
+        let table = TableState::channel(DriverTable::defaults());
+        let readiness = Readiness::track(caches, table, CancellationToken::new());
+        while readiness.missing().contains(&"caches not synced") {
+            tokio::task::yield_now().await;
+        }
+        readiness
+    }
+
+    async fn readyz_with(readiness: Arc<Readiness>) -> (StatusCode, String) {
         let state = Arc::new(AdminState {
-            readiness: Arc::new(readiness),
+            readiness,
             registry: Registry::default(),
             metrics: ControllerMetrics::default(),
             caches: Caches::from_objects(vec![], vec![], vec![], vec![]),
@@ -133,34 +179,58 @@ mod tests {
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
-    fn synced_and_loaded() -> Readiness {
-        let readiness = Readiness::default();
-        readiness.caches_synced.store(true, Ordering::Release);
-        readiness.table_loaded.store(true, Ordering::Release);
-        readiness
-    }
-
     #[tokio::test]
     async fn readyz_is_not_ready_while_the_webhook_is_not_serving() {
+        let readiness = synced_and_loaded().await;
         assert_eq!(
-            readyz_with(synced_and_loaded()).await,
+            readyz_with(readiness.clone()).await,
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "webhook not serving".into()
             )
         );
-        let serving = synced_and_loaded();
-        serving.webhook_serving.store(true, Ordering::Release);
-        assert_eq!(readyz_with(serving).await, (StatusCode::OK, "ok".into()));
+        readiness.set_webhook_serving(true);
+        assert_eq!(
+            readyz_with(readiness.clone()).await,
+            (StatusCode::OK, "ok".into())
+        );
+        readiness.set_webhook_serving(false);
+        assert_eq!(
+            readyz_with(readiness).await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "webhook not serving".into()
+            )
+        );
     }
 
     #[tokio::test]
     async fn readyz_lists_every_missing_reason() {
-        let (status, body) = readyz_with(Readiness::default()).await;
+        // Stores that never received a list (their writers kept: a dropped one ends the wait).
+        let writers = (
+            Writer::default(),
+            Writer::default(),
+            Writer::default(),
+            Writer::default(),
+        );
+        let caches = Caches {
+            claims: writers.0.as_reader(),
+            volumes: writers.1.as_reader(),
+            classes: writers.2.as_reader(),
+            namespaces: writers.3.as_reader(),
+        };
+        let (_tx, table) = watch::channel(TableState::Loading);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let readiness = Readiness::track(caches, table, shutdown);
+        while !readiness.missing().contains(&"shutting down") {
+            tokio::task::yield_now().await;
+        }
+        let (status, body) = readyz_with(readiness).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             body,
-            "caches not synced, driver table not loaded, webhook not serving"
+            "caches not synced, driver table not loaded, webhook not serving, shutting down"
         );
     }
 }

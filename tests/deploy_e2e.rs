@@ -394,6 +394,14 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
         "caBundle restored {:?} after the configuration was re-created",
         started.elapsed()
     );
+    eventually("both caBundle writes counted", WAIT, || async {
+        let ok = labeler.metric(
+            "userns_labeler_webhook_ca_bundle_injections_total",
+            &["result=\"ok\""],
+        );
+        (ok == 2.0).then_some(())
+    })
+    .await;
     admit_pods(&admin, &ns).await;
 
     // Give the Events (sent in the background) a moment, then a graceful stop: the lease is

@@ -226,12 +226,17 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
         return Admission::new(allowed, Outcome::Ignored);
     }
 
-    let table = state.table.borrow().clone();
+    let Some(table) = state.table.borrow().table().cloned() else {
+        // Before the driver ConfigMap is read nothing can be judged: the pod stays as written.
+        return Admission::fail_safe(allowed, "table_not_loaded");
+    };
     let decision = decide(&pod.facts, namespace, &state.caches, &table, &state.keys);
-    let cache_miss = decision
-        .blockers
-        .iter()
-        .any(|b| b.code == BlockerCode::ClaimNotFound);
+    let cache_miss = decision.blockers.iter().any(|b| {
+        matches!(
+            b.code,
+            BlockerCode::ClaimNotFound | BlockerCode::ClaimVolumeNotFound
+        )
+    });
     let (outcome, value, reason, set_host_users) = match (mode, decision.mutate()) {
         (Mode::Enforce, true) => (Outcome::Enabled, DECISION_ENABLED, decision.summary(), true),
         (Mode::Enforce, false) => (
