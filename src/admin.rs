@@ -67,8 +67,12 @@ impl Readiness {
         if !self.caches_synced.load(Ordering::Acquire) {
             missing.push("caches not synced");
         }
-        if self.table.borrow().table().is_none() {
-            missing.push("driver table not loaded");
+        match &*self.table.borrow() {
+            TableState::InForce(_) => {}
+            TableState::Loading => missing.push("driver table not loaded"),
+            TableState::Unusable(_) => {
+                missing.push("no usable driver table (failing closed; see the ConfigMap's events)")
+            }
         }
         if !self.webhook_serving.load(Ordering::Acquire) {
             missing.push("webhook not serving");

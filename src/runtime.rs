@@ -4,17 +4,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::Client;
-use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::controller::{self, Context, ControllerMetrics};
+use crate::controller::{self, Context, ControllerMetrics, PendingWrites};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::webhook::{self, WebhookArgs, WebhookState};
@@ -22,9 +20,6 @@ use crate::{cache, config, metrics};
 
 /// The controller's name in Events and leases.
 pub const COMPONENT: &str = "userns-labeler";
-
-/// How long the lease is valid without renewal.
-const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// Flags of `userns-labeler run`; each has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -142,24 +137,20 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let recorder = recorder(&client, &identity);
 
     let (caches, subscriptions) = cache::start(&client, &shutdown);
-    let config_maps = Api::namespaced(client.clone(), &args.namespace);
-    let (table, config_watch) = config::watch(
-        config_maps,
-        args.config_map.clone(),
-        recorder.clone(),
-        &mut registry,
-    );
+    let lease = LeaseSettings::new(&args.namespace, &args.lease_name, &identity);
+    let leadership = leader::start(client.clone(), lease, shutdown.clone());
+    let leader = leadership.is_leader.clone();
+    let source = config::Source {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+        name: args.config_map.clone(),
+        prefix: args.label_prefix.clone(),
+    };
+    let (table, config_watch) =
+        config::watch(source, recorder.clone(), leader.clone(), &mut registry);
     tokio::spawn(until(shutdown.clone(), config_watch));
     let readiness = Readiness::track(caches.clone(), table.clone(), shutdown.clone());
 
-    let lease = LeaseSettings {
-        namespace: args.namespace.clone(),
-        name: args.lease_name.clone(),
-        identity,
-        duration: LEASE_DURATION,
-    };
-    let leadership = leader::start(client.clone(), lease, shutdown.clone()).await?;
-    let leader = leadership.is_leader.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         caches: caches.clone(),
@@ -168,6 +159,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         writable: controller::write_gate(caches.clone(), table.clone(), leader, shutdown.clone()),
         recorder,
         metrics: ControllerMetrics::register(&mut registry),
+        written: PendingWrites::default(),
     });
     let controllers = controller::run(
         ctx.clone(),
@@ -259,7 +251,7 @@ fn lease_ended(
     match result {
         Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
         Ok(Ok(())) => Err(RunError::Lease("the lease task ended".to_string())),
-        Ok(Err(e)) => Err(RunError::Lease(e.to_string())),
+        Ok(Err(e)) => Err(RunError::Leader(e)),
         Err(e) => Err(RunError::Lease(e.to_string())),
     }
 }

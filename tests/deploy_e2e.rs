@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 const LABEL: &str = "userns.io/idmap-supported";
 /// Calls the scenario is known to make (verb, resource): the audit log is judged once all are in.
-const EXPECTED_CALLS: [(&str, &str); 9] = [
+const EXPECTED_CALLS: [(&str, &str); 11] = [
     ("watch", "persistentvolumeclaims"),
     ("watch", "namespaces"),
     ("patch", "persistentvolumeclaims"),
@@ -36,7 +36,9 @@ const EXPECTED_CALLS: [(&str, &str); 9] = [
     ("list", "mutatingwebhookconfigurations"),
     ("watch", "mutatingwebhookconfigurations"),
     ("update", "mutatingwebhookconfigurations"),
-    ("patch", "leases"),
+    ("create", "leases"),
+    ("watch", "leases"),
+    ("update", "leases"),
 ];
 
 /// One rendered RBAC rule, with the namespace it applies in (`None`: cluster-wide).

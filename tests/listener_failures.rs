@@ -67,7 +67,7 @@ impl Setup {
             identity,
             args,
         );
-        let (status, was_ready) = labeler.wait_exit(EXIT_WITHIN);
+        let (status, was_ready) = labeler.until_exit(EXIT_WITHIN);
         let log = labeler.log_text();
         let status = status.unwrap_or_else(|| {
             panic!(

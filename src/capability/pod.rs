@@ -58,10 +58,12 @@ pub enum BlockerCode {
     VolumeSupportUnknown,
     /// A volume with a source this version does not recognise (fail closed).
     UnrecognizedVolume,
+    /// No usable driver table (invalid ConfigMap, no last good copy): every pod fails closed.
+    DriverTableInvalid,
 }
 
 impl BlockerCode {
-    pub const ALL: [BlockerCode; 17] = [
+    pub const ALL: [BlockerCode; 18] = [
         BlockerCode::HostUsersSet,
         BlockerCode::HostNetwork,
         BlockerCode::HostPid,
@@ -79,6 +81,7 @@ impl BlockerCode {
         BlockerCode::VolumeNotSupported,
         BlockerCode::VolumeSupportUnknown,
         BlockerCode::UnrecognizedVolume,
+        BlockerCode::DriverTableInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +103,7 @@ impl BlockerCode {
             BlockerCode::VolumeNotSupported => "VolumeNotSupported",
             BlockerCode::VolumeSupportUnknown => "VolumeSupportUnknown",
             BlockerCode::UnrecognizedVolume => "UnrecognizedVolume",
+            BlockerCode::DriverTableInvalid => "DriverTableInvalid",
         }
     }
 }
@@ -126,6 +130,13 @@ pub struct PodDecision {
 }
 
 impl PodDecision {
+    /// A decision with this one blocker.
+    pub fn blocked(code: BlockerCode, message: impl Into<String>) -> PodDecision {
+        let mut decision = PodDecision::default();
+        decision.block(code, message);
+        decision
+    }
+
     pub fn mutate(&self) -> bool {
         self.blockers.is_empty()
     }

@@ -784,7 +784,11 @@ fn an_operator_rule_for_host_path_applies_to_inline_host_path_volumes() {
     let p = pod("ns", "p").host_path_volume("data", "/mnt/nfs").build();
     let d = decide_pod(&p, "ns", &pod_view(), &table, &keys());
     assert_eq!(codes(&d), vec![BlockerCode::VolumeNotSupported]);
-    assert!(d.blockers[0].message.contains("/mnt/nfs"), "{:?}", d.blockers);
+    assert!(
+        d.blockers[0].message.contains("/mnt/nfs"),
+        "{:?}",
+        d.blockers
+    );
     assert!(
         d.blockers[0].message.contains("node dirs on NFS here"),
         "{:?}",
@@ -799,10 +803,12 @@ fn an_operator_rule_for_host_path_applies_to_inline_host_path_volumes() {
 #[test]
 fn an_override_true_on_an_ephemeral_template_enables_its_pod() {
     let p = pod("ns", "p")
-        .volume(json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
+        .volume(
+            json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
             "metadata": {"annotations": {"userns.io/idmap-override": "true"}},
             "spec": {"storageClassName": "nfs", "accessModes": ["ReadWriteOnce"],
-                     "resources": {"requests": {"storage": "1Gi"}}}}}}))
+                     "resources": {"requests": {"storage": "1Gi"}}}}}}),
+        )
         .build();
     assert!(decide(&p).mutate(), "{:?}", decide(&p).blockers);
 }

@@ -27,7 +27,7 @@ use crate::cache::{Caches, Subscriptions};
 use crate::config::TableState;
 use crate::keys::Keys;
 pub use metrics::ControllerMetrics;
-pub use reconcile::{DesiredKeys, FIELD_MANAGER, Labelled, error_policy, reconcile};
+pub use reconcile::{DesiredKeys, FIELD_MANAGER, Labelled, PendingWrites, error_policy, reconcile};
 
 /// Everything a reconciliation needs, shared by both controllers.
 pub struct Context {
@@ -40,6 +40,8 @@ pub struct Context {
     pub writable: watch::Receiver<bool>,
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
+    /// Label writes the caches have not caught up with yet.
+    pub written: PendingWrites,
 }
 
 impl Context {

@@ -137,7 +137,7 @@ async fn label<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerE
         return Ok(());
     };
     let desired = DesiredKeys::from_verdict(&object.judge(&ctx.caches, &table, &ctx.keys));
-    if desired.is_current(object.meta(), &ctx.keys) {
+    if desired.is_current(object.meta(), &ctx.keys) || ctx.written.is_pending(object, &desired) {
         return Ok(());
     }
     let meta = object.meta();
@@ -167,9 +167,47 @@ async fn label<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerE
         name: object_name(object),
         source,
     })?;
+    ctx.written.record(object, desired.clone());
     ctx.metrics.record_write(K::KIND);
     announce_change(ctx, object, &desired).await;
     Ok(())
+}
+
+/// The writes whose watch events the cache has not delivered yet. Until it does, a reconcile
+/// of the same object (from another trigger) sees the version before our write and would write
+/// the same keys again; it is skipped instead. An entry is dropped when the cache moves on.
+#[derive(Default)]
+pub struct PendingWrites {
+    /// `kind/namespace/name` → the resourceVersion our write was based on, and what it wrote.
+    writes: std::sync::Mutex<std::collections::HashMap<String, (Option<String>, DesiredKeys)>>,
+}
+
+impl PendingWrites {
+    fn key<K: Labelled>(object: &K) -> String {
+        format!("{}/{}", K::KIND, object_name(object))
+    }
+
+    /// Whether `desired` was written on top of exactly the version `object` is.
+    fn is_pending<K: Labelled>(&self, object: &K, desired: &DesiredKeys) -> bool {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Self::key(object);
+        match writes.get(&key) {
+            Some((version, written)) if *version == object.meta().resource_version => {
+                written == desired
+            }
+            Some(_) => {
+                writes.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn record<K: Labelled>(&self, object: &K, desired: DesiredKeys) {
+        let version = object.meta().resource_version.clone();
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        writes.insert(Self::key(object), (version, desired));
+    }
 }
 
 /// `namespace/name`, or `name` for cluster-scoped objects.

@@ -189,6 +189,29 @@ impl Labeler {
         }
     }
 
+    /// [`Labeler::start_with`], waiting only until the admin server answers `/livez` (for a
+    /// replica that is not meant to become ready).
+    pub fn start_unready(
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Labeler {
+        let args = [&["--self-signed-tls"], extra].concat();
+        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, &args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while labeler.get("/livez").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no /livez; log:\n{}",
+                labeler.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        labeler
+    }
+
     /// Waits until `/readyz` answers 200; panics with the log after `timeout`.
     pub fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -251,7 +274,7 @@ impl Labeler {
     /// Waits for the process to exit on its own, for at most `timeout`, meanwhile asking
     /// `/readyz` every 50 ms: the exit status (`None`: still running) and whether `/readyz`
     /// ever answered 200.
-    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, bool) {
+    pub fn until_exit(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, bool) {
         let deadline = Instant::now() + timeout;
         let mut was_ready = false;
         loop {
@@ -267,9 +290,19 @@ impl Labeler {
     }
 
     /// SIGTERM and wait for a graceful exit.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM (a graceful shutdown) without waiting.
+    pub fn sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Waits up to 20 s for the process to exit.
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
