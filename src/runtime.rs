@@ -9,7 +9,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::controller::{self, Backoff, Context, ControllerMetrics, PendingWrites};
@@ -83,6 +83,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
+    #[error("the {0} server stopped before shutdown")]
+    ServerStopped(&'static str),
 }
 
 /// Builds the client from `--kubeconfig`/`--context`, else in-cluster or the default kubeconfig.
@@ -118,6 +120,16 @@ pub async fn client(
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), or until a component fails.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let keys = Keys::new(&args.label_prefix)?;
+    // Both ports bound and the webhook's certificate checked against its key before anything
+    // else: each failure ends the process with its cause.
+    let admin_addr = args.admin_addr;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| RunError::Admin {
+            addr: admin_addr,
+            source,
+        })?;
+    let webhook_listener = webhook::WebhookListener::bind(&args.webhook).await?;
     let client = client(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
@@ -158,35 +170,68 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     );
 
     let webhook_state = WebhookState::new(caches.clone(), table, keys.clone(), &mut registry);
-    let webhook = webhook::serve(
-        &args.webhook,
-        Arc::new(webhook_state),
-        client,
-        shutdown.clone(),
-    );
+    // Serving from here: the port is bound and the certificate valid (a certificate reloaded
+    // from disk replaces it only when it is valid too) until the server stops.
+    readiness.set_webhook_serving(true);
+    let webhook = async {
+        let served = webhook_listener
+            .serve(
+                &args.webhook,
+                Arc::new(webhook_state),
+                client,
+                shutdown.clone(),
+            )
+            .await;
+        readiness.set_webhook_serving(false);
+        served?;
+        stopped_early("webhook", &shutdown)
+    };
     let admin_state = Arc::new(AdminState {
-        readiness,
+        readiness: readiness.clone(),
         registry,
         metrics: ctx.metrics.clone(),
         caches,
         keys,
     });
-    let admin = admin::serve(args.admin_addr, admin_state, shutdown.clone());
+    let admin = async {
+        admin::serve(admin_listener, admin_state, shutdown.clone())
+            .await
+            .map_err(|source| RunError::Admin {
+                addr: admin_addr,
+                source,
+            })?;
+        stopped_early("admin", &shutdown)
+    };
 
-    // Both end after shutdown, once drained; the first error ends the process at once.
+    // Both servers end after shutdown, once drained. A server that fails or stops on its own
+    // ends the process at once: a replica that cannot serve must not keep running and look
+    // alive. The controllers drain meanwhile.
+    let servers = async {
+        let result = tokio::try_join!(admin, webhook);
+        if let Err(error) = &result {
+            error!(%error, "a server failed; shutting down");
+        }
+        shutdown.cancel();
+        result.map(|_| ())
+    };
     let serving = async {
-        let (admin, webhook, ()) = tokio::join!(admin, webhook, controllers);
-        admin.map_err(|source| RunError::Admin {
-            addr: args.admin_addr,
-            source,
-        })?;
-        Ok(webhook?)
+        let (servers, ()) = tokio::join!(servers, controllers);
+        servers
     };
     let lease = async { lease_ended(leadership.task.await, &shutdown) };
     let result = tokio::try_join!(serving, lease).map(|_| ());
     shutdown.cancel();
     info!("stopped");
     result
+}
+
+/// A server that returns `Ok` has stopped: fine once shutdown started, a failure before.
+fn stopped_early(server: &'static str, shutdown: &CancellationToken) -> Result<(), RunError> {
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        Err(RunError::ServerStopped(server))
+    }
 }
 
 /// Events are published as this replica of [`COMPONENT`].

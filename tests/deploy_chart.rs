@@ -447,7 +447,7 @@ fn cert_manager_mode_issues_a_certificate_for_the_service_and_injects_its_ca() {
 }
 
 #[test]
-fn self_signed_mode_runs_one_replica_that_may_update_only_its_webhook_configuration() {
+fn self_signed_mode_runs_one_replica_that_may_watch_and_update_only_its_webhook_configuration() {
     let objects = rendered("self-signed");
     let deployment = one(objects, "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 1);
@@ -477,7 +477,10 @@ fn self_signed_mode_runs_one_replica_that_may_update_only_its_webhook_configurat
         .collect();
     assert_eq!(webhook_rules.len(), 1);
     assert_eq!(strings(&webhook_rules[0]["resourceNames"]), [config_name]);
-    assert_eq!(strings(&webhook_rules[0]["verbs"]), ["get", "update"]);
+    assert_eq!(
+        strings(&webhook_rules[0]["verbs"]),
+        ["get", "list", "watch", "update"]
+    );
 }
 
 #[test]

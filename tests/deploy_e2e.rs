@@ -27,12 +27,14 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 const LABEL: &str = "userns.io/idmap-supported";
 /// Calls the scenario is known to make (verb, resource): the audit log is judged once all are in.
-const EXPECTED_CALLS: [(&str, &str); 9] = [
+const EXPECTED_CALLS: [(&str, &str); 11] = [
     ("watch", "persistentvolumeclaims"),
     ("watch", "namespaces"),
     ("patch", "persistentvolumeclaims"),
     ("patch", "persistentvolumes"),
     ("create", "events"),
+    ("list", "mutatingwebhookconfigurations"),
+    ("watch", "mutatingwebhookconfigurations"),
     ("update", "mutatingwebhookconfigurations"),
     ("create", "leases"),
     ("watch", "leases"),
@@ -360,18 +362,46 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
         (labeler.metric("userns_labeler_config_reloads_total", &["invalid"]) >= 1.0).then_some(())
     })
     .await;
-    // The self-signed CA written into the webhook configuration.
-    eventually("caBundle written", WAIT, || {
-        let configs = configs.clone();
-        let name = config_name.clone();
-        async move {
-            let config = configs.get(&name).await.ok()?;
-            config.webhooks?[0]
-                .client_config
-                .ca_bundle
-                .as_ref()
-                .map(|_| ())
-        }
+    // The self-signed CA written into the webhook configuration; written again, through the
+    // watch on the configuration, once it is deleted and re-created as a GitOps tool would.
+    let ca_bundle_written = || {
+        eventually("caBundle written", WAIT, || {
+            let configs = configs.clone();
+            let name = config_name.clone();
+            async move {
+                let config = configs.get(&name).await.ok()?;
+                config.webhooks?[0]
+                    .client_config
+                    .ca_bundle
+                    .as_ref()
+                    .map(|_| ())
+            }
+        })
+    };
+    ca_bundle_written().await;
+    configs
+        .delete(&config_name, &Default::default())
+        .await
+        .expect("webhook configuration deleted");
+    configs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(config).unwrap(),
+        )
+        .await
+        .expect("webhook configuration re-created");
+    let started = Instant::now();
+    ca_bundle_written().await;
+    eprintln!(
+        "caBundle restored {:?} after the configuration was re-created",
+        started.elapsed()
+    );
+    eventually("both caBundle writes counted", WAIT, || async {
+        let ok = labeler.metric(
+            "userns_labeler_webhook_ca_bundle_injections_total",
+            &["result=\"ok\""],
+        );
+        (ok == 2.0).then_some(())
     })
     .await;
     admit_pods(&admin, &ns).await;

@@ -72,6 +72,7 @@ pub struct WebhookMetrics {
     duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     tls_reloads: Family<ResultLabels, Counter>,
     cache_waits: Family<ResultLabels, Counter>,
+    ca_bundle_injections: Family<ResultLabels, Counter>,
 }
 
 impl Default for WebhookMetrics {
@@ -84,6 +85,7 @@ impl Default for WebhookMetrics {
             duration: Family::new_with_constructor(latency_histogram),
             tls_reloads: Family::default(),
             cache_waits: Family::default(),
+            ca_bundle_injections: Family::default(),
         }
     }
 }
@@ -135,6 +137,11 @@ impl WebhookMetrics {
                 code: code.as_str(),
             });
         }
+        registry.register(
+            "ca_bundle_injections",
+            "Writes of the self-signed CA into the webhook configuration's caBundle, by result (ok, error)",
+            metrics.ca_bundle_injections.clone(),
+        );
         metrics
     }
 
@@ -212,6 +219,22 @@ impl WebhookMetrics {
     pub fn tls_reloads(&self, ok: bool) -> u64 {
         let result = if ok { "ok" } else { "error" };
         self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .get()
+    }
+
+    pub(crate) fn ca_bundle_injection(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.ca_bundle_injections
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// How many writes of the self-signed CA into the webhook configuration succeeded (`ok`)
+    /// or failed.
+    pub fn ca_bundle_injections(&self, ok: bool) -> u64 {
+        let result = if ok { "ok" } else { "error" };
+        self.ca_bundle_injections
             .get_or_create(&ResultLabels { result })
             .get()
     }

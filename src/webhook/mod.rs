@@ -10,9 +10,10 @@
 //!   other review goes through kube's full typed decoder.
 //! - [`review`]: the response AdmissionReview on the wire (patch as base64).
 //! - [`server`]: the axum router (`POST /mutate/pods`), the HTTPS server and its shutdown.
-//! - [`tls`]: the serving certificate, from files re-read when they change on disk, or
-//!   generated at start-up (`--self-signed-tls`) with its CA written into the webhook
-//!   configuration's `caBundle`.
+//! - [`tls`]: the serving certificate, from files (checked against the key) re-read when they
+//!   change on disk, or generated at start-up (`--self-signed-tls`) with its CA kept in the
+//!   webhook configuration's `caBundle` (watched, and written again whenever it is missing or
+//!   another, e.g. after the configuration was re-created).
 //! - [`metrics`]: admissions by outcome and blocker code, errors by category, latency.
 //!
 //! What a pod CREATE gets (everything else, e.g. UPDATE or another kind: allowed, no patch):
@@ -37,10 +38,12 @@
 //! Contract with the runtime (`src/runtime.rs`):
 //! - [`WebhookArgs`] is flattened into `userns-labeler run`'s flags;
 //! - [`WebhookMetrics::register`] is called once at start-up;
-//! - [`serve`] runs the HTTPS server (mode and cache wait from the flags, see
-//!   [`AdmissionSettings`]) on every replica until `shutdown` is cancelled. Its
-//!   `client` is only used for start-up work (the `caBundle` in `--self-signed-tls` mode),
-//!   never per admission.
+//! - [`WebhookListener::bind`] does the start-up work that can fail (certificate, port), so
+//!   that the runtime can end the process with the cause before serving anything;
+//! - [`WebhookListener::serve`] (or [`serve`], both steps in one) runs the HTTPS server (mode and
+//!   cache wait from the flags, see [`AdmissionSettings`]) on every replica until `shutdown` is
+//!   cancelled; it returns early only with an error. Its `client` is only used to keep the
+//!   `caBundle` in `--self-signed-tls` mode, never per admission.
 
 pub mod admission;
 pub mod lean;
@@ -66,8 +69,8 @@ use crate::keys::Keys;
 
 pub use admission::{Admission, PodCreate, mutate, mutate_pod};
 pub use metrics::{Outcome, WebhookMetrics};
-pub use server::{MAX_BODY_BYTES, MUTATE_PODS_PATH, router, serve, serve_tls};
-pub use tls::{SelfSigned, ServerTls, inject_ca_bundle};
+pub use server::{MAX_BODY_BYTES, MUTATE_PODS_PATH, WebhookListener, router, serve, serve_tls};
+pub use tls::{SelfSigned, ServerTls, keep_ca_bundle};
 
 /// Whether the webhook changes pods or only annotates what it would do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -22,7 +22,7 @@ use super::admission::{Admission, PodCreate, is_pod_create, mutate, mutate_pod};
 use super::lean::decode_pod_create;
 use super::metrics::Outcome;
 use super::review;
-use super::tls::{SelfSigned, ServerTls, inject_ca_bundle};
+use super::tls::{SelfSigned, ServerTls, keep_ca_bundle};
 use super::{AdmissionSettings, Mode, WebhookArgs, WebhookError, WebhookState};
 use crate::keys::Keys;
 
@@ -268,58 +268,87 @@ fn log_admission((namespace, name): (&str, &str), admission: &Admission) {
     }
 }
 
-/// Runs the webhook from the flags until `shutdown`: loads (or generates) the certificate,
-/// binds `--webhook-addr` and serves [`router`] over HTTPS. With `--self-signed-tls` and
-/// `--webhook-config-name` it also writes the generated CA into that configuration, in the
-/// background and with retries; `client` is used for nothing else.
+/// The webhook's start-up work, done before anything is served so that each failure is an
+/// error with its cause: the certificate loaded from the files (and checked against its key) or
+/// generated, and `--webhook-addr` bound.
+pub struct WebhookListener {
+    listener: std::net::TcpListener,
+    tls: ServerTls,
+    /// The generated CA (`--self-signed-tls`), for the webhook configuration's caBundle.
+    self_signed_ca: Option<String>,
+}
+
+impl WebhookListener {
+    /// Loads (or generates) the serving certificate and binds `--webhook-addr`.
+    pub async fn bind(args: &WebhookArgs) -> Result<WebhookListener, WebhookError> {
+        let (tls, self_signed_ca) = if args.self_signed_tls {
+            let generated = SelfSigned::generate(&args.tls_san)?;
+            let tls = ServerTls::from_pem(&generated.cert_pem, &generated.key_pem).await?;
+            (tls, Some(generated.ca_pem))
+        } else if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+            let interval = Duration::from_secs(args.tls_reload_interval_seconds);
+            (ServerTls::from_files(cert, key, interval).await?, None)
+        } else {
+            return Err(WebhookError::NoTlsSource);
+        };
+        let listener = std::net::TcpListener::bind(args.webhook_addr).map_err(|source| {
+            WebhookError::Bind {
+                addr: args.webhook_addr,
+                source,
+            }
+        })?;
+        Ok(WebhookListener {
+            listener,
+            tls,
+            self_signed_ca,
+        })
+    }
+
+    /// Serves [`router`] over HTTPS until `shutdown` (see [`serve_tls`]). With
+    /// `--self-signed-tls` and `--webhook-config-name` it also keeps the generated CA in that
+    /// configuration's caBundle, in the background; `client` is used for nothing else.
+    pub async fn serve(
+        self,
+        args: &WebhookArgs,
+        state: Arc<WebhookState>,
+        client: kube::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), WebhookError> {
+        match (self.self_signed_ca, args.webhook_config_name.clone()) {
+            (Some(ca_pem), Some(name)) => {
+                let (metrics, shutdown) = (state.metrics.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    keep_ca_bundle(client, &name, &ca_pem, metrics, shutdown).await;
+                });
+            }
+            (Some(_), None) => tracing::warn!(
+                "--self-signed-tls without --webhook-config-name: nothing will trust the generated CA"
+            ),
+            (None, _) => {}
+        }
+        serve_tls(
+            self.listener,
+            self.tls,
+            state,
+            AdmissionSettings::from(args),
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Runs the webhook from the flags until `shutdown`: [`WebhookListener::bind`], then
+/// [`WebhookListener::serve`].
 pub async fn serve(
     args: &WebhookArgs,
     state: Arc<WebhookState>,
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
-    let tls = if args.self_signed_tls {
-        let generated = SelfSigned::generate(&args.tls_san)?;
-        let tls = ServerTls::from_pem(&generated.cert_pem, &generated.key_pem).await?;
-        match args.webhook_config_name.clone() {
-            Some(name) => {
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    if let Err(error) =
-                        inject_ca_bundle(client, &name, &generated.ca_pem, shutdown).await
-                    {
-                        tracing::error!(webhook_config = name, %error, "writing the caBundle failed");
-                    }
-                });
-            }
-            None => tracing::warn!(
-                "--self-signed-tls without --webhook-config-name: nothing will trust the generated CA"
-            ),
-        }
-        tls
-    } else if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
-        ServerTls::from_files(
-            cert,
-            key,
-            Duration::from_secs(args.tls_reload_interval_seconds),
-        )
+    WebhookListener::bind(args)
         .await?
-    } else {
-        return Err(WebhookError::NoTlsSource);
-    };
-    let listener =
-        std::net::TcpListener::bind(args.webhook_addr).map_err(|source| WebhookError::Bind {
-            addr: args.webhook_addr,
-            source,
-        })?;
-    serve_tls(
-        listener,
-        tls,
-        state,
-        AdmissionSettings::from(args),
-        shutdown,
-    )
-    .await
+        .serve(args, state, client, shutdown)
+        .await
 }
 
 /// Serves [`router`] over HTTPS on an already bound listener until `shutdown`, then lets open

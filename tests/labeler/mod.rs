@@ -103,6 +103,11 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `127.0.0.1:<a port free now>`.
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 /// A running `userns-labeler run` process. Killed on drop.
 pub struct Labeler {
     child: Child,
@@ -126,30 +131,47 @@ impl Labeler {
         identity: &str,
         extra: &[&str],
     ) -> Labeler {
-        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, extra);
+        let args = [&["--self-signed-tls"], extra].concat();
+        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, &args);
         labeler.wait_ready(Duration::from_secs(30));
         labeler
     }
 
-    fn spawn(
+    /// Starts the binary with `args` (its TLS flags among them) on free loopback ports, or
+    /// those `args` give with `--admin-addr`/`--webhook-addr`, without waiting for anything.
+    pub fn spawn(
         kubeconfig: &Path,
         namespace: &str,
         log_dir: &Path,
         identity: &str,
-        extra: &[&str],
+        args: &[&str],
     ) -> Labeler {
-        let admin_port = free_port();
-        let webhook = format!("127.0.0.1:{}", free_port());
-        let log = log_dir.join(format!("labeler-{identity}-{admin_port}.log"));
+        let given = |flag: &str| {
+            let at = args.iter().position(|a| *a == flag)?;
+            args.get(at + 1).map(|a| a.to_string())
+        };
+        let admin = given("--admin-addr").unwrap_or_else(free_addr);
+        let webhook = given("--webhook-addr").unwrap_or_else(free_addr);
+        let log = log_dir.join(format!(
+            "labeler-{identity}-{}.log",
+            admin.rsplit(':').next().unwrap()
+        ));
         let out = File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_userns-labeler"))
-            .args(["run", "--kubeconfig"])
-            .arg(kubeconfig)
-            .args(["--namespace", namespace, "--identity", identity])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--webhook-addr", &webhook])
-            .arg("--self-signed-tls")
-            .args(extra)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_userns-labeler"));
+        command.args(["run", "--kubeconfig"]).arg(kubeconfig).args([
+            "--namespace",
+            namespace,
+            "--identity",
+            identity,
+        ]);
+        if given("--admin-addr").is_none() {
+            command.args(["--admin-addr", &admin]);
+        }
+        if given("--webhook-addr").is_none() {
+            command.args(["--webhook-addr", &webhook]);
+        }
+        let child = command
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("USERNS_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string()),
@@ -161,7 +183,7 @@ impl Labeler {
             .expect("start userns-labeler");
         Labeler {
             child,
-            admin: format!("127.0.0.1:{admin_port}"),
+            admin,
             webhook,
             log,
         }
@@ -176,7 +198,8 @@ impl Labeler {
         identity: &str,
         extra: &[&str],
     ) -> Labeler {
-        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, extra);
+        let args = [&["--self-signed-tls"], extra].concat();
+        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, &args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while labeler.get("/livez").is_none() {
             assert!(
@@ -189,7 +212,8 @@ impl Labeler {
         labeler
     }
 
-    fn wait_ready(&self, timeout: Duration) {
+    /// Waits until `/readyz` answers 200; panics with the log after `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if self.get("/readyz").is_some_and(|(status, _)| status == 200) {
@@ -245,6 +269,24 @@ impl Labeler {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit on its own, for at most `timeout`, meanwhile asking
+    /// `/readyz` every 50 ms: the exit status (`None`: still running) and whether `/readyz`
+    /// ever answered 200.
+    pub fn until_exit(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut was_ready = false;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (Some(status), was_ready);
+            }
+            if Instant::now() > deadline {
+                return (None, was_ready);
+            }
+            was_ready |= self.get("/readyz").is_some_and(|(status, _)| status == 200);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM and wait for a graceful exit.
