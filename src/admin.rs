@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -16,6 +16,7 @@ use crate::cache::Caches;
 use crate::config::TableState;
 use crate::controller::ControllerMetrics;
 use crate::keys::Keys;
+use crate::limits::Limits;
 
 /// What `/readyz` reports on. Ready once every cache has synced, a driver table is in force
 /// and the webhook is serving; not ready again as soon as shutdown starts or the webhook stops.
@@ -130,18 +131,34 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     )
 }
 
+/// Largest request body of the admin server (its routes read none).
+pub const ADMIN_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long open admin requests get to finish after shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves on `listener` (bound at start-up, so that a port in use ends the process before
-/// anything runs) until `shutdown` is cancelled.
+/// anything runs) until `shutdown` is cancelled, with `limits` (see [`crate::limits`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "admin server listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let handle = axum_server::Handle::<std::net::SocketAddr>::new();
+    let server = axum_server::Server::from_listener(listener)
+        .acceptor(limits.connection_limit())
+        .handle(handle.clone());
+    let server = limits.configure(server);
+    let stop = handle.clone();
+    let _stop = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stop.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    let routes = limits.layer(router(state).layer(DefaultBodyLimit::max(ADMIN_MAX_BODY_BYTES)));
+    server.serve(routes.into_make_service()).await
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -15,6 +16,7 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::controller::{self, Backoff, Context, ControllerMetrics, PendingWrites};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
+use crate::limits::Limits;
 use crate::webhook::{self, WebhookArgs, WebhookState};
 use crate::{cache, config, metrics};
 
@@ -55,8 +57,34 @@ pub struct RunArgs {
     /// Concurrent reconciliations per controller.
     #[arg(long, env = "USERNS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// An admin connection must send a complete request head within this (and between
+    /// keep-alive requests), else it is closed; in milliseconds.
+    #[arg(long, env = "USERNS_ADMIN_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    pub admin_header_read_timeout_ms: u64,
+    /// An admin request, from its head to the response, gets this long, in milliseconds.
+    #[arg(long, env = "USERNS_ADMIN_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub admin_request_timeout_ms: u64,
+    /// Open admin connections at most; one over it is closed at once.
+    #[arg(long, env = "USERNS_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+    /// Admin requests handled at once; more wait within their request timeout.
+    #[arg(long, env = "USERNS_ADMIN_MAX_REQUESTS", default_value_t = 16)]
+    pub admin_max_requests: usize,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+}
+
+impl RunArgs {
+    /// The admin server's limits from the flags.
+    pub fn admin_limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_millis(self.admin_header_read_timeout_ms),
+            request_timeout: Duration::from_millis(self.admin_request_timeout_ms),
+            max_connections: self.admin_max_connections,
+            max_requests: self.admin_max_requests,
+            max_body_bytes: admin::ADMIN_MAX_BODY_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +151,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     // Both ports bound and the webhook's certificate checked against its key before anything
     // else: each failure ends the process with its cause.
     let admin_addr = args.admin_addr;
+    let admin_limits = args.admin_limits();
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|source| RunError::Admin {
@@ -194,7 +223,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         keys,
     });
     let admin = async {
-        admin::serve(admin_listener, admin_state, shutdown.clone())
+        admin::serve(admin_listener, admin_state, admin_limits, shutdown.clone())
             .await
             .map_err(|source| RunError::Admin {
                 addr: admin_addr,

@@ -29,6 +29,7 @@ fn enforce() -> AdmissionSettings {
     AdmissionSettings {
         mode: Mode::Enforce,
         cache_wait: Duration::ZERO,
+        ..AdmissionSettings::default()
     }
 }
 
@@ -701,6 +702,7 @@ async fn a_claim_arriving_during_the_cache_wait_is_seen() {
     let settings = AdmissionSettings {
         mode: Mode::Enforce,
         cache_wait: Duration::from_secs(5),
+        ..AdmissionSettings::default()
     };
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -730,6 +732,7 @@ async fn a_claim_that_never_arrives_blocks_after_the_wait() {
     let settings = AdmissionSettings {
         mode: Mode::Enforce,
         cache_wait: Duration::from_millis(200),
+        ..AdmissionSettings::default()
     };
     let pod = with_volume(pod("web"), claim_volume("data", "never"));
     let started = std::time::Instant::now();

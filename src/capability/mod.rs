@@ -6,7 +6,7 @@ pub mod resolve;
 pub mod sources;
 pub mod table;
 
-pub use pod::{Blocker, BlockerCode, PodDecision, decide_pod};
+pub use pod::{Awaited, Blocker, BlockerCode, PodDecision, decide_pod};
 pub use resolve::{
     ClusterView, DriverSource, Snapshot, VolumeVerdict, resolve_claim, resolve_volume,
 };

@@ -133,6 +133,18 @@ pub struct PodDecision {
     pub blockers: Vec<Blocker>,
     /// How many volumes were checked (for the reason text of an enabled pod).
     pub volumes_checked: usize,
+    /// The objects missing from the view behind `ClaimNotFound` and `ClaimVolumeNotFound`
+    /// blockers, in the order met: what a wait for the caches waits on.
+    pub awaited: Vec<Awaited>,
+}
+
+/// An object a decision found missing, which may still show up (a claim created a moment
+/// before its pod, its PV, the pod's namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Awaited {
+    Claim { namespace: String, name: String },
+    Volume(String),
+    Namespace(String),
 }
 
 impl PodDecision {
@@ -528,10 +540,16 @@ fn check_volume<V: ClusterView + ?Sized>(
     match &volume.source {
         VolumeSource::NodeLocal => {}
         VolumeSource::Claim(claim_name) => match view.claim(namespace, claim_name) {
-            None => decision.block(
-                BlockerCode::ClaimNotFound,
-                format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
-            ),
+            None => {
+                decision.block(
+                    BlockerCode::ClaimNotFound,
+                    format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
+                );
+                decision.awaited.push(Awaited::Claim {
+                    namespace: namespace.to_string(),
+                    name: claim_name.to_string(),
+                });
+            }
             Some(claim) => {
                 let verdict = resolve_claim(&claim, view, table, keys);
                 if verdict.verdict == Verdict::Unknown
@@ -541,6 +559,7 @@ fn check_volume<V: ClusterView + ?Sized>(
                         BlockerCode::ClaimVolumeNotFound,
                         format!("volume {name}: claim {claim_name} is bound to PersistentVolume {volume}, which is not known, so its storage cannot be checked"),
                     );
+                    decision.awaited.push(Awaited::Volume(volume.to_string()));
                     return;
                 }
                 if verdict.verdict != Verdict::True {

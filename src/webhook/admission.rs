@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::metrics::Outcome;
 use super::{Mode, WebhookState};
 use crate::capability::pod::{PodFacts, decide};
-use crate::capability::{BlockerCode, PodDecision};
+use crate::capability::{Awaited, BlockerCode, PodDecision};
 use crate::config::TableState;
 use crate::keys::Keys;
 
@@ -39,6 +39,9 @@ pub struct Admission {
     /// The handler retries for a bounded time, so that a claim created a moment before its pod
     /// is seen; if the object never shows up this answer stands.
     pub cache_miss: bool,
+    /// What was missing from the caches (empty with `cache_miss` while they have not synced):
+    /// the handler waits for these, and decides again once they are all there.
+    pub awaited: Vec<Awaited>,
 }
 
 impl Admission {
@@ -49,6 +52,7 @@ impl Admission {
             blockers: Vec::new(),
             error: None,
             cache_miss: false,
+            awaited: Vec::new(),
         }
     }
 
@@ -146,17 +150,7 @@ impl<'a> PodCreate<'a> {
 
     /// The answer allowing the request unchanged.
     pub fn allowed(&self) -> AdmissionResponse {
-        // kube's constructors start from a request (or deny); this is `From<&AdmissionRequest>`
-        // made from the fields it copies.
-        let mut response = AdmissionResponse::invalid("");
-        response.types = TypeMeta {
-            api_version: self.api_version.to_string(),
-            kind: self.kind.to_string(),
-        };
-        response.uid = self.uid.to_string();
-        response.allowed = true;
-        response.result = Status::default();
-        response
+        allowed_response(&self.api_version, &self.kind, &self.uid)
     }
 
     /// The namespace the pod is created in: the request's, else the pod's own.
@@ -166,6 +160,21 @@ impl<'a> PodCreate<'a> {
             .or(self.meta.namespace.as_deref())
             .filter(|ns| !ns.is_empty())
     }
+}
+
+/// The answer allowing a request unchanged, from the review's `apiVersion` and `kind` and the
+/// request's `uid`: kube's `From<&AdmissionRequest>` made from the fields it copies (kube's
+/// constructors start from a request, or deny).
+pub fn allowed_response(api_version: &str, kind: &str, uid: &str) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid("");
+    response.types = TypeMeta {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+    };
+    response.uid = uid.to_string();
+    response.allowed = true;
+    response.result = Status::default();
+    response
 }
 
 /// Decides one admission request from the caches and the current driver table.
@@ -216,6 +225,7 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
         // it the namespace opt-out cannot be checked, so the pod is left alone.
         return Admission {
             cache_miss: true,
+            awaited: vec![Awaited::Namespace(namespace.to_string())],
             ..Admission::fail_safe(allowed, "namespace_not_cached")
         };
     };
@@ -265,6 +275,7 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
             blockers: decision.blockers.iter().map(|b| b.code).collect(),
             error: None,
             cache_miss,
+            awaited: decision.awaited,
         },
         Err(_) => Admission::fail_safe(pod.allowed(), "patch_serialization"),
     }
@@ -339,6 +350,7 @@ fn reinvoked(
             blockers: decision.blockers.iter().map(|b| b.code).collect(),
             error: None,
             cache_miss: waits_for_caches(&decision),
+            awaited: decision.awaited,
         },
         Err(_) => Admission::fail_safe(pod.allowed(), "patch_serialization"),
     }

@@ -57,11 +57,44 @@ use crate::keys::Keys;
 /// Decodes `body` if it is an AdmissionReview of a pod CREATE with an object; `None` for
 /// anything else (then decode it with the full typed decoder).
 pub fn decode_pod_create<'b>(body: &'b [u8], keys: &Keys) -> Option<PodCreate<'b>> {
+    match decode_review(body, keys) {
+        Review::PodCreate(pod) => Some(*pod),
+        Review::Other(_) | Review::Declined => None,
+    }
+}
+
+/// What the fast path makes of a request body.
+#[derive(Debug)]
+pub enum Review<'b> {
+    /// A pod CREATE with an object.
+    PodCreate(Box<PodCreate<'b>>),
+    /// A review of something else (another operation, kind or subresource): answered
+    /// "allowed, unchanged" from these fields, without a second decode. Its object is skipped.
+    Other(OtherRequest<'b>),
+    /// Anything else: left to the full typed decoder.
+    Declined,
+}
+
+/// The fields of a review that is not a pod CREATE which its answer echoes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtherRequest<'b> {
+    pub api_version: Cow<'b, str>,
+    pub kind: Cow<'b, str>,
+    pub uid: Cow<'b, str>,
+}
+
+/// Decodes `body` in one pass: a pod CREATE into its [`PodCreate`], any other well-formed
+/// review into the fields its answer needs, anything else [`Review::Declined`].
+pub fn decode_review<'b>(body: &'b [u8], keys: &Keys) -> Review<'b> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let request = ReviewSeed { keys }.deserialize(&mut de).ok()?;
+    let Ok(review) = (ReviewSeed { keys }).deserialize(&mut de) else {
+        return Review::Declined;
+    };
     // Like `serde_json::from_slice`: only whitespace may follow.
-    de.end().ok()?;
-    Some(request)
+    if de.end().is_err() {
+        return Review::Declined;
+    }
+    review
 }
 
 /// A string, borrowed from the input unless it contains escapes.
@@ -227,7 +260,7 @@ struct ReviewSeed<'k> {
 
 object_seed!(
     ReviewSeed<'_>,
-    PodCreate<'de>,
+    Review<'de>,
     "an AdmissionReview",
     |this, map| {
         let mut api_version = None::<Str>;
@@ -250,7 +283,7 @@ object_seed!(
                 _ => skip(&mut map)?,
             }
         }
-        let (Some(api_version), Some(kind), Some(Some(mut request))) = (api_version, kind, request)
+        let (Some(api_version), Some(kind), Some(Some(request))) = (api_version, kind, request)
         else {
             return Err(bail("not a review with a request"));
         };
@@ -259,9 +292,18 @@ object_seed!(
         {
             return Err(bail("not an AdmissionReview"));
         }
-        request.api_version = api_version.0;
-        request.kind = kind.0;
-        Ok(request)
+        Ok(match request {
+            Request::PodCreate(mut pod) => {
+                pod.api_version = api_version.0;
+                pod.kind = kind.0;
+                Review::PodCreate(pod)
+            }
+            Request::Other { uid } => Review::Other(OtherRequest {
+                api_version: api_version.0,
+                kind: kind.0,
+                uid,
+            }),
+        })
     }
 );
 
@@ -300,9 +342,26 @@ struct RequestSeed<'k> {
     keys: &'k Keys,
 }
 
+/// A decoded request: a pod CREATE, or the uid of another one.
+enum Request<'de> {
+    PodCreate(Box<PodCreate<'de>>),
+    Other { uid: Cow<'de, str> },
+}
+
+/// Whether what is known of a request already says it is no pod CREATE (as `is_pod_create`).
+fn known_other(
+    operation: Option<&Str<'_>>,
+    kind: Option<&(Str<'_>, Str<'_>)>,
+    sub_resource: Option<&Option<Str<'_>>>,
+) -> bool {
+    operation.is_some_and(|o| o.as_str() != "CREATE")
+        || kind.is_some_and(|(group, kind)| !group.as_str().is_empty() || kind.as_str() != "Pod")
+        || sub_resource.is_some_and(|s| s.as_ref().is_some_and(|s| !s.as_str().is_empty()))
+}
+
 object_seed!(
     RequestSeed<'_>,
-    PodCreate<'de>,
+    Request<'de>,
     "an AdmissionRequest",
     |this, map| {
         let mut uid = None::<Str>;
@@ -317,6 +376,8 @@ object_seed!(
         let mut operation = None::<Str>;
         let mut user_info = None::<AnyObject>;
         let mut object = None;
+        // The object of a request known not to be a pod CREATE, skipped (syntax checked).
+        let mut skipped_object = false;
         let mut old_object = None::<Option<IgnoredAny>>;
         let mut dry_run = None::<bool>;
         let mut options = None::<Option<IgnoredAny>>;
@@ -355,6 +416,11 @@ object_seed!(
                 "namespace" => once(&mut namespace, map.next_value()?, "namespace")?,
                 "operation" => once(&mut operation, map.next_value()?, "operation")?,
                 "userInfo" => once(&mut user_info, map.next_value()?, "userInfo")?,
+                "object" if object.is_some() || skipped_object => return Err(bail("object")),
+                "object" if known_other(operation.as_ref(), kind.as_ref(), sub_resource.as_ref()) => {
+                    skip(&mut map)?;
+                    skipped_object = true;
+                }
                 "object" => once(
                     &mut object,
                     map.next_value_seed(Nullable(PodSeed { keys: this.keys }))?,
@@ -372,17 +438,9 @@ object_seed!(
             return Err(bail("an incomplete request"));
         };
         // As `is_pod_create`: CREATE of a core Pod, not of a subresource.
-        if operation.as_str() != "CREATE" {
-            return Err(bail("not a CREATE"));
-        }
-        if !group.as_str().is_empty() || kind.as_str() != "Pod" {
-            return Err(bail("not a pod"));
-        }
-        if sub_resource
-            .flatten()
-            .is_some_and(|s| !s.as_str().is_empty())
-        {
-            return Err(bail("a subresource"));
+        let kind = (group, kind);
+        if known_other(Some(&operation), Some(&kind), sub_resource.as_ref()) {
+            return Ok(Request::Other { uid: uid.0 });
         }
         if matches!(old_object, Some(Some(_))) {
             return Err(bail("an oldObject"));
@@ -390,7 +448,7 @@ object_seed!(
         let Some(Some((meta, facts))) = object else {
             return Err(bail("no object"));
         };
-        Ok(PodCreate {
+        Ok(Request::PodCreate(Box::new(PodCreate {
             // Set from the review.
             api_version: Cow::Borrowed(""),
             kind: Cow::Borrowed(""),
@@ -399,7 +457,7 @@ object_seed!(
             namespace: Str::cow(namespace.flatten()),
             meta,
             facts,
-        })
+        })))
     }
 );
 

@@ -31,7 +31,7 @@
 //!   `ClaimNotFound` blocker (fail closed), a namespace still missing leaves the pod unchanged;
 //! - malformed input: 400 for a body that is not an AdmissionReview, an invalid-request
 //!   response for a review without a request (or a pod CREATE without object or namespace),
-//!   413 above 4 MiB; any internal doubt (caches not synced, undecodable pod, a panic): allowed
+//!   413 above 4 MiB (a `Content-Length` above it before reading the body); any internal doubt (caches not synced, undecodable pod, a panic): allowed
 //!   with no patch. Each is logged and counted by category.
 //! - a reinvocation after this webhook enabled the pod: no patch (idempotent).
 //!
@@ -66,6 +66,7 @@ use tokio::sync::watch;
 use crate::cache::Caches;
 use crate::config::TableState;
 use crate::keys::Keys;
+use crate::limits::Limits;
 
 pub use admission::{Admission, PodCreate, mutate, mutate_pod};
 pub use metrics::{Outcome, WebhookMetrics};
@@ -136,6 +137,26 @@ pub struct WebhookArgs {
     /// After that a missing claim blocks (fail closed).
     #[arg(long, env = "USERNS_WEBHOOK_CACHE_WAIT_MS", default_value_t = 1500)]
     pub webhook_cache_wait_ms: u64,
+
+    /// A connection must send a complete request head within this (also after the TLS
+    /// handshake, and between keep-alive requests), else it is closed; in milliseconds. The TLS
+    /// handshake has the same bound.
+    #[arg(long, env = "USERNS_WEBHOOK_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    pub webhook_header_read_timeout_ms: u64,
+
+    /// A request, from its head to the response (reading the body included), gets this long,
+    /// in milliseconds; then 408. The API server waits at most 30 s (the chart: 5 s).
+    #[arg(long, env = "USERNS_WEBHOOK_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_request_timeout_ms: u64,
+
+    /// Open connections at most (TLS handshakes included); one over it is closed at once.
+    #[arg(long, env = "USERNS_WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub webhook_max_connections: usize,
+
+    /// Requests handled (bodies buffered, up to 4 MiB each) at once; more wait for a slot
+    /// within their request timeout.
+    #[arg(long, env = "USERNS_WEBHOOK_MAX_REQUESTS", default_value_t = 32)]
+    pub webhook_max_requests: usize,
 }
 
 impl Default for WebhookArgs {
@@ -150,6 +171,10 @@ impl Default for WebhookArgs {
             tls_san: Vec::new(),
             webhook_config_name: None,
             webhook_cache_wait_ms: 1500,
+            webhook_header_read_timeout_ms: 5000,
+            webhook_request_timeout_ms: 10_000,
+            webhook_max_connections: 1024,
+            webhook_max_requests: 32,
         }
     }
 }
@@ -191,12 +216,14 @@ impl WebhookState {
     }
 }
 
-/// How admissions are answered: the mode, and the bound of the wait for the caches.
+/// How admissions are answered: the mode, the bound of the wait for the caches, and the
+/// listener's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdmissionSettings {
     pub mode: Mode,
     /// Upper bound of the wait for the caches on a missing claim or namespace.
     pub cache_wait: Duration,
+    pub limits: Limits,
 }
 
 impl Default for AdmissionSettings {
@@ -210,6 +237,13 @@ impl From<&WebhookArgs> for AdmissionSettings {
         AdmissionSettings {
             mode: args.webhook_mode,
             cache_wait: Duration::from_millis(args.webhook_cache_wait_ms),
+            limits: Limits {
+                header_read_timeout: Duration::from_millis(args.webhook_header_read_timeout_ms),
+                request_timeout: Duration::from_millis(args.webhook_request_timeout_ms),
+                max_connections: args.webhook_max_connections,
+                max_requests: args.webhook_max_requests,
+                max_body_bytes: MAX_BODY_BYTES,
+            },
         }
     }
 }
