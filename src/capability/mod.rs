@@ -14,6 +14,4 @@ pub use table::{
 };
 
 #[cfg(test)]
-pub(crate) mod fixtures;
-#[cfg(test)]
 mod tests;

@@ -342,7 +342,7 @@ mod tests {
     use super::*;
     use crate::cache::Caches;
     use crate::capability::Verdict;
-    use crate::capability::fixtures::{claim, class, volume};
+    use userns_labeler_test_support::fixtures::{claim, class, volume};
 
     #[test]
     fn a_volume_maps_to_its_claim_ref() {

@@ -1,11 +1,13 @@
 //! Test support for userns-labeler, shared by the integration tests (`tests/`), the
-//! benchmarks (`benches/`) and the `make demo` control plane (`scripts/demo-control-plane.rs`):
+//! benchmarks (`benches/`), the `make demo` control plane (`scripts/demo-control-plane.rs`)
+//! and the library's unit tests:
 //!
 //! - [`control_plane`]: a real etcd and kube-apiserver on loopback (or an existing cluster),
 //!   admin and per-user clients, a namespace per test, the servers' logs when a test fails;
 //! - [`labeler`]: the `userns-labeler run` binary under test, as a least-privileged user;
 //! - [`webhook`]: webhook state without an API server, AdmissionReview builders and decoding,
 //!   a small HTTPS client;
+//! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
 //! - [`tool`]: helm, the Kyverno CLI and third-party CRDs built by `make tools`.
 //!
 //! Paths into the repository (`tests/control-plane/versions.env`, `tests/tools/build.sh`,
@@ -14,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod control_plane;
+pub mod fixtures;
 pub mod labeler;
 pub mod webhook;
 
