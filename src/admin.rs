@@ -10,26 +10,66 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Caches;
+use crate::config::TableState;
+use crate::controller::ControllerMetrics;
 use crate::keys::Keys;
-use crate::metrics::ControllerMetrics;
 
-/// What `/readyz` reports on. Ready once every cache has synced and a driver table is loaded;
-/// not ready again as soon as shutdown starts.
-#[derive(Default)]
+/// What `/readyz` reports on. Ready once every cache has synced and a driver table is in
+/// force; not ready again as soon as shutdown starts.
 pub struct Readiness {
-    pub caches_synced: AtomicBool,
-    pub table_loaded: AtomicBool,
-    pub shutting_down: AtomicBool,
+    caches_synced: AtomicBool,
+    shutting_down: AtomicBool,
+    table: watch::Receiver<TableState>,
 }
 
 impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.caches_synced.load(Ordering::Acquire)
-            && self.table_loaded.load(Ordering::Acquire)
-            && !self.shutting_down.load(Ordering::Acquire)
+    /// Follows `caches` until they have synced, and `shutdown`.
+    pub fn track(
+        caches: Caches,
+        table: watch::Receiver<TableState>,
+        shutdown: CancellationToken,
+    ) -> Arc<Readiness> {
+        let readiness = Arc::new(Readiness {
+            caches_synced: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            table,
+        });
+        let tracked = readiness.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = caches.wait_until_ready() => {
+                    tracked.caches_synced.store(true, Ordering::Release);
+                    tracing::info!("caches synced");
+                }
+                _ = shutdown.cancelled() => {}
+            }
+            shutdown.cancelled().await;
+            tracked.shutting_down.store(true, Ordering::Release);
+        });
+        readiness
+    }
+
+    /// What keeps this replica from being ready; empty when it is.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.caches_synced.load(Ordering::Acquire) {
+            missing.push("caches not synced");
+        }
+        match &*self.table.borrow() {
+            TableState::InForce(_) => {}
+            TableState::Loading => missing.push("driver table not loaded"),
+            TableState::Unusable(_) => {
+                missing.push("no usable driver table (failing closed; see the ConfigMap's events)")
+            }
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            missing.push("shutting down");
+        }
+        missing
     }
 }
 
@@ -50,19 +90,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let r = &state.readiness;
-    if r.is_ready() {
+    let missing = state.readiness.missing();
+    if missing.is_empty() {
         return (StatusCode::OK, "ok".to_string());
-    }
-    let mut missing = Vec::new();
-    if !r.caches_synced.load(Ordering::Acquire) {
-        missing.push("caches not synced");
-    }
-    if !r.table_loaded.load(Ordering::Acquire) {
-        missing.push("driver table not loaded");
-    }
-    if r.shutting_down.load(Ordering::Acquire) {
-        missing.push("shutting down");
     }
     (StatusCode::SERVICE_UNAVAILABLE, missing.join(", "))
 }

@@ -1,17 +1,103 @@
 //! The in-memory caches shared by the controller and the webhook: reflector stores of claims,
-//! volumes and classes. Every replica keeps them warm; no API call is made to read them.
+//! volumes, classes and namespace metadata. Every replica keeps them warm ([`start`]); no API
+//! call is made to read them.
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher::Event;
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch_objects};
+use kube::{Client, Resource};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::capability::ClusterView;
 use crate::capability::resolve::pick_default_class;
+
+/// How many events a shared cache may buffer for a slow subscriber before it waits.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Subscriptions to the shared caches, one per consumer (the controllers' watches).
+pub struct Subscriptions {
+    pub claims: ReflectHandle<PersistentVolumeClaim>,
+    pub volumes_for_claims: ReflectHandle<PersistentVolume>,
+    pub volumes: ReflectHandle<PersistentVolume>,
+    pub classes_for_claims: ReflectHandle<StorageClass>,
+    pub classes_for_volumes: ReflectHandle<StorageClass>,
+}
+
+/// Starts one watch per resource, each feeding a store (managedFields stripped) and the
+/// controllers' subscriptions. The watches run as tasks until `shutdown`.
+pub fn start(client: &Client, shutdown: &CancellationToken) -> (Caches, Subscriptions) {
+    let (claims, claims_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let (volumes, volumes_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let (classes, classes_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let (namespaces, namespaces_writer) = reflector::store();
+    let subscriptions = Subscriptions {
+        claims: claims_writer.subscribe().expect("shared store"),
+        volumes_for_claims: volumes_writer.subscribe().expect("shared store"),
+        volumes: volumes_writer.subscribe().expect("shared store"),
+        classes_for_claims: classes_writer.subscribe().expect("shared store"),
+        classes_for_volumes: classes_writer.subscribe().expect("shared store"),
+    };
+    drive(Api::all(client.clone()), claims_writer, shutdown);
+    drive(Api::all(client.clone()), volumes_writer, shutdown);
+    drive(Api::all(client.clone()), classes_writer, shutdown);
+    drive(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        namespaces_writer,
+        shutdown,
+    );
+    let caches = Caches {
+        claims,
+        volumes,
+        classes,
+        namespaces,
+    };
+    (caches, subscriptions)
+}
+
+/// Runs one watch into `writer` until `shutdown`; watch errors are logged and retried with
+/// backoff.
+fn drive<K>(api: Api<K>, writer: Writer<K>, shutdown: &CancellationToken)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    let stream = reflector::reflector(
+        writer,
+        watch_objects(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o| o.meta_mut().managed_fields = None),
+    );
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = stream.next() => event,
+            };
+            match event {
+                Some(Err(e)) => warn!(%kind, error = %e, "watch error; retrying with backoff"),
+                Some(Ok(_)) => {}
+                None => break,
+            }
+        }
+    });
+}
 
 /// How often a pending readiness wait is polled again.
 const READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);

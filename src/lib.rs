@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod keys;
+pub mod leader;
 pub mod manifests;
 pub mod metrics;
 pub mod runtime;

@@ -28,14 +28,16 @@ const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const WAIT: Duration = Duration::from_secs(30);
 const LABEL: &str = "userns.io/idmap-supported";
 /// Calls the scenario is known to make (verb, resource): the audit log is judged once all are in.
-const EXPECTED_CALLS: [(&str, &str); 7] = [
+const EXPECTED_CALLS: [(&str, &str); 9] = [
     ("watch", "persistentvolumeclaims"),
     ("watch", "namespaces"),
     ("patch", "persistentvolumeclaims"),
     ("patch", "persistentvolumes"),
     ("create", "events"),
     ("update", "mutatingwebhookconfigurations"),
-    ("patch", "leases"),
+    ("create", "leases"),
+    ("watch", "leases"),
+    ("update", "leases"),
 ];
 
 /// One rendered RBAC rule, with the namespace it applies in (`None`: cluster-wide).

@@ -1,7 +1,7 @@
 //! The webhook called by the real kube-apiserver (`userns_labeler_test_support::control_plane`)
 //! at `https://127.0.0.1:<port>/mutate/pods`, with a caBundle and `failurePolicy: Fail` so that a
 //! broken webhook fails the test instead of being skipped. The caches are the runtime's own
-//! (`runtime::start_caches`), on a client whose every request is counted.
+//! (`cache::start`), on a client whose every request is counted.
 //!
 //! Each test runs its own webhook server and registers its own MutatingWebhookConfiguration,
 //! limited to its namespace by a `namespaceSelector`, so tests run in parallel.
@@ -27,10 +27,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Config};
 use serde_json::{Value, json};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use userns_labeler::cache;
 use userns_labeler::cache::Caches;
 use userns_labeler::capability::DriverTable;
 use userns_labeler::keys::Keys;
-use userns_labeler::runtime::start_caches;
 use userns_labeler::webhook::{
     AdmissionSettings, Mode, Outcome, SelfSigned, ServerTls, WebhookArgs, WebhookMetrics,
     WebhookState, serve, serve_tls,
@@ -153,11 +153,11 @@ impl Webhook {
         let ns = cp.namespace(prefix).await;
         let shutdown = CancellationToken::new();
         let (client, requests) = counted_client(cp, &cache_user(&ns)).await;
-        let (caches, _subscriptions) = start_caches(&client, &shutdown);
+        let (caches, _subscriptions) = cache::start(&client, &shutdown);
         tokio::time::timeout(WAIT, caches.wait_until_ready())
             .await
             .expect("caches synced");
-        let (_tx, table) = tokio::sync::watch::channel(DriverTable::defaults());
+        let table = userns_labeler::config::TableState::channel(DriverTable::defaults());
         let state = Arc::new(WebhookState {
             caches: caches.clone(),
             table,
@@ -800,11 +800,11 @@ async fn self_signed_tls_writes_the_ca_bundle_into_the_configuration() {
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     let (client, _) = counted_client(cp, &cache_user(&ns)).await;
-    let (caches, _subscriptions) = start_caches(&client, &shutdown);
+    let (caches, _subscriptions) = cache::start(&client, &shutdown);
     tokio::time::timeout(WAIT, caches.wait_until_ready())
         .await
         .unwrap();
-    let (_tx, table) = tokio::sync::watch::channel(DriverTable::defaults());
+    let table = userns_labeler::config::TableState::channel(DriverTable::defaults());
     let state = Arc::new(WebhookState {
         caches,
         table,

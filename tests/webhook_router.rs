@@ -465,7 +465,7 @@ async fn a_namespace_opt_out_label_leaves_the_pod_untouched() {
 #[tokio::test]
 async fn a_custom_prefix_moves_the_annotations_and_the_opt_out() {
     let keys = Keys::new("security.example.com").unwrap();
-    let (_tx, table) = tokio::sync::watch::channel(DriverTable::defaults());
+    let table = userns_labeler::config::TableState::channel(DriverTable::defaults());
     let state = Arc::new(WebhookState {
         caches: storage_world(&keys),
         table,

@@ -3,6 +3,7 @@
 
 pub mod pod;
 pub mod resolve;
+pub mod sources;
 pub mod table;
 
 pub use pod::{Blocker, BlockerCode, PodDecision, decide_pod};

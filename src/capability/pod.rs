@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaimTemplate, Pod, PodSpec, SecurityContext, Volume, VolumeDevice,
+    PersistentVolumeClaimTemplate, Pod, PodSpec, SecurityContext, VolumeDevice,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::resolve::{
-    ClusterView, DriverSource, VolumeFacts, claim_facts, forbidden_host_path, pseudo, resolve_claim,
+    ClusterView, DriverSource, VolumeFacts, apply_override, awaited_volume, claim_facts,
+    forbidden_host_path, resolve_claim,
 };
+use super::sources::pod_volume_source;
+use super::sources::pseudo;
 use super::table::{DriverTable, Verdict};
 use crate::keys::Keys;
 
@@ -43,6 +46,8 @@ pub enum BlockerCode {
     PrivilegedContainer,
     /// A `persistentVolumeClaim` volume names a claim that is not known (fail closed).
     ClaimNotFound,
+    /// A claim is bound (`spec.volumeName`) to a PersistentVolume that is not known (yet).
+    ClaimVolumeNotFound,
     /// A claim's storage cannot be idmap-mounted.
     ClaimNotSupported,
     /// A claim's storage support is not known.
@@ -53,10 +58,12 @@ pub enum BlockerCode {
     VolumeSupportUnknown,
     /// A volume with a source this version does not recognise (fail closed).
     UnrecognizedVolume,
+    /// No usable driver table (invalid ConfigMap, no last good copy): every pod fails closed.
+    DriverTableInvalid,
 }
 
 impl BlockerCode {
-    pub const ALL: [BlockerCode; 16] = [
+    pub const ALL: [BlockerCode; 18] = [
         BlockerCode::HostUsersSet,
         BlockerCode::HostNetwork,
         BlockerCode::HostPid,
@@ -68,11 +75,13 @@ impl BlockerCode {
         BlockerCode::ResourceClaims,
         BlockerCode::PrivilegedContainer,
         BlockerCode::ClaimNotFound,
+        BlockerCode::ClaimVolumeNotFound,
         BlockerCode::ClaimNotSupported,
         BlockerCode::ClaimSupportUnknown,
         BlockerCode::VolumeNotSupported,
         BlockerCode::VolumeSupportUnknown,
         BlockerCode::UnrecognizedVolume,
+        BlockerCode::DriverTableInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,11 +97,13 @@ impl BlockerCode {
             BlockerCode::ResourceClaims => "ResourceClaims",
             BlockerCode::PrivilegedContainer => "PrivilegedContainer",
             BlockerCode::ClaimNotFound => "ClaimNotFound",
+            BlockerCode::ClaimVolumeNotFound => "ClaimVolumeNotFound",
             BlockerCode::ClaimNotSupported => "ClaimNotSupported",
             BlockerCode::ClaimSupportUnknown => "ClaimSupportUnknown",
             BlockerCode::VolumeNotSupported => "VolumeNotSupported",
             BlockerCode::VolumeSupportUnknown => "VolumeSupportUnknown",
             BlockerCode::UnrecognizedVolume => "UnrecognizedVolume",
+            BlockerCode::DriverTableInvalid => "DriverTableInvalid",
         }
     }
 }
@@ -119,6 +130,13 @@ pub struct PodDecision {
 }
 
 impl PodDecision {
+    /// A decision with this one blocker.
+    pub fn blocked(code: BlockerCode, message: impl Into<String>) -> PodDecision {
+        let mut decision = PodDecision::default();
+        decision.block(code, message);
+        decision
+    }
+
     pub fn mutate(&self) -> bool {
         self.blockers.is_empty()
     }
@@ -309,7 +327,7 @@ impl<'a> SpecFacts<'a> {
                 .flatten()
                 .map(|v| PodVolume {
                     name: Cow::Borrowed(&v.name),
-                    source: volume_source(v),
+                    source: pod_volume_source(v),
                 })
                 .collect(),
         }
@@ -466,86 +484,6 @@ fn check_containers(spec: &SpecFacts<'_>, decision: &mut PodDecision) {
     }
 }
 
-/// The source of a decoded volume. When a volume names several sources (the API server rejects
-/// that), the first in this order counts.
-pub fn volume_source(v: &Volume) -> VolumeSource<'_> {
-    fn driver<'a>(name: &'static str, fs_type: Option<&'a String>) -> VolumeSource<'a> {
-        VolumeSource::Driver {
-            driver: Cow::Borrowed(name),
-            fs_type: fs_type.map(|f| Cow::Borrowed(f.as_str())),
-            attributes: None,
-        }
-    }
-    if v.config_map.is_some()
-        || v.secret.is_some()
-        || v.projected.is_some()
-        || v.downward_api.is_some()
-        || v.empty_dir.is_some()
-    {
-        VolumeSource::NodeLocal
-    } else if let Some(c) = &v.persistent_volume_claim {
-        VolumeSource::Claim(Cow::Borrowed(&c.claim_name))
-    } else if let Some(e) = &v.ephemeral {
-        VolumeSource::Ephemeral(
-            e.volume_claim_template
-                .as_ref()
-                .map(|t| Box::new(Cow::Borrowed(t))),
-        )
-    } else if let Some(h) = &v.host_path {
-        VolumeSource::HostPath(Cow::Borrowed(&h.path))
-    } else if let Some(c) = &v.csi {
-        VolumeSource::Driver {
-            driver: Cow::Borrowed(&c.driver),
-            fs_type: c.fs_type.as_deref().map(Cow::Borrowed),
-            attributes: c.volume_attributes.as_ref().map(Cow::Borrowed),
-        }
-    } else if v.nfs.is_some() {
-        driver(pseudo::NFS, None)
-    } else if v.cephfs.is_some() {
-        driver(pseudo::CEPHFS, None)
-    } else if v.glusterfs.is_some() {
-        driver(pseudo::GLUSTERFS, None)
-    } else if let Some(s) = &v.iscsi {
-        driver(pseudo::ISCSI, s.fs_type.as_ref())
-    } else if let Some(s) = &v.fc {
-        driver(pseudo::FC, s.fs_type.as_ref())
-    } else if let Some(s) = &v.rbd {
-        driver(pseudo::RBD, s.fs_type.as_ref())
-    } else if v.azure_file.is_some() {
-        driver(pseudo::AZURE_FILE, None)
-    } else if let Some(s) = &v.azure_disk {
-        driver(pseudo::AZURE_DISK, s.fs_type.as_ref())
-    } else if let Some(s) = &v.aws_elastic_block_store {
-        driver(pseudo::AWS_EBS, s.fs_type.as_ref())
-    } else if let Some(s) = &v.gce_persistent_disk {
-        driver(pseudo::GCE_PD, s.fs_type.as_ref())
-    } else if let Some(s) = &v.cinder {
-        driver(pseudo::CINDER, s.fs_type.as_ref())
-    } else if let Some(s) = &v.vsphere_volume {
-        driver(pseudo::VSPHERE, s.fs_type.as_ref())
-    } else if let Some(s) = &v.portworx_volume {
-        driver(pseudo::PORTWORX, s.fs_type.as_ref())
-    } else if let Some(s) = &v.flex_volume {
-        driver(pseudo::FLEX, s.fs_type.as_ref())
-    } else if v.flocker.is_some() {
-        driver(pseudo::FLOCKER, None)
-    } else if v.quobyte.is_some() {
-        driver(pseudo::QUOBYTE, None)
-    } else if let Some(s) = &v.scale_io {
-        driver(pseudo::SCALEIO, s.fs_type.as_ref())
-    } else if let Some(s) = &v.storageos {
-        driver(pseudo::STORAGEOS, s.fs_type.as_ref())
-    } else if let Some(s) = &v.photon_persistent_disk {
-        driver(pseudo::PHOTON_PD, s.fs_type.as_ref())
-    } else if v.image.is_some() {
-        driver(pseudo::IMAGE, None)
-    } else if v.git_repo.is_some() {
-        driver(pseudo::GIT_REPO, None)
-    } else {
-        VolumeSource::Unrecognized
-    }
-}
-
 fn check_volume<V: ClusterView + ?Sized>(
     volume: &PodVolume<'_>,
     pod: &PodFacts<'_>,
@@ -564,6 +502,13 @@ fn check_volume<V: ClusterView + ?Sized>(
                 format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
             ),
             Some(claim) => {
+                if let Some(volume) = awaited_volume(&claim, view, keys) {
+                    decision.block(
+                        BlockerCode::ClaimVolumeNotFound,
+                        format!("volume {name}: claim {claim_name} is bound to PersistentVolume {volume}, which is not known, so its storage cannot be checked"),
+                    );
+                    return;
+                }
                 let verdict = resolve_claim(&claim, view, table, keys);
                 if verdict.verdict != Verdict::True {
                     let what = format!("volume {name}: claim {claim_name}");
@@ -581,6 +526,7 @@ fn check_volume<V: ClusterView + ?Sized>(
             };
             let meta = template.metadata.clone().unwrap_or_default();
             let verdict = claim_facts(&meta, &template.spec, None, view).judge(table);
+            let verdict = apply_override(verdict, &meta, keys);
             if verdict.verdict != Verdict::True {
                 let pod_name = pod.name.as_deref().unwrap_or("<generated>");
                 let what = format!("volume {name}: ephemeral claim {pod_name}-{name}");
@@ -593,6 +539,18 @@ fn check_volume<V: ClusterView + ?Sized>(
                     BlockerCode::HostPathForbidden,
                     format!("volume {name}: hostPath {path} is on {root}, which cannot be idmap-mounted"),
                 );
+                return;
+            }
+            // After the hard rule, the table decides, as for any in-tree source.
+            let facts = VolumeFacts {
+                driver: Some((Cow::Borrowed(pseudo::HOST_PATH), DriverSource::InlineVolume)),
+                host_path: Some(path),
+                ..VolumeFacts::default()
+            };
+            let verdict = facts.judge(table);
+            if verdict.verdict != Verdict::True {
+                let what = format!("volume {name}: hostPath {path}");
+                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
             }
         }
         VolumeSource::Driver { driver, fs_type, attributes } => {

@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::sources::persistent_volume_source;
+pub use super::sources::pseudo;
 use super::table::{AccessMode, DriverTable, Verdict, VolumeMode};
 use crate::keys::Keys;
 
@@ -185,13 +187,42 @@ pub fn resolve_claim<V: ClusterView + ?Sized>(
 ) -> VolumeVerdict {
     let default_spec = PersistentVolumeClaimSpec::default();
     let spec = claim.spec.as_ref().unwrap_or(&default_spec);
-    let volume = spec
-        .volume_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .and_then(|n| view.volume(n));
+    let volume = match bound_volume_name(spec) {
+        None => None,
+        Some(name) => match view.volume(name) {
+            Some(volume) => Some(volume),
+            None => {
+                let verdict = VolumeVerdict {
+                    verdict: Verdict::Unknown,
+                    driver: None,
+                    driver_source: None,
+                    reason: format!(
+                        "The claim is bound to PersistentVolume {name}, which does not exist (yet); its storage is unknown until it does."
+                    ),
+                };
+                return apply_override(verdict, &claim.metadata, keys);
+            }
+        },
+    };
     let verdict = claim_facts(&claim.metadata, spec, volume.as_deref(), view).judge(table);
     apply_override(verdict, &claim.metadata, keys)
+}
+
+/// `spec.volumeName`, when set: the PV the claim is (or is to be) bound to.
+fn bound_volume_name(spec: &PersistentVolumeClaimSpec) -> Option<&str> {
+    spec.volume_name.as_deref().filter(|n| !n.is_empty())
+}
+
+/// The PV a claim is bound to when the view does not know it (yet), unless the operator's
+/// override annotation decides the claim anyway: what the webhook waits for.
+pub(crate) fn awaited_volume<'a, V: ClusterView + ?Sized>(
+    claim: &'a PersistentVolumeClaim,
+    view: &V,
+    keys: &Keys,
+) -> Option<&'a str> {
+    let name = bound_volume_name(claim.spec.as_ref()?)?;
+    let overridden = annotation(&claim.metadata, &keys.idmap_override).is_some();
+    (!overridden && view.volume(name).is_none()).then_some(name)
 }
 
 /// Gathers a claim's facts. Also used for generic ephemeral volume templates, which have no
@@ -214,7 +245,7 @@ pub(crate) fn claim_facts<'a, V: ClusterView + ?Sized>(
 
     let block = is_block(spec.volume_mode.as_deref())
         || is_block(volume_spec.and_then(|s| s.volume_mode.as_deref()));
-    let source = volume_spec.and_then(volume_source);
+    let source = volume_spec.and_then(persistent_volume_source);
 
     let driver = source
         .as_ref()
@@ -265,7 +296,7 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
         None | Some("") => ClassRef::NoClass,
         Some(name) => ClassRef::Named(name, view.storage_class(name)),
     };
-    let source = volume_source(spec);
+    let source = persistent_volume_source(spec);
     let driver = source
         .as_ref()
         .map(|s| (s.driver.clone(), s.origin.clone()))
@@ -300,7 +331,11 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
 /// The operator's per-object override, `<prefix>/idmap-override: "true" | "false"`, replaces the
 /// verdict and reason (the resolved driver stays for information). Any other value yields
 /// `unknown` with a reason naming the bad value, so a typo fails closed and shows.
-fn apply_override(mut verdict: VolumeVerdict, meta: &ObjectMeta, keys: &Keys) -> VolumeVerdict {
+pub(crate) fn apply_override(
+    mut verdict: VolumeVerdict,
+    meta: &ObjectMeta,
+    keys: &Keys,
+) -> VolumeVerdict {
     let Some(value) = annotation(meta, &keys.idmap_override) else {
         return verdict;
     };
@@ -406,124 +441,6 @@ pub(crate) struct SourceInfo<'a> {
     pub fs_type: Option<&'a str>,
     pub attributes: Option<&'a BTreeMap<String, String>>,
     pub host_path: Option<&'a str>,
-}
-
-/// The driver of a PV's source: `spec.csi.driver`, or the pseudo-driver of an in-tree source.
-fn volume_source<'a>(spec: &'a PersistentVolumeSpec) -> Option<SourceInfo<'a>> {
-    if let Some(csi) = &spec.csi {
-        return Some(SourceInfo {
-            driver: Cow::Borrowed(csi.driver.as_str()),
-            origin: DriverSource::VolumeCsi,
-            fs_type: csi.fs_type.as_deref(),
-            attributes: csi.volume_attributes.as_ref(),
-            host_path: None,
-        });
-    }
-    let in_tree = |driver: &'static str, fs_type: Option<&'a str>| -> Option<SourceInfo<'a>> {
-        Some(SourceInfo {
-            driver: Cow::Borrowed(driver),
-            origin: DriverSource::VolumeInTree,
-            fs_type,
-            attributes: None,
-            host_path: None,
-        })
-    };
-    // Fields in the order of the PersistentVolumeSpec documentation.
-    let s = spec;
-    if let Some(v) = &s.host_path {
-        return Some(SourceInfo {
-            host_path: Some(v.path.as_str()),
-            ..in_tree(pseudo::HOST_PATH, None)?
-        });
-    }
-    if let Some(v) = &s.local {
-        return in_tree(pseudo::LOCAL, v.fs_type.as_deref());
-    }
-    if s.nfs.is_some() {
-        return in_tree(pseudo::NFS, None);
-    }
-    if let Some(v) = &s.iscsi {
-        return in_tree(pseudo::ISCSI, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.rbd {
-        return in_tree(pseudo::RBD, v.fs_type.as_deref());
-    }
-    if s.cephfs.is_some() {
-        return in_tree(pseudo::CEPHFS, None);
-    }
-    if s.glusterfs.is_some() {
-        return in_tree(pseudo::GLUSTERFS, None);
-    }
-    if let Some(v) = &s.fc {
-        return in_tree(pseudo::FC, v.fs_type.as_deref());
-    }
-    if s.azure_file.is_some() {
-        return in_tree(pseudo::AZURE_FILE, None);
-    }
-    if let Some(v) = &s.azure_disk {
-        return in_tree(pseudo::AZURE_DISK, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.aws_elastic_block_store {
-        return in_tree(pseudo::AWS_EBS, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.gce_persistent_disk {
-        return in_tree(pseudo::GCE_PD, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.cinder {
-        return in_tree(pseudo::CINDER, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.vsphere_volume {
-        return in_tree(pseudo::VSPHERE, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.portworx_volume {
-        return in_tree(pseudo::PORTWORX, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.flex_volume {
-        return in_tree(pseudo::FLEX, v.fs_type.as_deref());
-    }
-    if s.flocker.is_some() {
-        return in_tree(pseudo::FLOCKER, None);
-    }
-    if s.quobyte.is_some() {
-        return in_tree(pseudo::QUOBYTE, None);
-    }
-    if let Some(v) = &s.scale_io {
-        return in_tree(pseudo::SCALEIO, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.storageos {
-        return in_tree(pseudo::STORAGEOS, v.fs_type.as_deref());
-    }
-    if let Some(v) = &s.photon_persistent_disk {
-        return in_tree(pseudo::PHOTON_PD, v.fs_type.as_deref());
-    }
-    None
-}
-
-/// Pseudo-driver names for in-tree volume sources, so the driver table can match them.
-pub mod pseudo {
-    pub const NFS: &str = "kubernetes.io/nfs";
-    pub const HOST_PATH: &str = "kubernetes.io/host-path";
-    pub const LOCAL: &str = "kubernetes.io/local-volume";
-    pub const ISCSI: &str = "kubernetes.io/iscsi";
-    pub const RBD: &str = "kubernetes.io/rbd";
-    pub const CEPHFS: &str = "kubernetes.io/cephfs";
-    pub const GLUSTERFS: &str = "kubernetes.io/glusterfs";
-    pub const FC: &str = "kubernetes.io/fc";
-    pub const AZURE_FILE: &str = "kubernetes.io/azure-file";
-    pub const AZURE_DISK: &str = "kubernetes.io/azure-disk";
-    pub const AWS_EBS: &str = "kubernetes.io/aws-ebs";
-    pub const GCE_PD: &str = "kubernetes.io/gce-pd";
-    pub const CINDER: &str = "kubernetes.io/cinder";
-    pub const VSPHERE: &str = "kubernetes.io/vsphere-volume";
-    pub const PORTWORX: &str = "kubernetes.io/portworx-volume";
-    pub const FLEX: &str = "kubernetes.io/flexvolume";
-    pub const FLOCKER: &str = "kubernetes.io/flocker";
-    pub const QUOBYTE: &str = "kubernetes.io/quobyte";
-    pub const SCALEIO: &str = "kubernetes.io/scaleio";
-    pub const STORAGEOS: &str = "kubernetes.io/storageos";
-    pub const PHOTON_PD: &str = "kubernetes.io/photon-pd";
-    pub const IMAGE: &str = "kubernetes.io/image";
-    pub const GIT_REPO: &str = "kubernetes.io/git-repo";
 }
 
 /// Whether `path`, once `.` and `..` are resolved lexically, is one of [`FORBIDDEN_HOST_PATHS`],

@@ -405,6 +405,12 @@ fn pod_view() -> Snapshot {
             .provisioner("mystery.example.com")
             .build(),
     );
+    s.add_claim(
+        claim("ns", "pre-bound")
+            .class("block")
+            .set("/spec/volumeName", json!("pv-not-yet"))
+            .build(),
+    );
     s
 }
 
@@ -464,12 +470,14 @@ fn pods_without_blockers_are_mutated(
 #[case::resource_claims(pod("ns", "p").set("/spec/resourceClaims", json!([{"name": "gpu", "resourceClaimName": "gpu-claim"}])), BlockerCode::ResourceClaims)]
 #[case::privileged(pod("ns", "p").set("/spec/containers/0/securityContext/privileged", json!(true)), BlockerCode::PrivilegedContainer)]
 #[case::missing_claim(pod("ns", "p").claim_volume("data", "absent"), BlockerCode::ClaimNotFound)]
+#[case::claim_pre_bound_to_a_missing_volume(pod("ns", "p").claim_volume("data", "pre-bound"), BlockerCode::ClaimVolumeNotFound)]
 #[case::claim_in_another_namespace_is_missing(pod("other", "p").claim_volume("data", "safe"), BlockerCode::ClaimNotFound)]
 #[case::nfs_claim(pod("ns", "p").claim_volume("data", "nfs"), BlockerCode::ClaimNotSupported)]
 #[case::unknown_claim(pod("ns", "p").claim_volume("data", "mystery"), BlockerCode::ClaimSupportUnknown)]
 #[case::nfs_ephemeral(pod("ns", "p").volume(json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {"storageClassName": "nfs", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}})), BlockerCode::VolumeNotSupported)]
 #[case::block_ephemeral(pod("ns", "p").volume(json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {"storageClassName": "block", "volumeMode": "Block", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}})), BlockerCode::VolumeNotSupported)]
 #[case::ephemeral_without_class(pod("ns", "p").volume(json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}})), BlockerCode::VolumeSupportUnknown)]
+#[case::ephemeral_overridden_false(pod("ns", "p").volume(json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"metadata": {"annotations": {"userns.io/idmap-override": "false"}}, "spec": {"storageClassName": "block", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}})), BlockerCode::VolumeNotSupported)]
 #[case::inline_nfs(pod("ns", "p").volume(json!({"name": "n", "nfs": {"server": "nas", "path": "/x"}})), BlockerCode::VolumeNotSupported)]
 #[case::inline_unknown_csi(pod("ns", "p").volume(json!({"name": "n", "csi": {"driver": "mystery.example.com"}})), BlockerCode::VolumeSupportUnknown)]
 #[case::unrecognized_volume_source(pod("ns", "p").volume(json!({"name": "future", "someNewSource": {}})), BlockerCode::UnrecognizedVolume)]
@@ -723,4 +731,84 @@ mod property {
             prop_assert_eq!(d.mutate(), !blocked(&f), "features {:?} gave {:?}", f, d.blockers);
         }
     }
+}
+
+#[test]
+fn a_claim_pre_bound_to_a_volume_not_known_yet_is_unknown_naming_it() {
+    let v = resolve(
+        &snapshot(),
+        &claim("ns", "c")
+            .class("block")
+            .set("/spec/volumeName", json!("pv-static"))
+            .build(),
+    );
+    assert_eq!(v.verdict, Verdict::Unknown, "{v:?}");
+    assert!(v.reason.contains("pv-static"), "{}", v.reason);
+}
+
+#[test]
+fn a_pre_bound_claim_is_judged_by_its_volume_once_it_exists() {
+    let mut s = snapshot();
+    s.add_volume(
+        volume("pv-static")
+            .set("/spec/nfs", json!({"server": "nas", "path": "/x"}))
+            .build(),
+    );
+    let c = claim("ns", "c")
+        .class("block")
+        .set("/spec/volumeName", json!("pv-static"))
+        .build();
+    assert_eq!(resolve(&s, &c).verdict, Verdict::False);
+}
+
+#[test]
+fn the_override_decides_a_claim_whose_volume_is_not_known_yet() {
+    let c = claim("ns", "c")
+        .set("/spec/volumeName", json!("pv-static"))
+        .annotation("userns.io/idmap-override", "true")
+        .build();
+    assert_eq!(resolve(&snapshot(), &c).verdict, Verdict::True);
+    let p = pod("ns", "p").claim_volume("data", "c").build();
+    let mut view = pod_view();
+    view.add_claim(c);
+    assert!(decide_pod(&p, "ns", &view, &TABLE, &keys()).mutate());
+}
+
+#[test]
+fn an_operator_rule_for_host_path_applies_to_inline_host_path_volumes() {
+    let table = DriverTable::from_operator_yaml(
+        "rules:\n- {driver: kubernetes.io/host-path, verdict: false, reason: node dirs on NFS here}\n",
+        "test",
+    )
+    .unwrap();
+    let p = pod("ns", "p").host_path_volume("data", "/mnt/nfs").build();
+    let d = decide_pod(&p, "ns", &pod_view(), &table, &keys());
+    assert_eq!(codes(&d), vec![BlockerCode::VolumeNotSupported]);
+    assert!(
+        d.blockers[0].message.contains("/mnt/nfs"),
+        "{:?}",
+        d.blockers
+    );
+    assert!(
+        d.blockers[0].message.contains("node dirs on NFS here"),
+        "{:?}",
+        d.blockers
+    );
+    assert!(
+        decide_pod(&p, "ns", &pod_view(), &TABLE, &keys()).mutate(),
+        "the default row keeps inline hostPath volumes enabled"
+    );
+}
+
+#[test]
+fn an_override_true_on_an_ephemeral_template_enables_its_pod() {
+    let p = pod("ns", "p")
+        .volume(
+            json!({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
+            "metadata": {"annotations": {"userns.io/idmap-override": "true"}},
+            "spec": {"storageClassName": "nfs", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "1Gi"}}}}}}),
+        )
+        .build();
+    assert!(decide(&p).mutate(), "{:?}", decide(&p).blockers);
 }

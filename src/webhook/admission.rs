@@ -15,6 +15,7 @@ use super::metrics::Outcome;
 use super::{Mode, WebhookState};
 use crate::capability::pod::{PodFacts, decide};
 use crate::capability::{BlockerCode, PodDecision};
+use crate::config::TableState;
 use crate::keys::Keys;
 
 /// Values of the `<prefix>/decision` annotation.
@@ -227,11 +228,24 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
     }
 
     let table = state.table.borrow().clone();
-    let decision = decide(&pod.facts, namespace, &state.caches, &table, &state.keys);
-    let cache_miss = decision
-        .blockers
-        .iter()
-        .any(|b| b.code == BlockerCode::ClaimNotFound);
+    let decision = match &table {
+        TableState::InForce(table) => {
+            decide(&pod.facts, namespace, &state.caches, table, &state.keys)
+        }
+        // Fail closed: every pod is left as written, and says why.
+        TableState::Unusable(reason) => PodDecision::blocked(
+            BlockerCode::DriverTableInvalid,
+            format!("no usable driver table, so no pod is enabled: {reason}"),
+        ),
+        // Before the driver ConfigMap is read nothing can be judged: the pod stays as written.
+        TableState::Loading => return Admission::fail_safe(allowed, "table_not_loaded"),
+    };
+    let cache_miss = decision.blockers.iter().any(|b| {
+        matches!(
+            b.code,
+            BlockerCode::ClaimNotFound | BlockerCode::ClaimVolumeNotFound
+        )
+    });
     let (outcome, value, reason, set_host_users) = match (mode, decision.mutate()) {
         (Mode::Enforce, true) => (Outcome::Enabled, DECISION_ENABLED, decision.summary(), true),
         (Mode::Enforce, false) => (

@@ -51,7 +51,7 @@ use super::admission::{PodCreate, PodMeta};
 use crate::capability::pod::{
     ContainerFacts, ContainerKind, PodFacts, PodVolume, SpecFacts, VolumeSource,
 };
-use crate::capability::resolve::pseudo;
+use crate::capability::sources::{PodMember, pod_volume_member};
 use crate::keys::Keys;
 
 /// Decodes `body` if it is an AdmissionReview of a pod CREATE with an object; `None` for
@@ -694,80 +694,36 @@ impl<'de> Visitor<'de> for VolumesSeed {
     }
 }
 
-/// What a volume source member means, by its name: `None` for a member that is no source.
-fn source_of(key: &str) -> Option<SourceRead> {
-    use SourceRead::*;
-    Some(match key {
-        "configMap" | "secret" | "projected" | "downwardAPI" | "emptyDir" => NodeLocal,
-        "persistentVolumeClaim" => Claim,
-        "ephemeral" => Ephemeral,
-        "hostPath" => HostPath,
-        "csi" => Csi,
-        "nfs" => Driver(pseudo::NFS),
-        "cephfs" => Driver(pseudo::CEPHFS),
-        "glusterfs" => Driver(pseudo::GLUSTERFS),
-        "azureFile" => Driver(pseudo::AZURE_FILE),
-        "flocker" => Driver(pseudo::FLOCKER),
-        "quobyte" => Driver(pseudo::QUOBYTE),
-        "image" => Driver(pseudo::IMAGE),
-        "gitRepo" => Driver(pseudo::GIT_REPO),
-        "iscsi" => DriverWithFsType(pseudo::ISCSI),
-        "fc" => DriverWithFsType(pseudo::FC),
-        "rbd" => DriverWithFsType(pseudo::RBD),
-        "azureDisk" => DriverWithFsType(pseudo::AZURE_DISK),
-        "awsElasticBlockStore" => DriverWithFsType(pseudo::AWS_EBS),
-        "gcePersistentDisk" => DriverWithFsType(pseudo::GCE_PD),
-        "cinder" => DriverWithFsType(pseudo::CINDER),
-        "vsphereVolume" => DriverWithFsType(pseudo::VSPHERE),
-        "portworxVolume" => DriverWithFsType(pseudo::PORTWORX),
-        "flexVolume" => DriverWithFsType(pseudo::FLEX),
-        "scaleIO" => DriverWithFsType(pseudo::SCALEIO),
-        "storageos" => DriverWithFsType(pseudo::STORAGEOS),
-        "photonPersistentDisk" => DriverWithFsType(pseudo::PHOTON_PD),
-        _ => return None,
-    })
-}
-
-/// How a volume source member is read (see [`crate::capability::pod::volume_source`]).
+/// How a volume source member is read, from what the member is
+/// ([`crate::capability::sources::pod_volume_member`]).
 #[derive(Clone, Copy)]
-enum SourceRead {
-    /// Only present.
-    NodeLocal,
-    /// `claimName`.
-    Claim,
-    /// `volumeClaimTemplate`, with k8s-openapi's types.
-    Ephemeral,
-    /// `path`.
-    HostPath,
-    /// `driver`, `fsType`, `volumeAttributes`.
-    Csi,
-    /// An in-tree source, only present.
-    Driver(&'static str),
-    /// An in-tree disk: its `fsType`.
-    DriverWithFsType(&'static str),
-}
+struct SourceRead(PodMember);
 
 impl<'de> DeserializeSeed<'de> for SourceRead {
     type Value = Option<VolumeSource<'de>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         let present = |d: D| Option::<AnyObject>::deserialize(d).map(|o| o.is_some());
-        Ok(match self {
-            SourceRead::NodeLocal => present(d)?.then_some(VolumeSource::NodeLocal),
-            SourceRead::Driver(name) => present(d)?.then_some(VolumeSource::Driver {
-                driver: Cow::Borrowed(name),
+        Ok(match self.0 {
+            PodMember::NodeLocal => present(d)?.then_some(VolumeSource::NodeLocal),
+            PodMember::InTree {
+                driver,
+                fs_type: false,
+            } => present(d)?.then_some(VolumeSource::Driver {
+                driver: Cow::Borrowed(driver),
                 fs_type: None,
                 attributes: None,
             }),
-            SourceRead::Ephemeral => Option::<EphemeralVolumeSource>::deserialize(d)?.map(|e| {
+            PodMember::Ephemeral => Option::<EphemeralVolumeSource>::deserialize(d)?.map(|e| {
                 let template = e.volume_claim_template.map(|t| Box::new(Cow::Owned(t)));
                 VolumeSource::Ephemeral(template)
             }),
-            SourceRead::Claim => Nullable(SourceFields::Claim).deserialize(d)?,
-            SourceRead::HostPath => Nullable(SourceFields::HostPath).deserialize(d)?,
-            SourceRead::Csi => Nullable(SourceFields::Csi).deserialize(d)?,
-            SourceRead::DriverWithFsType(name) => {
-                Nullable(SourceFields::Disk(name)).deserialize(d)?
-            }
+            PodMember::Claim => Nullable(SourceFields::Claim).deserialize(d)?,
+            PodMember::HostPath => Nullable(SourceFields::HostPath).deserialize(d)?,
+            PodMember::Csi => Nullable(SourceFields::Csi).deserialize(d)?,
+            PodMember::InTree {
+                driver,
+                fs_type: true,
+            } => Nullable(SourceFields::Disk(driver)).deserialize(d)?,
         })
     }
 }
@@ -841,7 +797,7 @@ object_seed!(VolumeSeed, PodVolume<'de>, "a volume", |_this, map| {
             name = Str::cow(map.next_value()?);
             continue;
         }
-        let Some(read) = source_of(key.as_str()) else {
+        let Some(read) = pod_volume_member(key.as_str()).map(SourceRead) else {
             skip(&mut map)?;
             continue;
         };

@@ -11,7 +11,6 @@ use kube::core::PartialObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use userns_labeler_test_support::fixtures::{claim, class};
 
 use super::admission::{Admission, PodCreate, mutate, mutate_pod};
@@ -90,7 +89,7 @@ fn assert_equivalent(body: &[u8], state: &WebhookState) -> Admission {
     );
 
     let namespace = full.namespace.as_deref().unwrap_or("default");
-    let table = state.table.borrow().clone();
+    let table = state.table.borrow().table().cloned().expect("a table");
     assert_eq!(
         decide(&fast.facts, namespace, &state.caches, &table, &state.keys),
         decide_pod(full_pod, namespace, &state.caches, &table, &state.keys),
@@ -110,7 +109,7 @@ fn state_with(
     namespaces: Vec<PartialObjectMeta<Namespace>>,
     keys: Keys,
 ) -> WebhookState {
-    let (_tx, table) = watch::channel(DriverTable::defaults());
+    let table = crate::config::TableState::channel(DriverTable::defaults());
     WebhookState {
         caches: Caches::from_objects(claims, volumes, classes, namespaces),
         table,

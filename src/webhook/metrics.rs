@@ -4,10 +4,11 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::capability::BlockerCode;
+use crate::metrics::{OutcomeLabels, ResultLabels, latency_histogram};
 
 /// What the webhook did with one admission request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,7 +23,7 @@ pub enum Outcome {
     OptOut,
     /// Not a pod CREATE (or already decided on an earlier invocation): no patch.
     Ignored,
-    /// Malformed request or internal doubt: see `webhook_admission_errors_total`.
+    /// Malformed request or internal doubt: see `userns_labeler_webhook_admission_errors_total`.
     Error,
 }
 
@@ -49,11 +50,6 @@ impl Outcome {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BlockerLabels {
     code: &'static str,
 }
@@ -61,16 +57,6 @@ struct BlockerLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ErrorLabels {
     category: &'static str,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-fn latency_histogram() -> Histogram {
-    // 50 µs … ~3.3 s.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
 }
 
 /// Counters and the latency histogram of the webhook. Cheap to clone (shared handles).
@@ -99,36 +85,38 @@ impl Default for WebhookMetrics {
 }
 
 impl WebhookMetrics {
-    /// Creates the metrics and registers them (names start with `webhook_`).
+    /// Creates the metrics and registers them under `webhook_` in `registry` (so
+    /// `userns_labeler_webhook_…` in the process's [`crate::metrics::registry`]).
     pub fn register(registry: &mut Registry) -> WebhookMetrics {
         let metrics = WebhookMetrics::default();
+        let registry = registry.sub_registry_with_prefix("webhook");
         registry.register(
-            "webhook_admissions",
+            "admissions",
             "Pod admission requests by outcome (enabled, skipped, audit, opt_out, ignored, error)",
             metrics.admissions.clone(),
         );
         registry.register(
-            "webhook_admission_blockers",
+            "admission_blockers",
             "Reasons that left a pod as written (or would, in audit mode), by blocker code",
             metrics.blockers.clone(),
         );
         registry.register(
-            "webhook_admission_errors",
+            "admission_errors",
             "Malformed admission requests and internal errors, by category",
             metrics.errors.clone(),
         );
         registry.register(
-            "webhook_admission_duration_seconds",
+            "admission_duration_seconds",
             "Time from receiving an admission request to its response, by outcome",
             metrics.duration.clone(),
         );
         registry.register(
-            "webhook_tls_reloads",
+            "tls_reloads",
             "Reloads of the serving certificate from disk, by result (ok, error)",
             metrics.tls_reloads.clone(),
         );
         registry.register(
-            "webhook_cache_waits",
+            "cache_waits",
             "Admissions that waited for the caches to catch up with a claim or namespace, by result (caught_up, timed_out)",
             metrics.cache_waits.clone(),
         );

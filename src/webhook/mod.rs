@@ -55,14 +55,13 @@ mod lean_tests;
 mod tests;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::cache::Caches;
-use crate::capability::DriverTable;
+use crate::config::TableState;
 use crate::keys::Keys;
 
 pub use admission::{Admission, PodCreate, mutate, mutate_pod};
@@ -156,12 +155,28 @@ impl Default for WebhookArgs {
 /// Holds no API client.
 pub struct WebhookState {
     pub caches: Caches,
-    pub table: watch::Receiver<Arc<DriverTable>>,
+    pub table: watch::Receiver<TableState>,
     pub keys: Keys,
     pub metrics: WebhookMetrics,
 }
 
 impl WebhookState {
+    /// The state over the shared caches and table, its metrics registered in `registry`.
+    pub fn new(
+        caches: Caches,
+        table: watch::Receiver<TableState>,
+        keys: Keys,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> WebhookState {
+        let metrics = WebhookMetrics::register(registry);
+        WebhookState {
+            caches,
+            table,
+            keys,
+            metrics,
+        }
+    }
+
     /// True once every store has received its initial list.
     pub fn caches_synced(&self) -> bool {
         let c = &self.caches;

@@ -5,10 +5,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
-use prometheus_client::registry::Registry;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use userns_labeler_test_support::fixtures::{claim, class};
 
 use super::admission::{decision_patch, mutate};
@@ -21,7 +19,7 @@ fn namespace(name: &str) -> kube::core::PartialObjectMeta<k8s_openapi::api::core
 }
 
 fn state() -> WebhookState {
-    let (_tx, table) = watch::channel(DriverTable::defaults());
+    let table = crate::config::TableState::channel(DriverTable::defaults());
     WebhookState {
         caches: Caches::from_objects(
             vec![
@@ -128,7 +126,7 @@ fn a_missing_claim_is_a_cache_miss() {
 
 #[test]
 fn registered_metrics_have_bounded_labels() {
-    let mut registry = Registry::default();
+    let mut registry = crate::metrics::registry();
     let metrics = WebhookMetrics::register(&mut registry);
     metrics.record(Outcome::Skipped, &[BlockerCode::HostNetwork], None, 0.001);
     metrics.record(Outcome::Error, &[], Some("no_request"), 0.0001);
@@ -136,13 +134,13 @@ fn registered_metrics_have_bounded_labels() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     for line in [
-        "webhook_admissions_total{outcome=\"skipped\"} 1",
-        "webhook_admissions_total{outcome=\"enabled\"} 0",
-        "webhook_admission_blockers_total{code=\"HostNetwork\"} 1",
-        "webhook_admission_blockers_total{code=\"ClaimNotFound\"} 0",
-        "webhook_admission_errors_total{category=\"no_request\"} 1",
-        "webhook_admission_duration_seconds_count{outcome=\"skipped\"} 1",
-        "webhook_tls_reloads_total{result=\"ok\"} 1",
+        "userns_labeler_webhook_admissions_total{outcome=\"skipped\"} 1",
+        "userns_labeler_webhook_admissions_total{outcome=\"enabled\"} 0",
+        "userns_labeler_webhook_admission_blockers_total{code=\"HostNetwork\"} 1",
+        "userns_labeler_webhook_admission_blockers_total{code=\"ClaimNotFound\"} 0",
+        "userns_labeler_webhook_admission_errors_total{category=\"no_request\"} 1",
+        "userns_labeler_webhook_admission_duration_seconds_count{outcome=\"skipped\"} 1",
+        "userns_labeler_webhook_tls_reloads_total{result=\"ok\"} 1",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, ResourceExt};
 
 use crate::control_plane::ControlPlane;
 use crate::{free_port, repo_root};
@@ -129,6 +129,19 @@ impl Labeler {
         identity: &str,
         extra: &[&str],
     ) -> Labeler {
+        let labeler = Labeler::spawn(binary, kubeconfig, namespace, log_dir, identity, extra);
+        labeler.wait_ready(Duration::from_secs(30));
+        labeler
+    }
+
+    fn spawn(
+        binary: impl AsRef<Path>,
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Labeler {
         let admin_port = free_port();
         let webhook = format!("127.0.0.1:{}", free_port());
         let log = log_dir.join(format!("labeler-{identity}-{admin_port}.log"));
@@ -150,13 +163,34 @@ impl Labeler {
             .stderr(out)
             .spawn()
             .expect("start userns-labeler");
-        let labeler = Labeler {
+        Labeler {
             child,
             admin: format!("127.0.0.1:{admin_port}"),
             webhook,
             log,
-        };
-        labeler.wait_ready(Duration::from_secs(30));
+        }
+    }
+
+    /// [`Labeler::start_with`], waiting only until the admin server answers `/livez` (for a
+    /// replica that is not meant to become ready).
+    pub fn start_unready(
+        binary: impl AsRef<Path>,
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+        extra: &[&str],
+    ) -> Labeler {
+        let labeler = Labeler::spawn(binary, kubeconfig, namespace, log_dir, identity, extra);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while labeler.get("/livez").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no /livez; log:\n{}",
+                labeler.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         labeler
     }
 
@@ -221,9 +255,19 @@ impl Labeler {
     }
 
     /// SIGTERM and wait for a graceful exit.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM (a graceful shutdown) without waiting.
+    pub fn sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Waits up to 20 s for the process to exit.
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -272,4 +316,9 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The value of the label `key` on `object`, if any.
+pub fn label_of<K: ResourceExt>(object: &K, key: &str) -> Option<String> {
+    object.labels().get(key).cloned()
 }

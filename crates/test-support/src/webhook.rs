@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeCl
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::{ObjectMeta, PartialObjectMeta};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use userns_labeler::cache::Caches;
 use userns_labeler::capability::DriverTable;
 use userns_labeler::keys::Keys;
@@ -114,7 +113,7 @@ pub fn storage_world(keys: &Keys) -> Caches {
 
 /// State over `caches` with the built-in table, default keys and unregistered metrics.
 pub fn state(caches: Caches) -> Arc<WebhookState> {
-    let (_tx, table) = watch::channel(DriverTable::defaults());
+    let table = userns_labeler::config::TableState::channel(DriverTable::defaults());
     Arc::new(WebhookState {
         caches,
         table,

@@ -1,0 +1,346 @@
+//! One reconcile for claims and volumes: judge the object from the caches and the table, and
+//! apply our keys by server-side apply when they differ from what the object carries. The kind
+//! supplies only what differs ([`Labelled`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, ControllerError};
+use crate::cache::Caches;
+use crate::capability::{DriverTable, VolumeVerdict, resolve_claim, resolve_volume};
+use crate::keys::Keys;
+
+/// The one field manager under which all our labels and annotations are applied.
+pub const FIELD_MANAGER: &str = "userns-labeler";
+
+/// How long a failed reconcile waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What differs between the kinds we label.
+pub trait Labelled:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind in metrics and errors: `claim` or `volume`.
+    const KIND: &'static str;
+
+    /// The verdict for this object, from the caches and the table.
+    fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict;
+
+    /// The API of this object's kind, scoped like the object.
+    fn api(client: Client, namespace: Option<&str>) -> Option<Api<Self>>;
+}
+
+impl Labelled for PersistentVolumeClaim {
+    const KIND: &'static str = "claim";
+
+    fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict {
+        resolve_claim(self, caches, table, keys)
+    }
+
+    fn api(client: Client, namespace: Option<&str>) -> Option<Api<Self>> {
+        namespaced(client, namespace)
+    }
+}
+
+impl Labelled for PersistentVolume {
+    const KIND: &'static str = "volume";
+
+    fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict {
+        resolve_volume(self, caches, table, keys)
+    }
+
+    fn api(client: Client, _namespace: Option<&str>) -> Option<Api<Self>> {
+        Some(Api::all(client))
+    }
+}
+
+fn namespaced<K>(client: Client, namespace: Option<&str>) -> Option<Api<K>>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    namespace.map(|ns| Api::namespaced(client, ns))
+}
+
+/// The values of our keys an object should carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredKeys {
+    pub label: &'static str,
+    pub reason: String,
+    pub driver: Option<String>,
+}
+
+impl DesiredKeys {
+    pub fn from_verdict(verdict: &VolumeVerdict) -> DesiredKeys {
+        DesiredKeys {
+            label: verdict.verdict.as_str(),
+            reason: verdict.reason.clone(),
+            driver: verdict.driver.clone(),
+        }
+    }
+
+    /// Whether `meta` already carries exactly these values.
+    pub fn is_current(&self, meta: &ObjectMeta, keys: &Keys) -> bool {
+        let label = meta.labels.as_ref().and_then(|l| l.get(&keys.supported));
+        let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k));
+        label.map(String::as_str) == Some(self.label)
+            && annotation(&keys.reason) == Some(&self.reason)
+            && annotation(&keys.driver) == self.driver.as_ref()
+    }
+
+    /// The metadata of a server-side apply patch holding only our keys. A key we owned and now
+    /// leave out (the driver, when none is known) is removed by the API server.
+    pub(super) fn apply_metadata(&self, keys: &Keys) -> serde_json::Value {
+        let mut annotations = BTreeMap::from([(keys.reason.clone(), self.reason.clone())]);
+        if let Some(driver) = &self.driver {
+            annotations.insert(keys.driver.clone(), driver.clone());
+        }
+        json!({
+            "labels": {keys.supported.clone(): self.label},
+            "annotations": annotations,
+        })
+    }
+}
+
+/// Reconciles one claim or volume.
+#[tracing::instrument(skip_all, fields(kind = K::KIND, object = %object_name(object.as_ref())))]
+pub async fn reconcile<K: Labelled>(
+    object: Arc<K>,
+    ctx: Arc<Context>,
+) -> Result<Action, ControllerError> {
+    let started = Instant::now();
+    let result = label(object.as_ref(), &ctx).await;
+    ctx.metrics
+        .record_reconcile(K::KIND, started.elapsed().as_secs_f64());
+    result.map(|()| Action::await_change())
+}
+
+async fn label<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerError> {
+    let table = ctx.table.borrow().table().cloned();
+    let (true, Some(table)) = (ctx.may_write(), table) else {
+        return Ok(());
+    };
+    let desired = DesiredKeys::from_verdict(&object.judge(&ctx.caches, &table, &ctx.keys));
+    if desired.is_current(object.meta(), &ctx.keys) || ctx.written.is_pending(object, &desired) {
+        return Ok(());
+    }
+    let meta = object.meta();
+    let name = meta.name.as_deref();
+    let api = K::api(ctx.client.clone(), meta.namespace.as_deref());
+    let (Some(name), Some(api)) = (name, api) else {
+        return Err(ControllerError::Unnamed { kind: K::KIND });
+    };
+    let mut metadata = desired.apply_metadata(&ctx.keys);
+    metadata["name"] = json!(name);
+    if let Some(namespace) = &meta.namespace {
+        metadata["namespace"] = json!(namespace);
+    }
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+    });
+    api.patch_metadata(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| ControllerError::Apply {
+        kind: K::KIND,
+        name: object_name(object),
+        source,
+    })?;
+    ctx.written.record(object, desired.clone());
+    ctx.metrics.record_write(K::KIND);
+    announce_change(ctx, object, &desired).await;
+    Ok(())
+}
+
+/// The writes whose watch events the cache has not delivered yet. Until it does, a reconcile
+/// of the same object (from another trigger) sees the version before our write and would write
+/// the same keys again; it is skipped instead. An entry is dropped when the cache moves on.
+#[derive(Default)]
+pub struct PendingWrites {
+    /// `kind/namespace/name` → the resourceVersion our write was based on, and what it wrote.
+    writes: std::sync::Mutex<std::collections::HashMap<String, (Option<String>, DesiredKeys)>>,
+}
+
+impl PendingWrites {
+    fn key<K: Labelled>(object: &K) -> String {
+        format!("{}/{}", K::KIND, object_name(object))
+    }
+
+    /// Whether `desired` was written on top of exactly the version `object` is.
+    fn is_pending<K: Labelled>(&self, object: &K, desired: &DesiredKeys) -> bool {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Self::key(object);
+        match writes.get(&key) {
+            Some((version, written)) if *version == object.meta().resource_version => {
+                written == desired
+            }
+            Some(_) => {
+                writes.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn record<K: Labelled>(&self, object: &K, desired: DesiredKeys) {
+        let version = object.meta().resource_version.clone();
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        writes.insert(Self::key(object), (version, desired));
+    }
+}
+
+/// `namespace/name`, or `name` for cluster-scoped objects.
+fn object_name<K: Resource>(object: &K) -> String {
+    match object.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", object.name_any()),
+        None => object.name_any(),
+    }
+}
+
+/// An Event when the label value changes (not on first labelling, which would flood a new
+/// cluster with one event per claim).
+async fn announce_change<K: Labelled>(ctx: &Context, object: &K, desired: &DesiredKeys) {
+    let old = object
+        .meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(&ctx.keys.supported));
+    let Some(old) = old.filter(|old| *old != desired.label) else {
+        return;
+    };
+    ctx.metrics.record_label_change(K::KIND);
+    info!(kind = K::KIND, name = %object_name(object), from = %old, to = desired.label, reason = %desired.reason, "idmap label changed");
+    let mut note = format!(
+        "{} changed from {old} to {}: {}",
+        ctx.keys.supported, desired.label, desired.reason
+    );
+    truncate(&mut note, 1000);
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "IdmapSupportChanged".to_string(),
+        note: Some(note),
+        action: "Relabel".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        warn!(error = %e, "could not publish the label-change event");
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary (Event notes are bounded).
+pub(crate) fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+/// Requeues a failed object with a delay; the error is logged and counted by category.
+pub fn error_policy<K: Labelled>(
+    _object: Arc<K>,
+    error: &ControllerError,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics.record_failure(K::KIND, error.category());
+    warn!(%error, category = error.category(), "reconcile failed");
+    Action::requeue(RETRY_AFTER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::Verdict;
+    use userns_labeler_test_support::fixtures::claim;
+
+    fn desired(driver: Option<&str>) -> DesiredKeys {
+        DesiredKeys::from_verdict(&VolumeVerdict {
+            verdict: Verdict::False,
+            driver: driver.map(String::from),
+            driver_source: None,
+            reason: "NFS".to_string(),
+        })
+    }
+
+    #[test]
+    fn current_keys_need_no_write() {
+        let keys = Keys::default();
+        let c = claim("ns", "c")
+            .set(
+                "/metadata/labels",
+                json!({"userns.io/idmap-supported": "false"}),
+            )
+            .annotation("userns.io/idmap-reason", "NFS")
+            .annotation("userns.io/driver", "nfs.csi.k8s.io")
+            .build();
+        assert!(desired(Some("nfs.csi.k8s.io")).is_current(&c.metadata, &keys));
+        assert!(!desired(Some("other")).is_current(&c.metadata, &keys));
+        assert!(
+            !desired(None).is_current(&c.metadata, &keys),
+            "a stale driver annotation is a difference"
+        );
+    }
+
+    #[test]
+    fn a_tampered_or_missing_label_needs_a_write() {
+        let keys = Keys::default();
+        let tampered = claim("ns", "c")
+            .set(
+                "/metadata/labels",
+                json!({"userns.io/idmap-supported": "true"}),
+            )
+            .annotation("userns.io/idmap-reason", "NFS")
+            .build();
+        assert!(!desired(None).is_current(&tampered.metadata, &keys));
+        assert!(!desired(None).is_current(&claim("ns", "c").build().metadata, &keys));
+    }
+
+    #[test]
+    fn the_apply_patch_holds_only_our_keys() {
+        let keys = Keys::default();
+        assert_eq!(
+            desired(Some("nfs.csi.k8s.io")).apply_metadata(&keys),
+            json!({
+                "labels": {"userns.io/idmap-supported": "false"},
+                "annotations": {"userns.io/idmap-reason": "NFS", "userns.io/driver": "nfs.csi.k8s.io"}
+            })
+        );
+        assert_eq!(
+            desired(None).apply_metadata(&keys),
+            json!({
+                "labels": {"userns.io/idmap-supported": "false"},
+                "annotations": {"userns.io/idmap-reason": "NFS"}
+            })
+        );
+    }
+
+    #[test]
+    fn long_notes_are_cut_on_a_character_boundary() {
+        let mut s = "é".repeat(600);
+        truncate(&mut s, 1001);
+        assert_eq!(s.len(), 1000);
+    }
+}
