@@ -3,14 +3,15 @@
 //! ends the process non-zero within seconds with the cause in its log, and `/readyz` never
 //! answers 200 meanwhile: a replica whose webhook does not serve must not look healthy.
 
-mod common;
-mod labeler;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use labeler::Labeler;
 use userns_labeler::webhook::SelfSigned;
+use userns_labeler_test_support::control_plane as common;
+use userns_labeler_test_support::labeler::{self, Labeler};
+
+/// The binary under test.
+const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 
 /// How long a failing process may take to exit.
 const EXIT_WITHIN: Duration = Duration::from_secs(15);
@@ -61,6 +62,7 @@ impl Setup {
     /// [`EXIT_WITHIN`], `/readyz` never 200, and a log holding every string of `causes`.
     fn expect_failure(&self, identity: &str, args: &[&str], causes: &[&str]) {
         let mut labeler = Labeler::spawn(
+            USERNS_LABELER,
             &self.kubeconfig,
             &self.namespace,
             self.cp.dir(),
@@ -179,6 +181,7 @@ async fn a_matching_pair_serves_and_becomes_ready() {
     let setup = setup("matching").await;
     let (cert, key) = setup.write_pair(&SelfSigned::generate(&[]).unwrap());
     let labeler = Labeler::spawn(
+        USERNS_LABELER,
         &setup.kubeconfig,
         &setup.namespace,
         setup.cp.dir(),

@@ -1,13 +1,10 @@
-//! The webhook called by the real kube-apiserver (tests/common) at
-//! `https://127.0.0.1:<port>/mutate/pods`, with a caBundle and `failurePolicy: Fail` so that a
+//! The webhook called by the real kube-apiserver (`userns_labeler_test_support::control_plane`)
+//! at `https://127.0.0.1:<port>/mutate/pods`, with a caBundle and `failurePolicy: Fail` so that a
 //! broken webhook fails the test instead of being skipped. The caches are the runtime's own
 //! (`cache::start`), on a client whose every request is counted.
 //!
 //! Each test runs its own webhook server and registers its own MutatingWebhookConfiguration,
 //! limited to its namespace by a `namespaceSelector`, so tests run in parallel.
-
-mod common;
-mod webhook_support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,9 +35,10 @@ use userns_labeler::webhook::{
     AdmissionSettings, Mode, Outcome, SelfSigned, ServerTls, WebhookArgs, WebhookMetrics,
     WebhookState, serve, serve_tls,
 };
-use webhook_support::{claim_volume, pod, with_volume};
-
-use common::ControlPlane;
+use userns_labeler_test_support::control_plane::{
+    ControlPlane, TestNamespace, external_kubeconfig, install_crypto_provider,
+};
+use userns_labeler_test_support::webhook::{claim_volume, pod, with_volume};
 
 const DECISION: &str = "userns.io/decision";
 const REASON: &str = "userns.io/decision-reason";
@@ -57,9 +55,9 @@ const WAIT: Duration = Duration::from_secs(30);
 fn control_plane() -> &'static ControlPlane {
     static CP: OnceLock<ControlPlane> = OnceLock::new();
     CP.get_or_init(|| {
-        common::install_crypto_provider();
+        install_crypto_provider();
         assert!(
-            common::external_kubeconfig().is_none(),
+            external_kubeconfig().is_none(),
             "the webhook integration tests need the local control plane (its API server calls \
              the webhook at https://127.0.0.1:<port> in the test process); unset \
              USERNS_TEST_KUBECONFIG to run them"
@@ -159,7 +157,7 @@ async fn cached_state(
 /// A webhook server for one test namespace, registered with the API server.
 struct Webhook {
     cp: &'static ControlPlane,
-    ns: common::TestNamespace,
+    ns: TestNamespace,
     admin: Client,
     caches: Caches,
     state: Arc<WebhookState>,
@@ -857,7 +855,7 @@ async fn a_certificate_rotated_on_disk_is_served_to_the_api_server_without_a_res
 /// before its configuration exists.
 struct SelfSignedWebhook {
     admin: Client,
-    ns: common::TestNamespace,
+    ns: TestNamespace,
     state: Arc<WebhookState>,
     url: String,
     config_name: String,

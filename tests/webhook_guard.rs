@@ -3,8 +3,6 @@
 //! ValidatingAdmissionPolicy narrows that update to the caBundle. Requests are made as the
 //! service account's user name, authenticated by a client certificate.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -12,6 +10,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, PostParams};
 use serde_json::Value;
+use userns_labeler_test_support::control_plane as common;
 
 const CHART: &str = "deploy/helm/userns-labeler";
 
@@ -44,9 +43,9 @@ async fn the_labelers_service_account_may_change_only_the_ca_bundle_of_its_confi
     let cp = common::shared();
     let ns = cp.namespace("guard").await;
     let release = format!("guard-{}", ns.name());
-    let output = Command::new(common::tool("helm"))
+    let output = Command::new(userns_labeler_test_support::tool("helm"))
         .args(["template", &release])
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CHART))
+        .arg(userns_labeler_test_support::repo_root().join(CHART))
         .args(["--namespace", &ns])
         .args(["--set", "tls.mode=self-signed"])
         .args(["--set", &format!("webhook.namespaces={{{}}}", ns.name())])

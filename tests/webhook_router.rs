@@ -1,8 +1,6 @@
 //! The webhook's router, driven with AdmissionReview fixtures through `oneshot` (no network, no
 //! API server): every outcome, the patch applied to the original object, malformed input.
 
-mod webhook_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ use userns_labeler::webhook::{
     AdmissionSettings, MAX_BODY_BYTES, MUTATE_PODS_PATH, Mode, Outcome, PodCreate, WebhookMetrics,
     WebhookState, mutate, mutate_pod, router,
 };
-use webhook_support::*;
+use userns_labeler_test_support::webhook::*;
 
 fn enforce() -> AdmissionSettings {
     AdmissionSettings {

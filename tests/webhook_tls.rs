@@ -1,8 +1,6 @@
 //! The webhook over real TLS on loopback: certificates from files, rotation on disk without a
 //! restart (plain overwrite and a Secret-volume symlink swap), self-signed names, shutdown.
 
-mod webhook_support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +13,7 @@ use userns_labeler::webhook::{
     AdmissionSettings, MUTATE_PODS_PATH, SelfSigned, ServerTls, WebhookArgs, WebhookError,
     WebhookState, serve, serve_tls,
 };
-use webhook_support::*;
+use userns_labeler_test_support::webhook::*;
 
 const RELOAD: Duration = Duration::from_millis(100);
 

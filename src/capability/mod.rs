@@ -15,6 +15,4 @@ pub use table::{
 };
 
 #[cfg(test)]
-pub(crate) mod fixtures;
-#[cfg(test)]
 mod tests;

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use rstest::rstest;
 use serde_json::json;
+use userns_labeler_test_support::fixtures::{self, claim, class, pod, volume};
 
-use super::fixtures::{claim, class, pod, volume};
 use super::resolve::{DriverSource, forbidden_host_path};
 use super::*;
 use crate::keys::Keys;

@@ -260,8 +260,8 @@ pub fn class_to_volumes(
 mod tests {
     use super::*;
     use crate::cache::Caches;
-    use crate::capability::fixtures::{claim, class, volume};
     use serde_json::json;
+    use userns_labeler_test_support::fixtures::{claim, class, volume};
 
     #[test]
     fn a_volume_maps_to_its_claim_ref() {

@@ -327,7 +327,7 @@ mod tests {
         );
     }
     use crate::capability::Verdict;
-    use crate::capability::fixtures::claim;
+    use userns_labeler_test_support::fixtures::claim;
 
     fn desired(driver: Option<&str>) -> DesiredKeys {
         DesiredKeys::from_verdict(&VolumeVerdict {

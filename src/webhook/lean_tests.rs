@@ -11,11 +11,11 @@ use kube::core::PartialObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use userns_labeler_test_support::fixtures::{claim, class};
 
 use super::admission::{Admission, PodCreate, mutate, mutate_pod};
 use super::lean::decode_pod_create;
 use super::*;
-use crate::capability::fixtures::{claim, class};
 use crate::capability::pod::decide;
 use crate::capability::{BlockerCode, DriverTable, decide_pod};
 
