@@ -17,8 +17,8 @@ use kube::{Client, Resource};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::capability::{Awaited, ClusterView};
 use crate::capability::resolve::pick_default_class;
+use crate::capability::{Awaited, ClusterView};
 
 /// How many events a shared cache may buffer for a slow subscriber before it waits.
 const SUBSCRIBER_BUFFER: usize = 1024;

@@ -59,10 +59,18 @@ pub struct RunArgs {
     pub concurrency: u16,
     /// An admin connection must send a complete request head within this (and between
     /// keep-alive requests), else it is closed; in milliseconds.
-    #[arg(long, env = "USERNS_ADMIN_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "USERNS_ADMIN_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub admin_header_read_timeout_ms: u64,
     /// An admin request, from its head to the response, gets this long, in milliseconds.
-    #[arg(long, env = "USERNS_ADMIN_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "USERNS_ADMIN_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub admin_request_timeout_ms: u64,
     /// Open admin connections at most; one over it is closed at once.
     #[arg(long, env = "USERNS_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]

@@ -1016,3 +1016,36 @@ async fn a_re_created_or_altered_configuration_gets_the_self_signed_ca_back_with
     webhook.assert_injections(3).await;
     webhook.stop().await;
 }
+
+/// A pod with 5,000 claims none of which exists, created through the API server: admitted
+/// (not rejected for an oversized annotation), `decision: skipped` with a reason of at most
+/// 1 KiB, and decided within about one cache wait — the wait polls only the claims that were
+/// missing, instead of deciding the whole pod again every 10 ms.
+#[tokio::test]
+async fn a_pod_with_five_thousand_missing_claims_is_admitted_with_a_bounded_reason() {
+    let webhook = Webhook::start("wh-5000-claims", Mode::Enforce).await;
+    let volumes: Vec<Value> = (0..5_000)
+        .map(|i| claim_volume(&format!("v{i}"), &format!("missing-{i}")))
+        .collect();
+    let mut huge = pod("huge");
+    huge["spec"]["volumes"] = Value::Array(volumes);
+    let cache_wait = AdmissionSettings::default().cache_wait;
+    let started = Instant::now();
+    let stored = webhook.create_pod(huge).await;
+    let took = started.elapsed();
+    let reason = annotation(&stored, REASON).unwrap();
+    eprintln!(
+        "5,000 missing claims: created in {took:?} (cache wait {cache_wait:?}); reason {} bytes: {}…",
+        reason.len(),
+        &reason[..120]
+    );
+    assert_eq!(annotation(&stored, DECISION), Some("skipped"));
+    assert_eq!(host_users(&stored), None);
+    assert!(reason.len() <= 1024, "{}", reason.len());
+    assert!(reason.starts_with("ClaimNotFound: "), "{reason}");
+    assert!(reason.ends_with("more"), "{reason}");
+    assert!(took >= cache_wait, "{took:?}");
+    assert!(took < cache_wait * 3, "{took:?}");
+    assert_eq!(webhook.state.metrics.cache_waits(false), 1);
+    webhook.unregister().await;
+}

@@ -564,7 +564,14 @@ fn check_volume<V: ClusterView + ?Sized>(
                 }
                 if verdict.verdict != Verdict::True {
                     let what = format!("volume {name}: claim {claim_name}");
-                    record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, true);
+                    record_verdict(
+                        decision,
+                        &what,
+                        &verdict.verdict,
+                        verdict.driver.as_deref(),
+                        &verdict.reason,
+                        true,
+                    );
                 }
             }
         },
@@ -572,7 +579,9 @@ fn check_volume<V: ClusterView + ?Sized>(
             let Some(template) = template else {
                 decision.block(
                     BlockerCode::VolumeSupportUnknown,
-                    format!("volume {name}: generic ephemeral volume without a volumeClaimTemplate"),
+                    format!(
+                        "volume {name}: generic ephemeral volume without a volumeClaimTemplate"
+                    ),
                 );
                 return;
             };
@@ -582,14 +591,23 @@ fn check_volume<V: ClusterView + ?Sized>(
             if verdict.verdict != Verdict::True {
                 let pod_name = pod.name.as_deref().unwrap_or("<generated>");
                 let what = format!("volume {name}: ephemeral claim {pod_name}-{name}");
-                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
+                record_verdict(
+                    decision,
+                    &what,
+                    &verdict.verdict,
+                    verdict.driver.as_deref(),
+                    &verdict.reason,
+                    false,
+                );
             }
         }
         VolumeSource::HostPath(path) => {
             if let Some(root) = forbidden_host_path(path) {
                 decision.block(
                     BlockerCode::HostPathForbidden,
-                    format!("volume {name}: hostPath {path} is on {root}, which cannot be idmap-mounted"),
+                    format!(
+                        "volume {name}: hostPath {path} is on {root}, which cannot be idmap-mounted"
+                    ),
                 );
                 return;
             }
@@ -602,10 +620,21 @@ fn check_volume<V: ClusterView + ?Sized>(
             let verdict = facts.judge(table);
             if verdict.verdict != Verdict::True {
                 let what = format!("volume {name}: hostPath {path}");
-                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
+                record_verdict(
+                    decision,
+                    &what,
+                    &verdict.verdict,
+                    verdict.driver.as_deref(),
+                    &verdict.reason,
+                    false,
+                );
             }
         }
-        VolumeSource::Driver { driver, fs_type, attributes } => {
+        VolumeSource::Driver {
+            driver,
+            fs_type,
+            attributes,
+        } => {
             let facts = VolumeFacts {
                 driver: Some((Cow::Borrowed(driver.as_ref()), DriverSource::InlineVolume)),
                 fs_type: fs_type.as_deref(),
@@ -615,12 +644,21 @@ fn check_volume<V: ClusterView + ?Sized>(
             let verdict = facts.judge(table);
             if verdict.verdict != Verdict::True {
                 let what = format!("volume {name}");
-                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
+                record_verdict(
+                    decision,
+                    &what,
+                    &verdict.verdict,
+                    verdict.driver.as_deref(),
+                    &verdict.reason,
+                    false,
+                );
             }
         }
         VolumeSource::Unrecognized => decision.block(
             BlockerCode::UnrecognizedVolume,
-            format!("volume {name}: its source is not one this version of userns-labeler recognises"),
+            format!(
+                "volume {name}: its source is not one this version of userns-labeler recognises"
+            ),
         ),
     }
 }

@@ -21,10 +21,16 @@
 //! decode, so such a volume has no source and still fails closed as `UnrecognizedVolume`; a test
 //! checks the list of sources against k8s-openapi's own.
 //!
-//! The decoder only answers the common case and returns `None` for anything else, which then
-//! goes through kube's full typed decoder (and its error handling) exactly as before:
-//! - anything that is not a review with a request for a pod CREATE carrying an object (another
-//!   operation, kind or subresource, no object, a `response`, a non-null `oldObject`);
+//! A review whose request is not a pod CREATE (another operation, kind or subresource) is
+//! answered from the same pass ([`Review::Other`]: allowed, unchanged, from its `apiVersion`,
+//! `kind` and `uid`), so it is decoded once; its object is skipped when the request's `kind`,
+//! `operation` or `subResource` come first (as the API server writes them), else read as a pod
+//! and, if that fails, the review declined. The request's own fields are checked as for a pod.
+//!
+//! The decoder only answers these cases and declines anything else, which then goes through
+//! kube's full typed decoder (and its error handling) exactly as before:
+//! - anything that is not a review with a request (a `response`, no request), a pod CREATE
+//!   without an object or with a non-null `oldObject`;
 //! - a field it keeps having another type than the full decoder expects. Kept pod fields follow
 //!   k8s-openapi's rules (`null` is "absent", the last of duplicate keys wins); the review and
 //!   request fields are as strict as kube's derived types or stricter (a duplicate key, or an
@@ -37,7 +43,9 @@
 //! type. A review whose pod is malformed only there is decided instead of being admitted
 //! unchanged as undecodable. The API server serialises the object from its own validated typed
 //! form, so such a review does not come from it, and the decision depends only on fields that
-//! are decoded and checked as in the full decoder.
+//! are decoded and checked as in the full decoder. Likewise the skipped object of a review that
+//! is no pod CREATE is only checked to be JSON: one the full decoder could not read at all (a
+//! 400) is answered allowed, unchanged, as it would be if it could.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -417,7 +425,9 @@ object_seed!(
                 "operation" => once(&mut operation, map.next_value()?, "operation")?,
                 "userInfo" => once(&mut user_info, map.next_value()?, "userInfo")?,
                 "object" if object.is_some() || skipped_object => return Err(bail("object")),
-                "object" if known_other(operation.as_ref(), kind.as_ref(), sub_resource.as_ref()) => {
+                "object"
+                    if known_other(operation.as_ref(), kind.as_ref(), sub_resource.as_ref()) =>
+                {
                     skip(&mut map)?;
                     skipped_object = true;
                 }

@@ -6,10 +6,13 @@
 //!   admission: claims, volumes, classes and namespace labels come from the reflector stores in
 //!   [`Caches`].
 //! - [`lean`]: the fast path of decoding: a pod CREATE review read in one pass straight into the
-//!   [`PodCreate`] (only the fields the decision reads, strings borrowed from the body); every
-//!   other review goes through kube's full typed decoder.
+//!   [`PodCreate`] (only the fields the decision reads, strings borrowed from the body); any
+//!   other well-formed review answered from the same pass (allowed, unchanged); what it
+//!   declines goes through kube's full typed decoder.
 //! - [`review`]: the response AdmissionReview on the wire (patch as base64).
-//! - [`server`]: the axum router (`POST /mutate/pods`), the HTTPS server and its shutdown.
+//! - [`server`]: the axum router (`POST /mutate/pods`), the HTTPS server and its shutdown, with
+//!   the listener limits of [`crate::limits`] (`--webhook-header-read-timeout-ms`,
+//!   `--webhook-request-timeout-ms`, `--webhook-max-connections`, `--webhook-max-requests`).
 //! - [`tls`]: the serving certificate, from files (checked against the key) re-read when they
 //!   change on disk, or generated at start-up (`--self-signed-tls`) with its CA kept in the
 //!   webhook configuration's `caBundle` (watched, and written again whenever it is missing or
@@ -25,8 +28,9 @@
 //! - the pod label or its namespace's label `<prefix>/opt-out: "true"`: no patch at all, the
 //!   pod stays exactly as written (the webhook configuration's selectors normally keep such
 //!   requests from being sent; the handler checks again);
-//! - a claim (or the namespace) missing from the caches: the handler re-decides every 10 ms for
-//!   up to `--webhook-cache-wait-ms` (default 1.5 s), so a claim created a moment before its pod
+//! - a claim (or its PV, or the namespace) missing from the caches: the handler waits for what
+//!   was missing (looking it up every 10 ms) for up to `--webhook-cache-wait-ms` (default
+//!   1.5 s) and decides again once it is all there, so a claim created a moment before its pod
 //!   (StatefulSets) is seen once the watch delivers it; a claim still missing then is a
 //!   `ClaimNotFound` blocker (fail closed), a namespace still missing leaves the pod unchanged;
 //! - malformed input: 400 for a body that is not an AdmissionReview, an invalid-request
@@ -141,12 +145,20 @@ pub struct WebhookArgs {
     /// A connection must send a complete request head within this (also after the TLS
     /// handshake, and between keep-alive requests), else it is closed; in milliseconds. The TLS
     /// handshake has the same bound.
-    #[arg(long, env = "USERNS_WEBHOOK_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "USERNS_WEBHOOK_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub webhook_header_read_timeout_ms: u64,
 
     /// A request, from its head to the response (reading the body included), gets this long,
     /// in milliseconds; then 408. The API server waits at most 30 s (the chart: 5 s).
-    #[arg(long, env = "USERNS_WEBHOOK_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "USERNS_WEBHOOK_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub webhook_request_timeout_ms: u64,
 
     /// Open connections at most (TLS handshakes included); one over it is closed at once.

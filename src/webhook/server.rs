@@ -12,16 +12,14 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum_server::tls_rustls::RustlsAcceptor;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::TypeMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use axum_server::tls_rustls::RustlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{
-    Admission, PodCreate, allowed_response, is_pod_create, mutate, mutate_pod,
-};
+use super::admission::{Admission, PodCreate, allowed_response, is_pod_create, mutate, mutate_pod};
 use super::lean::{Review, decode_review};
 use super::metrics::Outcome;
 use super::review;
