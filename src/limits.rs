@@ -73,7 +73,8 @@ impl Limits {
         server.first_request_timeout(self.header_read_timeout)
     }
 
-    /// The acceptor that closes connections over `max_connections`, wrapping `inner`.
+    /// The acceptor that closes connections over `max_connections` (the plain one, or the
+    /// inner one of the TLS acceptor).
     pub fn connection_limit(&self) -> ConnectionLimit {
         ConnectionLimit {
             permits: Arc::new(Semaphore::new(self.max_connections.max(1))),
@@ -151,13 +152,6 @@ async fn limit_request(
 #[derive(Clone)]
 pub struct ConnectionLimit {
     permits: Arc<Semaphore>,
-}
-
-impl ConnectionLimit {
-    /// Connections that can still be opened.
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
 }
 
 impl<I, S> Accept<I, S> for ConnectionLimit {

@@ -208,6 +208,12 @@ impl PodDecision {
             message: message.into(),
         });
     }
+
+    /// [`block`](Self::block) on an object missing from the view, noting it as awaited.
+    fn block_awaiting(&mut self, code: BlockerCode, message: String, awaited: Awaited) {
+        self.block(code, message);
+        self.awaited.push(awaited);
+    }
 }
 
 /// What the decision reads of a pod. [`PodFacts::of`] takes it from a k8s-openapi `Pod`; the
@@ -540,38 +546,26 @@ fn check_volume<V: ClusterView + ?Sized>(
     match &volume.source {
         VolumeSource::NodeLocal => {}
         VolumeSource::Claim(claim_name) => match view.claim(namespace, claim_name) {
-            None => {
-                decision.block(
-                    BlockerCode::ClaimNotFound,
-                    format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
-                );
-                decision.awaited.push(Awaited::Claim {
-                    namespace: namespace.to_string(),
-                    name: claim_name.to_string(),
-                });
-            }
+            None => decision.block_awaiting(
+                BlockerCode::ClaimNotFound,
+                format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
+                Awaited::Claim { namespace: namespace.to_string(), name: claim_name.to_string() },
+            ),
             Some(claim) => {
                 let verdict = resolve_claim(&claim, view, table, keys);
                 if verdict.verdict == Verdict::Unknown
                     && let Some(volume) = awaited_volume(&claim, view, keys)
                 {
-                    decision.block(
+                    decision.block_awaiting(
                         BlockerCode::ClaimVolumeNotFound,
                         format!("volume {name}: claim {claim_name} is bound to PersistentVolume {volume}, which is not known, so its storage cannot be checked"),
+                        Awaited::Volume(volume.to_string()),
                     );
-                    decision.awaited.push(Awaited::Volume(volume.to_string()));
                     return;
                 }
                 if verdict.verdict != Verdict::True {
                     let what = format!("volume {name}: claim {claim_name}");
-                    record_verdict(
-                        decision,
-                        &what,
-                        &verdict.verdict,
-                        verdict.driver.as_deref(),
-                        &verdict.reason,
-                        true,
-                    );
+                    record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, true);
                 }
             }
         },
@@ -579,9 +573,7 @@ fn check_volume<V: ClusterView + ?Sized>(
             let Some(template) = template else {
                 decision.block(
                     BlockerCode::VolumeSupportUnknown,
-                    format!(
-                        "volume {name}: generic ephemeral volume without a volumeClaimTemplate"
-                    ),
+                    format!("volume {name}: generic ephemeral volume without a volumeClaimTemplate"),
                 );
                 return;
             };
@@ -591,23 +583,14 @@ fn check_volume<V: ClusterView + ?Sized>(
             if verdict.verdict != Verdict::True {
                 let pod_name = pod.name.as_deref().unwrap_or("<generated>");
                 let what = format!("volume {name}: ephemeral claim {pod_name}-{name}");
-                record_verdict(
-                    decision,
-                    &what,
-                    &verdict.verdict,
-                    verdict.driver.as_deref(),
-                    &verdict.reason,
-                    false,
-                );
+                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
             }
         }
         VolumeSource::HostPath(path) => {
             if let Some(root) = forbidden_host_path(path) {
                 decision.block(
                     BlockerCode::HostPathForbidden,
-                    format!(
-                        "volume {name}: hostPath {path} is on {root}, which cannot be idmap-mounted"
-                    ),
+                    format!("volume {name}: hostPath {path} is on {root}, which cannot be idmap-mounted"),
                 );
                 return;
             }
@@ -620,21 +603,10 @@ fn check_volume<V: ClusterView + ?Sized>(
             let verdict = facts.judge(table);
             if verdict.verdict != Verdict::True {
                 let what = format!("volume {name}: hostPath {path}");
-                record_verdict(
-                    decision,
-                    &what,
-                    &verdict.verdict,
-                    verdict.driver.as_deref(),
-                    &verdict.reason,
-                    false,
-                );
+                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
             }
         }
-        VolumeSource::Driver {
-            driver,
-            fs_type,
-            attributes,
-        } => {
+        VolumeSource::Driver { driver, fs_type, attributes } => {
             let facts = VolumeFacts {
                 driver: Some((Cow::Borrowed(driver.as_ref()), DriverSource::InlineVolume)),
                 fs_type: fs_type.as_deref(),
@@ -644,21 +616,12 @@ fn check_volume<V: ClusterView + ?Sized>(
             let verdict = facts.judge(table);
             if verdict.verdict != Verdict::True {
                 let what = format!("volume {name}");
-                record_verdict(
-                    decision,
-                    &what,
-                    &verdict.verdict,
-                    verdict.driver.as_deref(),
-                    &verdict.reason,
-                    false,
-                );
+                record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, false);
             }
         }
         VolumeSource::Unrecognized => decision.block(
             BlockerCode::UnrecognizedVolume,
-            format!(
-                "volume {name}: its source is not one this version of userns-labeler recognises"
-            ),
+            format!("volume {name}: its source is not one this version of userns-labeler recognises"),
         ),
     }
 }
