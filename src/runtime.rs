@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::controller::{self, Backoff, Context, ControllerMetrics, PendingWrites};
+use crate::controller::{self, Context};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::limits::Limits;
@@ -156,17 +156,7 @@ pub async fn client(
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), or until a component fails.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let keys = Keys::new(&args.label_prefix)?;
-    // Both ports bound and the webhook's certificate checked against its key before anything
-    // else: each failure ends the process with its cause.
-    let admin_addr = args.admin_addr;
-    let admin_limits = args.admin_limits();
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|source| RunError::Admin {
-            addr: admin_addr,
-            source,
-        })?;
-    let webhook_listener = webhook::WebhookListener::bind(&args.webhook).await?;
+    let listeners = Listeners::bind(&args).await?;
     let client = client(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
@@ -188,17 +178,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     tokio::spawn(until(shutdown.clone(), config_watch));
     let readiness = Readiness::track(caches.clone(), table.clone(), shutdown.clone());
 
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        caches: caches.clone(),
-        table: table.clone(),
-        keys: keys.clone(),
-        writable: controller::write_gate(caches.clone(), table.clone(), leader, shutdown.clone()),
+    let writable = controller::write_gate(caches.clone(), table.clone(), leader, shutdown.clone());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        caches.clone(),
+        table.clone(),
+        keys.clone(),
+        writable,
         recorder,
-        metrics: ControllerMetrics::register(&mut registry),
-        written: PendingWrites::default(),
-        backoff: Backoff::default(),
-    });
+        &mut registry,
+    ));
     let controllers = controller::run(
         ctx.clone(),
         subscriptions,
@@ -206,60 +195,91 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         shutdown.clone(),
     );
 
-    let webhook_state = WebhookState::new(caches.clone(), table, keys.clone(), &mut registry);
-    // Serving from here: the port is bound and the certificate valid (a certificate reloaded
-    // from disk replaces it only when it is valid too) until the server stops.
-    readiness.set_webhook_serving(true);
-    let webhook = async {
-        let served = webhook_listener
-            .serve(
-                &args.webhook,
-                Arc::new(webhook_state),
-                client,
-                shutdown.clone(),
-            )
-            .await;
-        readiness.set_webhook_serving(false);
-        served?;
-        stopped_early("webhook", &shutdown)
-    };
-    let admin_state = Arc::new(AdminState {
-        readiness: readiness.clone(),
+    let webhook = WebhookState::new(caches.clone(), table, keys.clone(), &mut registry);
+    let admin = AdminState {
+        readiness,
         registry,
         metrics: ctx.metrics.clone(),
         caches,
         keys,
-    });
-    let admin = async {
-        admin::serve(admin_listener, admin_state, admin_limits, shutdown.clone())
+    };
+    let servers = listeners.serve(&args, webhook, admin, client, &shutdown);
+    // Everything ends after shutdown, drained; the first error ends the process at once.
+    let serving = async { tokio::join!(servers, controllers).0 };
+    let lease = async { lease_ended(leadership.task.await, &shutdown) };
+    let result = tokio::try_join!(serving, lease).map(|_| ());
+    shutdown.cancel();
+    info!("stopped");
+    result
+}
+
+/// The admin and webhook ports, bound, with the webhook's certificate checked against its key:
+/// before anything else starts, so that each failure ends the process with its cause.
+struct Listeners {
+    admin: tokio::net::TcpListener,
+    webhook: webhook::WebhookListener,
+}
+
+impl Listeners {
+    async fn bind(args: &RunArgs) -> Result<Listeners, RunError> {
+        let admin = tokio::net::TcpListener::bind(args.admin_addr)
             .await
             .map_err(|source| RunError::Admin {
-                addr: admin_addr,
+                addr: args.admin_addr,
                 source,
             })?;
-        stopped_early("admin", &shutdown)
-    };
+        let webhook = webhook::WebhookListener::bind(&args.webhook).await?;
+        Ok(Listeners { admin, webhook })
+    }
 
-    // Both servers end after shutdown, once drained. A server that fails or stops on its own
-    // ends the process at once: a replica that cannot serve must not keep running and look
-    // alive. The controllers drain meanwhile.
-    let servers = async {
+    /// Serves both until shutdown. A server that fails or stops on its own cancels `shutdown`
+    /// and ends with the error: a replica that cannot serve must not keep running and look
+    /// alive. Readiness follows the webhook: serving from here (the port is bound and the
+    /// certificate valid; one reloaded from disk replaces it only when valid too) until it stops.
+    async fn serve(
+        self,
+        args: &RunArgs,
+        webhook_state: WebhookState,
+        admin_state: AdminState,
+        client: Client,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let readiness = admin_state.readiness.clone();
+        readiness.set_webhook_serving(true);
+        let webhook = async {
+            let served = (self.webhook)
+                .serve(
+                    &args.webhook,
+                    Arc::new(webhook_state),
+                    client,
+                    shutdown.clone(),
+                )
+                .await;
+            readiness.set_webhook_serving(false);
+            served?;
+            stopped_early("webhook", shutdown)
+        };
+        let admin = async {
+            admin::serve(
+                self.admin,
+                Arc::new(admin_state),
+                args.admin_limits(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|source| RunError::Admin {
+                addr: args.admin_addr,
+                source,
+            })?;
+            stopped_early("admin", shutdown)
+        };
         let result = tokio::try_join!(admin, webhook);
         if let Err(error) = &result {
             error!(%error, "a server failed; shutting down");
         }
         shutdown.cancel();
         result.map(|_| ())
-    };
-    let serving = async {
-        let (servers, ()) = tokio::join!(servers, controllers);
-        servers
-    };
-    let lease = async { lease_ended(leadership.task.await, &shutdown) };
-    let result = tokio::try_join!(serving, lease).map(|_| ());
-    shutdown.cancel();
-    info!("stopped");
-    result
+    }
 }
 
 /// A server that returns `Ok` has stopped: fine once shutdown started, a failure before.

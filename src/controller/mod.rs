@@ -49,6 +49,29 @@ pub struct Context {
 }
 
 impl Context {
+    /// The context over the shared caches, table and keys; its metrics registered in `registry`.
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        table: watch::Receiver<TableState>,
+        keys: Keys,
+        writable: watch::Receiver<bool>,
+        recorder: Recorder,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Context {
+        Context {
+            client,
+            caches,
+            table,
+            keys,
+            writable,
+            recorder,
+            metrics: ControllerMetrics::register(registry),
+            written: PendingWrites::default(),
+            backoff: Backoff::default(),
+        }
+    }
+
     pub fn may_write(&self) -> bool {
         *self.writable.borrow()
     }

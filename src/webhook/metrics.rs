@@ -4,11 +4,10 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::capability::BlockerCode;
-use crate::metrics::{OutcomeLabels, ResultLabels, latency_histogram};
+use crate::metrics::{Latencies, OutcomeLabels, ResultLabels};
 
 /// What the webhook did with one admission request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,31 +62,17 @@ struct ErrorLabels {
     category: &'static str,
 }
 
-/// Counters and the latency histogram of the webhook. Cheap to clone (shared handles).
-#[derive(Clone, Debug)]
+/// Counters and the latency histogram of the webhook. Cheap to clone (shared handles); the
+/// default is registered nowhere (tests, benchmarks).
+#[derive(Clone, Debug, Default)]
 pub struct WebhookMetrics {
     admissions: Family<OutcomeLabels, Counter>,
     blockers: Family<BlockerLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
-    duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    duration: Latencies<OutcomeLabels>,
     tls_reloads: Family<ResultLabels, Counter>,
     cache_waits: Family<ResultLabels, Counter>,
     ca_bundle_injections: Family<ResultLabels, Counter>,
-}
-
-impl Default for WebhookMetrics {
-    /// Metrics that are not registered anywhere (tests, benchmarks).
-    fn default() -> Self {
-        WebhookMetrics {
-            admissions: Family::default(),
-            blockers: Family::default(),
-            errors: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram),
-            tls_reloads: Family::default(),
-            cache_waits: Family::default(),
-            ca_bundle_injections: Family::default(),
-        }
-    }
 }
 
 impl WebhookMetrics {
@@ -114,7 +99,7 @@ impl WebhookMetrics {
         registry.register(
             "admission_duration_seconds",
             "Time from receiving an admission request to its response, by outcome",
-            metrics.duration.clone(),
+            metrics.duration.0.clone(),
         );
         registry.register(
             "tls_reloads",
@@ -166,7 +151,7 @@ impl WebhookMetrics {
         if let Some(category) = error {
             self.errors.get_or_create(&ErrorLabels { category }).inc();
         }
-        self.duration.get_or_create(&labels).observe(seconds);
+        self.duration.0.get_or_create(&labels).observe(seconds);
     }
 
     pub(crate) fn tls_reload(&self, ok: bool) {
