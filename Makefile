@@ -26,9 +26,10 @@ tools:
 	tests/tools/build.sh
 
 # With USERNS_TEST_KUBECONFIG no local control plane is needed; the tools always are.
+# --workspace: also the test-support crate (crates/test-support) and its doc examples.
 test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane) tools
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
 # Unit tests only (no control plane): the library and binary targets.
 unit-test:

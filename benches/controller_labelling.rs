@@ -9,18 +9,16 @@
 //! cached. Run: `cargo bench --bench controller_labelling` (needs `make control-plane`).
 //! `USERNS_BENCH_CLAIMS` changes the size.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/labeler/mod.rs"]
-mod labeler;
-
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use userns_labeler_test_support::{control_plane, labeler};
 
+/// The binary under test (cargo sets this for the root package's tests and benchmarks).
+const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const CONCURRENCY: usize = 16;
 
 fn claim(i: usize) -> PersistentVolumeClaim {
@@ -88,10 +86,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    common::install_crypto_provider();
+    control_plane::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let cp = common::shared();
+        let cp = control_plane::shared();
         let admin = cp.client().await;
         let controller_ns = cp.namespace("labeler").await;
         let ns_a = cp.namespace("loop").await;
@@ -147,7 +145,7 @@ fn main() {
         // 2. The controller: from start to every claim of B labelled.
         let kubeconfig = labeler::least_privileged_kubeconfig(cp, &admin, &controller_ns).await;
         let t = Instant::now();
-        let controller = labeler::Labeler::start(&kubeconfig, &controller_ns, cp.dir(), "bench");
+        let controller = labeler::Labeler::start(USERNS_LABELER, &kubeconfig, &controller_ns, cp.dir(), "bench");
         let ready_time = t.elapsed();
         loop {
             if labelled(&b).await >= n {

@@ -28,9 +28,6 @@
 //! Under `cargo test --all-targets` (no `--bench` argument) it only makes a one-second smoke
 //! run.
 
-#[path = "../tests/webhook_support/mod.rs"]
-mod webhook_support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +45,9 @@ use userns_labeler::webhook::{
     AdmissionSettings, MUTATE_PODS_PATH, Mode, Outcome, PodCreate, SelfSigned, ServerTls,
     WebhookState, mutate_pod, router, serve_tls,
 };
-use webhook_support::{caches, class, from_json, https, namespace, review, state};
+use userns_labeler_test_support::webhook::{
+    caches, class, from_json, https, namespace, review, state,
+};
 
 const NAMESPACES: usize = 100;
 const CLAIMS: usize = 10_000;

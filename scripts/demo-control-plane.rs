@@ -7,17 +7,9 @@
 //! SIGTERM. However this process ends, the harness' supervisor then stops kube-apiserver and
 //! etcd and removes their temporary directory.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::process::ExitCode;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+use userns_labeler_test_support::{control_plane, free_port};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -25,11 +17,11 @@ async fn main() -> ExitCode {
         eprintln!("usage: demo-control-plane ENV_FILE");
         return ExitCode::from(2);
     };
-    if common::external_kubeconfig().is_some() {
+    if control_plane::external_kubeconfig().is_some() {
         eprintln!("unset USERNS_TEST_KUBECONFIG: the demo starts its own control plane");
         return ExitCode::from(2);
     }
-    let cp = common::ControlPlane::builder().start();
+    let cp = control_plane::ControlPlane::builder().start();
     let (webhook_port, admin_port) = (free_port(), free_port());
     let env = format!(
         "KUBECONFIG={}\nKUBECTL={}\nSERVER={}\nWEBHOOK_PORT={webhook_port}\nADMIN_PORT={admin_port}\n",

@@ -23,7 +23,13 @@ work=$(mktemp -d -t userns-labeler-demo.XXXXXX)
 cp_pid=""
 labeler_pid=""
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# One line per step, with the seconds since the demo started; bold only on a terminal.
+if [[ -t 1 ]]; then
+    bold=$'\033[1m' plain=$'\033[0m'
+else
+    bold="" plain=""
+fi
+say() { printf '\n%s== [%3ds] %s%s\n' "$bold" "$SECONDS" "$*" "$plain"; }
 
 stop() {
     local pid=$1 name=$2
@@ -77,8 +83,16 @@ until_ok() {
     done
 }
 
-say "Building userns-labeler and the demo control plane"
-"$CARGO" build --quiet --bin userns-labeler --example demo-control-plane
+say "Building userns-labeler and the demo control plane (cargo build; a few minutes the first time)"
+build_start=$SECONDS
+# On a terminal, cargo's own progress bar; otherwise (a log, CI) no per-crate lines, just the
+# time it took.
+if [[ -t 2 ]]; then
+    "$CARGO" build --bin userns-labeler --example demo-control-plane
+else
+    "$CARGO" build --quiet --bin userns-labeler --example demo-control-plane
+fi
+echo "built in $((SECONDS - build_start))s"
 target_dir=$("$CARGO" metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 target_dir=${target_dir:-target}
@@ -164,7 +178,7 @@ webhooks:
     sideEffects: None
     admissionReviewVersions: [v1]
     timeoutSeconds: 5
-    reinvocationPolicy: Never
+    reinvocationPolicy: IfNeeded
 EOF
 probe() {
     local decision
@@ -241,3 +255,5 @@ if [[ $wait_for_interrupt == 1 ]]; then
     echo "a component exited with status $status; stopping" >&2
     exit 1
 fi
+echo
+echo "demo finished in ${SECONDS}s (DEMO_WAIT=1 keeps the cluster running); stopping everything"

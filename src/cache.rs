@@ -17,8 +17,8 @@ use kube::{Client, Resource};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::capability::ClusterView;
 use crate::capability::resolve::pick_default_class;
+use crate::capability::{Awaited, ClusterView};
 
 /// How many events a shared cache may buffer for a slow subscriber before it waits.
 const SUBSCRIBER_BUFFER: usize = 1024;
@@ -133,6 +133,18 @@ impl Caches {
         ready(&self.volumes).await;
         ready(&self.classes).await;
         ready(&self.namespaces).await;
+    }
+
+    /// Whether the stores hold `awaited` now.
+    pub fn holds(&self, awaited: &Awaited) -> bool {
+        match awaited {
+            Awaited::Claim { namespace, name } => self
+                .claims
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some(),
+            Awaited::Volume(name) => self.volumes.get(&ObjectRef::new(name)).is_some(),
+            Awaited::Namespace(name) => self.namespaces.get(&ObjectRef::new(name)).is_some(),
+        }
     }
 
     /// A namespace's labels, if the namespace is known.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod keys;
 pub mod leader;
+pub mod limits;
 pub mod manifests;
 pub mod metrics;
 pub mod runtime;

@@ -4,6 +4,7 @@
 //! the number of series is bounded, and counters changed only through a part's `record…` methods.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -30,4 +31,15 @@ pub struct ResultLabels {
 /// A duration histogram from 50 µs to ~3.3 s.
 pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+/// Duration histograms by label set, each with [`latency_histogram`]'s buckets. Unlike a plain
+/// histogram [`Family`], it has a `Default`, so a part's metrics struct can derive its own.
+#[derive(Clone, Debug)]
+pub struct Latencies<L>(pub Family<L, Histogram, fn() -> Histogram>);
+
+impl<L: Clone + std::hash::Hash + Eq> Default for Latencies<L> {
+    fn default() -> Self {
+        Latencies(Family::new_with_constructor(latency_histogram))
+    }
 }

@@ -4,17 +4,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::controller::{self, Context, ControllerMetrics, PendingWrites};
+use crate::controller::{self, Context};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
+use crate::limits::Limits;
 use crate::webhook::{self, WebhookArgs, WebhookState};
 use crate::{cache, config, metrics};
 
@@ -55,8 +57,42 @@ pub struct RunArgs {
     /// Concurrent reconciliations per controller.
     #[arg(long, env = "USERNS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// An admin connection must send a complete request head within this (and between
+    /// keep-alive requests), else it is closed; in milliseconds.
+    #[arg(
+        long,
+        env = "USERNS_ADMIN_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub admin_header_read_timeout_ms: u64,
+    /// An admin request, from its head to the response, gets this long, in milliseconds.
+    #[arg(
+        long,
+        env = "USERNS_ADMIN_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub admin_request_timeout_ms: u64,
+    /// Open admin connections at most; one over it is closed at once.
+    #[arg(long, env = "USERNS_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+    /// Admin requests handled at once; more wait within their request timeout.
+    #[arg(long, env = "USERNS_ADMIN_MAX_REQUESTS", default_value_t = 16)]
+    pub admin_max_requests: usize,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+}
+
+impl RunArgs {
+    /// The admin server's limits from the flags.
+    pub fn admin_limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_millis(self.admin_header_read_timeout_ms),
+            request_timeout: Duration::from_millis(self.admin_request_timeout_ms),
+            max_connections: self.admin_max_connections,
+            max_requests: self.admin_max_requests,
+            max_body_bytes: admin::ADMIN_MAX_BODY_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +119,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
+    #[error("the {0} server stopped before shutdown")]
+    ServerStopped(&'static str),
 }
 
 /// Builds the client from `--kubeconfig`/`--context`, else in-cluster or the default kubeconfig.
@@ -118,6 +156,7 @@ pub async fn client(
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), or until a component fails.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let keys = Keys::new(&args.label_prefix)?;
+    let listeners = Listeners::bind(&args).await?;
     let client = client(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
@@ -139,16 +178,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     tokio::spawn(until(shutdown.clone(), config_watch));
     let readiness = Readiness::track(caches.clone(), table.clone(), shutdown.clone());
 
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        caches: caches.clone(),
-        table: table.clone(),
-        keys: keys.clone(),
-        writable: controller::write_gate(caches.clone(), table.clone(), leader, shutdown.clone()),
+    let writable = controller::write_gate(caches.clone(), table.clone(), leader, shutdown.clone());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        caches.clone(),
+        table.clone(),
+        keys.clone(),
+        writable,
         recorder,
-        metrics: ControllerMetrics::register(&mut registry),
-        written: PendingWrites::default(),
-    });
+        &mut registry,
+    ));
     let controllers = controller::run(
         ctx.clone(),
         subscriptions,
@@ -156,36 +195,100 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         shutdown.clone(),
     );
 
-    let webhook_state = WebhookState::new(caches.clone(), table, keys.clone(), &mut registry);
-    let webhook = webhook::serve(
-        &args.webhook,
-        Arc::new(webhook_state),
-        client,
-        shutdown.clone(),
-    );
-    let admin_state = Arc::new(AdminState {
+    let webhook = WebhookState::new(caches.clone(), table, keys.clone(), &mut registry);
+    let admin = AdminState {
         readiness,
         registry,
         metrics: ctx.metrics.clone(),
         caches,
         keys,
-    });
-    let admin = admin::serve(args.admin_addr, admin_state, shutdown.clone());
-
-    // Both end after shutdown, once drained; the first error ends the process at once.
-    let serving = async {
-        let (admin, webhook, ()) = tokio::join!(admin, webhook, controllers);
-        admin.map_err(|source| RunError::Admin {
-            addr: args.admin_addr,
-            source,
-        })?;
-        Ok(webhook?)
     };
+    let servers = listeners.serve(&args, webhook, admin, client, &shutdown);
+    // Everything ends after shutdown, drained; the first error ends the process at once.
+    let serving = async { tokio::join!(servers, controllers).0 };
     let lease = async { lease_ended(leadership.task.await, &shutdown) };
     let result = tokio::try_join!(serving, lease).map(|_| ());
     shutdown.cancel();
     info!("stopped");
     result
+}
+
+/// The admin and webhook ports, bound, with the webhook's certificate checked against its key:
+/// before anything else starts, so that each failure ends the process with its cause.
+struct Listeners {
+    admin: tokio::net::TcpListener,
+    webhook: webhook::WebhookListener,
+}
+
+impl Listeners {
+    async fn bind(args: &RunArgs) -> Result<Listeners, RunError> {
+        let admin = tokio::net::TcpListener::bind(args.admin_addr)
+            .await
+            .map_err(|source| RunError::Admin {
+                addr: args.admin_addr,
+                source,
+            })?;
+        let webhook = webhook::WebhookListener::bind(&args.webhook).await?;
+        Ok(Listeners { admin, webhook })
+    }
+
+    /// Serves both until shutdown. A server that fails or stops on its own cancels `shutdown`
+    /// and ends with the error: a replica that cannot serve must not keep running and look
+    /// alive. Readiness follows the webhook: serving from here (the port is bound and the
+    /// certificate valid; one reloaded from disk replaces it only when valid too) until it stops.
+    async fn serve(
+        self,
+        args: &RunArgs,
+        webhook_state: WebhookState,
+        admin_state: AdminState,
+        client: Client,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let readiness = admin_state.readiness.clone();
+        readiness.set_webhook_serving(true);
+        let webhook = async {
+            let served = (self.webhook)
+                .serve(
+                    &args.webhook,
+                    Arc::new(webhook_state),
+                    client,
+                    shutdown.clone(),
+                )
+                .await;
+            readiness.set_webhook_serving(false);
+            served?;
+            stopped_early("webhook", shutdown)
+        };
+        let admin = async {
+            admin::serve(
+                self.admin,
+                Arc::new(admin_state),
+                args.admin_limits(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|source| RunError::Admin {
+                addr: args.admin_addr,
+                source,
+            })?;
+            stopped_early("admin", shutdown)
+        };
+        let result = tokio::try_join!(admin, webhook);
+        if let Err(error) = &result {
+            error!(%error, "a server failed; shutting down");
+        }
+        shutdown.cancel();
+        result.map(|_| ())
+    }
+}
+
+/// A server that returns `Ok` has stopped: fine once shutdown started, a failure before.
+fn stopped_early(server: &'static str, shutdown: &CancellationToken) -> Result<(), RunError> {
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        Err(RunError::ServerStopped(server))
+    }
 }
 
 /// Events are published as this replica of [`COMPONENT`].

@@ -1,8 +1,6 @@
 //! Smoke tests of the integration-test control plane: they go through a real
-//! kube-apiserver (started by `tests/common`) and prove that its storage,
-//! defaulting and validation are what the tests run against.
-
-mod common;
+//! kube-apiserver (started by `userns_labeler_test_support::control_plane`) and
+//! prove that its storage, defaulting and validation are what the tests run against.
 
 use k8s_openapi::{
     api::{
@@ -19,6 +17,7 @@ use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
 };
+use userns_labeler_test_support::control_plane;
 
 fn meta(name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -55,7 +54,7 @@ where
 
 #[tokio::test]
 async fn api_server_reports_the_version_under_test() {
-    let cp = common::shared();
+    let cp = control_plane::shared();
     let _logs = cp.logs_on_failure();
     let info = cp
         .client()
@@ -76,7 +75,7 @@ async fn api_server_reports_the_version_under_test() {
 
 #[tokio::test]
 async fn storage_class_pv_pvc_and_pod_are_stored_and_read_back() {
-    let cp = common::shared();
+    let cp = control_plane::shared();
     let client: Client = cp.client().await;
     let ns = cp.namespace("smoke-storage").await;
 
@@ -192,7 +191,7 @@ async fn storage_class_pv_pvc_and_pod_are_stored_and_read_back() {
 
 #[tokio::test]
 async fn pod_with_host_users_false_is_persisted_with_the_field_intact() {
-    let cp = common::shared();
+    let cp = control_plane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("smoke-userns").await;
     let pods: Api<Pod> = Api::namespaced(client, &ns);
@@ -214,7 +213,7 @@ async fn pod_with_host_users_false_is_persisted_with_the_field_intact() {
 
 #[tokio::test]
 async fn api_server_rejects_host_users_false_with_host_network() {
-    let cp = common::shared();
+    let cp = control_plane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("smoke-reject").await;
     let pods: Api<Pod> = Api::namespaced(client, &ns);

@@ -5,9 +5,6 @@
 //! Tests in this binary run one at a time (each starts its own controller; two controllers with
 //! different driver tables would fight over the same claims).
 
-mod common;
-mod labeler;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,9 +13,12 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use labeler::{Labeler, eventually};
 use serde_json::json;
+use userns_labeler_test_support::control_plane;
+use userns_labeler_test_support::labeler::{self, Labeler, eventually};
 
+/// The binary under test (cargo sets this for the root package's tests and benchmarks).
+const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const LABEL: &str = "userns.io/idmap-supported";
 const REASON: &str = "userns.io/idmap-reason";
 const DRIVER: &str = "userns.io/driver";
@@ -29,19 +29,19 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// One controller for one test, with its own namespace for the ConfigMap and Lease.
 struct Setup {
     admin: Client,
-    controller_ns: common::TestNamespace,
-    ns: common::TestNamespace,
+    controller_ns: control_plane::TestNamespace,
+    ns: control_plane::TestNamespace,
     labeler: Labeler,
 }
 
 async fn setup(name: &str) -> Setup {
-    common::install_crypto_provider();
-    let cp = common::shared();
+    control_plane::install_crypto_provider();
+    let cp = control_plane::shared();
     let admin = cp.client().await;
     let controller_ns = cp.namespace("labeler").await;
     let ns = cp.namespace(name).await;
     let kubeconfig = labeler::least_privileged_kubeconfig(cp, &admin, &controller_ns).await;
-    let labeler = Labeler::start(&kubeconfig, &controller_ns, cp.dir(), name);
+    let labeler = Labeler::start(USERNS_LABELER, &kubeconfig, &controller_ns, cp.dir(), name);
     Setup {
         admin,
         controller_ns,
@@ -436,9 +436,15 @@ async fn a_restart_of_a_correctly_labelled_cluster_writes_nothing() {
     } = s;
     assert!(labeler.stop().success(), "graceful exit on SIGTERM");
 
-    let cp = common::shared();
+    let cp = control_plane::shared();
     let kubeconfig = labeler::least_privileged_kubeconfig(cp, &admin, &controller_ns).await;
-    let restarted = Labeler::start(&kubeconfig, &controller_ns, cp.dir(), "restarted");
+    let restarted = Labeler::start(
+        USERNS_LABELER,
+        &kubeconfig,
+        &controller_ns,
+        cp.dir(),
+        "restarted",
+    );
     // Give it time to reconcile everything it has cached.
     eventually("every cached claim reconciled", WAIT, || async {
         (restarted.metric("userns_labeler_reconciles_total", &["kind=\"claim\""]) >= 1.0)
@@ -461,9 +467,15 @@ async fn a_restart_of_a_correctly_labelled_cluster_writes_nothing() {
 async fn with_two_replicas_only_the_lease_holder_writes() {
     let _serial = SERIAL.lock().await;
     let s = setup("replicas").await;
-    let cp = common::shared();
+    let cp = control_plane::shared();
     let kubeconfig = labeler::least_privileged_kubeconfig(cp, &s.admin, &s.controller_ns).await;
-    let second = Labeler::start(&kubeconfig, &s.controller_ns, cp.dir(), "second-replica");
+    let second = Labeler::start(
+        USERNS_LABELER,
+        &kubeconfig,
+        &s.controller_ns,
+        cp.dir(),
+        "second-replica",
+    );
     // Both are ready (caches warm, webhook served); the first started holds the lease.
     create_claim(
         &s,

@@ -1,18 +1,18 @@
 //! Crash safety: the controller killed with SIGKILL in the middle of labelling 2,000 claims,
 //! then restarted, leaves every claim correct; a further restart writes nothing.
 
-mod common;
-mod labeler;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ListParams, PostParams};
-use labeler::{Labeler, eventually};
 use serde_json::json;
+use userns_labeler_test_support::control_plane;
+use userns_labeler_test_support::labeler::{self, Labeler, eventually};
 
+/// The binary under test (cargo sets this for the root package's tests and benchmarks).
+const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const CLAIMS: usize = 2_000;
 const LABEL: &str = "userns.io/idmap-supported";
 
@@ -52,8 +52,8 @@ fn all_correct(current: &BTreeMap<String, (Option<String>, String)>) -> bool {
 #[tokio::test]
 async fn killed_mid_labelling_then_restarted_every_claim_ends_correct_and_another_restart_writes_nothing()
  {
-    common::install_crypto_provider();
-    let cp = common::shared();
+    control_plane::install_crypto_provider();
+    let cp = control_plane::shared();
     let admin = cp.client().await;
     let controller_ns = cp.namespace("labeler").await;
     let ns = cp.namespace("crash").await;
@@ -80,7 +80,13 @@ async fn killed_mid_labelling_then_restarted_every_claim_ends_correct_and_anothe
         .expect("claims created");
 
     let kubeconfig = labeler::least_privileged_kubeconfig(cp, &admin, &controller_ns).await;
-    let first = Labeler::start(&kubeconfig, &controller_ns, cp.dir(), "replica");
+    let first = Labeler::start(
+        USERNS_LABELER,
+        &kubeconfig,
+        &controller_ns,
+        cp.dir(),
+        "replica",
+    );
     let labelled_at_kill = eventually("some claims labelled", Duration::from_secs(60), || {
         let api = api.clone();
         async move {
@@ -102,7 +108,13 @@ async fn killed_mid_labelling_then_restarted_every_claim_ends_correct_and_anothe
     eprintln!("labelled when SIGKILLed: {labelled_at_kill}..{after_kill} of {CLAIMS}");
 
     // Same identity as a restarted pod would have with a stable name: it may retake its lease.
-    let second = Labeler::start(&kubeconfig, &controller_ns, cp.dir(), "replica");
+    let second = Labeler::start(
+        USERNS_LABELER,
+        &kubeconfig,
+        &controller_ns,
+        cp.dir(),
+        "replica",
+    );
     eventually("all claims correct", Duration::from_secs(120), || {
         let api = api.clone();
         async move { all_correct(&labels(&api).await).then_some(()) }
@@ -111,7 +123,13 @@ async fn killed_mid_labelling_then_restarted_every_claim_ends_correct_and_anothe
     assert!(second.stop().success());
 
     let before = labels(&api).await;
-    let third = Labeler::start(&kubeconfig, &controller_ns, cp.dir(), "replica");
+    let third = Labeler::start(
+        USERNS_LABELER,
+        &kubeconfig,
+        &controller_ns,
+        cp.dir(),
+        "replica",
+    );
     eventually(
         "every claim reconciled by the new process",
         Duration::from_secs(60),

@@ -6,8 +6,6 @@
 //! Values variants: `ci/*-values.yaml` in the chart (default = cert-manager TLS, enforce mode;
 //! self-signed; audit; secret).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,6 +19,8 @@ use userns_labeler::capability::DriverTable;
 use userns_labeler::cli::{Cli, Command as CliCommand};
 use userns_labeler::config::CONFIG_MAP_KEY;
 use userns_labeler::webhook::MUTATE_PODS_PATH;
+use userns_labeler_test_support::control_plane;
+use userns_labeler_test_support::tool;
 
 const RELEASE: &str = "userns-labeler";
 const NAMESPACE: &str = "userns-labeler";
@@ -47,7 +47,7 @@ fn values_file(variant: &str) -> PathBuf {
 
 /// `helm template` of the chart with a variant's values, in `namespace`, as text.
 fn render_text(variant: &str, namespace: &str, extra: &[&str]) -> Result<String, String> {
-    let output = run(Command::new(common::tool("helm"))
+    let output = run(Command::new(tool("helm"))
         .args(["template", RELEASE])
         .arg(repo().join(CHART))
         .args(["--namespace", namespace, "-f"])
@@ -142,7 +142,7 @@ fn parsed_run_args(objects: &[Value]) -> userns_labeler::runtime::RunArgs {
 #[case::audit("audit")]
 #[case::secret("secret")]
 fn helm_lint_passes_strictly(#[case] variant: &str) {
-    let output = run(Command::new(common::tool("helm"))
+    let output = run(Command::new(tool("helm"))
         .args(["lint", "--strict"])
         .arg(repo().join(CHART))
         .args(["--namespace", NAMESPACE, "-f"])
@@ -447,7 +447,7 @@ fn cert_manager_mode_issues_a_certificate_for_the_service_and_injects_its_ca() {
 }
 
 #[test]
-fn self_signed_mode_runs_one_replica_that_may_update_only_its_webhook_configuration() {
+fn self_signed_mode_runs_one_replica_that_may_watch_and_update_only_its_webhook_configuration() {
     let objects = rendered("self-signed");
     let deployment = one(objects, "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 1);
@@ -477,7 +477,10 @@ fn self_signed_mode_runs_one_replica_that_may_update_only_its_webhook_configurat
         .collect();
     assert_eq!(webhook_rules.len(), 1);
     assert_eq!(strings(&webhook_rules[0]["resourceNames"]), [config_name]);
-    assert_eq!(strings(&webhook_rules[0]["verbs"]), ["get", "update"]);
+    assert_eq!(
+        strings(&webhook_rules[0]["verbs"]),
+        ["get", "list", "watch", "update"]
+    );
 }
 
 #[test]
@@ -553,13 +556,13 @@ fn manifests_rendering() -> String {
     let output = run(Command::new("bash")
         .arg(repo().join("scripts/render-manifests.sh"))
         .arg("--stdout")
-        .env("HELM", common::tool("helm")));
+        .env("HELM", tool("helm")));
     assert!(output.status.success(), "{}", text(&output.stderr));
     text(&output.stdout)
 }
 
 /// kubectl with the control plane's admin kubeconfig, `stdin` piped in.
-fn kubectl(cp: &common::ControlPlane, args: &[&str], stdin: Option<&str>) -> Output {
+fn kubectl(cp: &control_plane::ControlPlane, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(cp.kubectl_path())
         .arg("--kubeconfig")
         .arg(cp.kubeconfig_path())
@@ -582,11 +585,11 @@ fn kubectl(cp: &common::ControlPlane, args: &[&str], stdin: Option<&str>) -> Out
 }
 
 /// CRDs (cert-manager, Kyverno, ServiceMonitor) applied once, for real, and established.
-fn control_plane_with_crds() -> &'static common::ControlPlane {
+fn control_plane_with_crds() -> &'static control_plane::ControlPlane {
     static READY: OnceLock<()> = OnceLock::new();
-    let cp = common::shared();
+    let cp = control_plane::shared();
     READY.get_or_init(|| {
-        let crds = common::tool("crds");
+        let crds = tool("crds");
         let output = kubectl(
             cp,
             &[
@@ -622,7 +625,7 @@ fn control_plane_with_crds() -> &'static common::ControlPlane {
 
 /// `kubectl apply --server-side --dry-run=server` of `yaml`: it must succeed and report every
 /// object of `yaml` as applied.
-fn assert_dry_run_accepts(cp: &common::ControlPlane, yaml: &str, what: &str) {
+fn assert_dry_run_accepts(cp: &control_plane::ControlPlane, yaml: &str, what: &str) {
     let objects = parse_documents(yaml).len();
     assert!(objects > 0, "{what}: no objects");
     let output = kubectl(
@@ -707,7 +710,7 @@ fn deployment_pod(objects: &[Value], namespace: &str) -> Value {
 
 #[tokio::test]
 async fn controller_pod_is_admitted_under_the_restricted_pod_security_standard() {
-    let cp = common::shared();
+    let cp = control_plane::shared();
     let namespace = cp.namespace("restricted").await;
     let output = kubectl(
         cp,

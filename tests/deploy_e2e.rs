@@ -10,9 +10,6 @@
 //! by a rendered rule (our own small RBAC matcher over the rendered objects, so "RBAC ⊇ calls" is
 //! checked directly, not only through the absence of 403s).
 
-mod common;
-mod labeler;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,18 +18,24 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use labeler::{Labeler, USER, eventually};
 use serde_json::{Value, json};
+use userns_labeler_test_support::control_plane;
+use userns_labeler_test_support::labeler::{self, Labeler, USER, eventually};
+use userns_labeler_test_support::tool;
 
+/// The binary under test (cargo sets this for the root package's tests and benchmarks).
+const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const WAIT: Duration = Duration::from_secs(30);
 const LABEL: &str = "userns.io/idmap-supported";
 /// Calls the scenario is known to make (verb, resource): the audit log is judged once all are in.
-const EXPECTED_CALLS: [(&str, &str); 9] = [
+const EXPECTED_CALLS: [(&str, &str); 11] = [
     ("watch", "persistentvolumeclaims"),
     ("watch", "namespaces"),
     ("patch", "persistentvolumeclaims"),
     ("patch", "persistentvolumes"),
     ("create", "events"),
+    ("list", "mutatingwebhookconfigurations"),
+    ("watch", "mutatingwebhookconfigurations"),
     ("update", "mutatingwebhookconfigurations"),
     ("create", "leases"),
     ("watch", "leases"),
@@ -113,7 +116,7 @@ fn grants(objects: &[Value], namespace: &str) -> Vec<Grant> {
 
 fn render_self_signed(namespace: &str) -> String {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/userns-labeler");
-    let output = Command::new(common::tool("helm"))
+    let output = Command::new(tool("helm"))
         .args([
             "template",
             "userns-labeler",
@@ -232,8 +235,10 @@ fn merge(target: &mut Value, patch: Value) {
 
 #[tokio::test]
 async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_to_the_binary() {
-    common::install_crypto_provider();
-    let cp = common::ControlPlane::builder().audit_log(true).start();
+    control_plane::install_crypto_provider();
+    let cp = control_plane::ControlPlane::builder()
+        .audit_log(true)
+        .start();
     let admin = cp.client().await;
     let controller_ns = cp.namespace("rbac-labeler").await;
     let ns = cp.namespace("rbac-claims").await;
@@ -263,6 +268,7 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
     let config_map_name = name_of("ConfigMap");
 
     let labeler = Labeler::start_with(
+        USERNS_LABELER,
         &kubeconfig,
         &controller_ns,
         cp.dir(),
@@ -360,18 +366,46 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
         (labeler.metric("userns_labeler_config_reloads_total", &["invalid"]) >= 1.0).then_some(())
     })
     .await;
-    // The self-signed CA written into the webhook configuration.
-    eventually("caBundle written", WAIT, || {
-        let configs = configs.clone();
-        let name = config_name.clone();
-        async move {
-            let config = configs.get(&name).await.ok()?;
-            config.webhooks?[0]
-                .client_config
-                .ca_bundle
-                .as_ref()
-                .map(|_| ())
-        }
+    // The self-signed CA written into the webhook configuration; written again, through the
+    // watch on the configuration, once it is deleted and re-created as a GitOps tool would.
+    let ca_bundle_written = || {
+        eventually("caBundle written", WAIT, || {
+            let configs = configs.clone();
+            let name = config_name.clone();
+            async move {
+                let config = configs.get(&name).await.ok()?;
+                config.webhooks?[0]
+                    .client_config
+                    .ca_bundle
+                    .as_ref()
+                    .map(|_| ())
+            }
+        })
+    };
+    ca_bundle_written().await;
+    configs
+        .delete(&config_name, &Default::default())
+        .await
+        .expect("webhook configuration deleted");
+    configs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(config).unwrap(),
+        )
+        .await
+        .expect("webhook configuration re-created");
+    let started = Instant::now();
+    ca_bundle_written().await;
+    eprintln!(
+        "caBundle restored {:?} after the configuration was re-created",
+        started.elapsed()
+    );
+    eventually("both caBundle writes counted", WAIT, || async {
+        let ok = labeler.metric(
+            "userns_labeler_webhook_ca_bundle_injections_total",
+            &["result=\"ok\""],
+        );
+        (ok == 2.0).then_some(())
     })
     .await;
     admit_pods(&admin, &ns).await;

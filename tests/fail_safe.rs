@@ -7,9 +7,6 @@
 //! Tests in this binary run one at a time (each starts its own controller, and controllers with
 //! different driver tables would fight over the same objects).
 
-mod common;
-mod labeler;
-
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
@@ -21,9 +18,12 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use labeler::{Labeler, eventually, label_of};
 use serde_json::{Value, json};
+use userns_labeler_test_support::control_plane;
+use userns_labeler_test_support::labeler::{self, Labeler, eventually, label_of};
 
+/// The binary under test (cargo sets this for the root package's tests and benchmarks).
+const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const LABEL: &str = "userns.io/idmap-supported";
 const DECISION: &str = "userns.io/decision";
 const REASON: &str = "userns.io/decision-reason";
@@ -37,15 +37,15 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// the least-privileged user the binary runs as.
 struct World {
     admin: Client,
-    controller_ns: common::TestNamespace,
-    ns: common::TestNamespace,
+    controller_ns: control_plane::TestNamespace,
+    ns: control_plane::TestNamespace,
     kubeconfig: std::path::PathBuf,
 }
 
 impl World {
     async fn new(name: &str) -> World {
-        common::install_crypto_provider();
-        let cp = common::shared();
+        control_plane::install_crypto_provider();
+        let cp = control_plane::shared();
         let admin = cp.client().await;
         let controller_ns = cp.namespace("labeler").await;
         let ns = cp.namespace(name).await;
@@ -72,9 +72,10 @@ impl World {
         self.cleanup().await;
         let config = self.webhook_config();
         let labeler = Labeler::start_with(
+            USERNS_LABELER,
             &self.kubeconfig,
             &self.controller_ns,
-            common::shared().dir(),
+            control_plane::shared().dir(),
             identity,
             &["--webhook-config-name", &config],
         );
@@ -409,9 +410,10 @@ async fn an_invalid_table_with_no_last_good_copy_fails_closed() {
     let w = World::new("fail-closed").await;
     w.set_table(BAD_REGEX).await;
     let labeler = Labeler::start_unready(
+        USERNS_LABELER,
         &w.kubeconfig,
         &w.controller_ns,
-        common::shared().dir(),
+        control_plane::shared().dir(),
         "closed",
         &["--webhook-config-name", &w.webhook_config()],
     );

@@ -11,8 +11,6 @@
 //!
 //! A missing tool or Go toolchain fails these tests with the reason; they never skip.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -31,6 +29,8 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 use serde_json::{Value, json};
+use userns_labeler_test_support::control_plane;
+use userns_labeler_test_support::tool;
 
 const POLICY_NAME: &str = "userns-enable-when-safe";
 const GLOBAL_CONTEXT_ENTRY: &str = "userns-claims";
@@ -48,7 +48,7 @@ fn kyverno_dir() -> PathBuf {
 
 /// The Kyverno CLI from `tests/tools/build.sh path kyverno` (built on first use).
 fn kyverno_cli() -> PathBuf {
-    common::tool("kyverno")
+    tool("kyverno")
 }
 
 /// The output of `kyverno test deploy/kyverno/tests -o json` (run once for all tests here).
@@ -449,7 +449,7 @@ async fn admit(pods: &Api<Pod>, pod: &Pod) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn guardrail_rejects_host_users_false_only_with_a_claim_labelled_false_in_the_pods_namespace()
 {
-    let cp = common::shared();
+    let cp = control_plane::shared();
     let client = cp.client().await;
     let ns = cp.namespace("guardrail").await;
     let elsewhere = cp.namespace("guardrail-other").await;

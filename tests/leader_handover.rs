@@ -2,9 +2,6 @@
 //! stopped with SIGTERM hands over to the standby at once (the figures are printed, not asserted),
 //! and a leader cut off from the API server stops leading before the standby may take over.
 
-mod common;
-mod labeler;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,11 +12,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
-use labeler::{Labeler, eventually};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use userns_labeler_test_support::control_plane;
+use userns_labeler_test_support::labeler::{self, Labeler, eventually};
 
+/// The binary under test (cargo sets this for the root package's tests and benchmarks).
+const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 /// The binary's default Lease name.
 const LEASE: &str = "userns-labeler";
 const LABEL: &str = "userns.io/idmap-supported";
@@ -137,8 +137,8 @@ fn ms(d: Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_the_leader_hands_the_lease_to_the_standby_which_keeps_labelling() {
-    common::install_crypto_provider();
-    let cp = common::shared();
+    control_plane::install_crypto_provider();
+    let cp = control_plane::shared();
     let admin = cp.client().await;
     let controller_ns = cp.namespace("labeler").await;
     let ns = cp.namespace("handover").await;
@@ -146,9 +146,21 @@ async fn sigterm_of_the_leader_hands_the_lease_to_the_standby_which_keeps_labell
     let kubeconfig = labeler::least_privileged_kubeconfig(cp, &admin, &controller_ns).await;
     let history = LeaseHistory::record(Api::namespaced(admin.clone(), &controller_ns)).await;
 
-    let first = Labeler::start(&kubeconfig, &controller_ns, cp.dir(), "replica-a");
+    let first = Labeler::start(
+        USERNS_LABELER,
+        &kubeconfig,
+        &controller_ns,
+        cp.dir(),
+        "replica-a",
+    );
     history.wait_for_holder("replica-a", WAIT).await;
-    let second = Labeler::start(&kubeconfig, &controller_ns, cp.dir(), "replica-b");
+    let second = Labeler::start(
+        USERNS_LABELER,
+        &kubeconfig,
+        &controller_ns,
+        cp.dir(),
+        "replica-b",
+    );
     // The standby is ready (caches synced) and has looked at the lease.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(history.holder().as_deref(), Some("replica-a"));
@@ -271,8 +283,8 @@ fn via(kubeconfig: &Path, server: &str, addr: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_api_server_stops_leading_before_the_standby_takes_over() {
-    common::install_crypto_provider();
-    let cp = common::shared();
+    control_plane::install_crypto_provider();
+    let cp = control_plane::shared();
     let admin = cp.client().await;
     let controller_ns = cp.namespace("labeler").await;
     let kubeconfig = labeler::least_privileged_kubeconfig(cp, &admin, &controller_ns).await;
@@ -281,9 +293,21 @@ async fn a_leader_cut_off_from_the_api_server_stops_leading_before_the_standby_t
     let relayed = via(&kubeconfig, &server, &relay.addr);
     let history = LeaseHistory::record(Api::namespaced(admin.clone(), &controller_ns)).await;
 
-    let first = Labeler::start(&relayed, &controller_ns, cp.dir(), "cut-off-a");
+    let first = Labeler::start(
+        USERNS_LABELER,
+        &relayed,
+        &controller_ns,
+        cp.dir(),
+        "cut-off-a",
+    );
     history.wait_for_holder("cut-off-a", WAIT).await;
-    let second = Labeler::start(&kubeconfig, &controller_ns, cp.dir(), "cut-off-b");
+    let second = Labeler::start(
+        USERNS_LABELER,
+        &kubeconfig,
+        &controller_ns,
+        cp.dir(),
+        "cut-off-b",
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let cut = Instant::now();

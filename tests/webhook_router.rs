@@ -1,8 +1,6 @@
 //! The webhook's router, driven with AdmissionReview fixtures through `oneshot` (no network, no
 //! API server): every outcome, the patch applied to the original object, malformed input.
 
-mod webhook_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +21,13 @@ use userns_labeler::webhook::{
     AdmissionSettings, MAX_BODY_BYTES, MUTATE_PODS_PATH, Mode, Outcome, PodCreate, WebhookMetrics,
     WebhookState, mutate, mutate_pod, router,
 };
-use webhook_support::*;
+use userns_labeler_test_support::webhook::*;
 
 fn enforce() -> AdmissionSettings {
     AdmissionSettings {
         mode: Mode::Enforce,
         cache_wait: Duration::ZERO,
+        ..AdmissionSettings::default()
     }
 }
 
@@ -494,6 +493,47 @@ async fn a_reinvocation_after_our_own_mutation_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_reinvocation_after_a_later_webhook_added_an_nfs_volume_reverts_host_users() {
+    let state = world();
+    let (_, first) = admit(&state, enforce(), "app", &pod("web")).await;
+    assert_eq!(first["spec"]["hostUsers"], json!(false));
+    // What a later webhook did: an NFS claim.
+    let changed = with_volume(first, claim_volume("media", "nfs-data"));
+    let (answer, after) = admit(&state, enforce(), "app", &changed).await;
+    assert!(answer.patch.is_some());
+    assert_eq!(
+        after["spec"].get("hostUsers"),
+        None,
+        "our hostUsers: false removed"
+    );
+    assert_eq!(annotation(&after, DECISION), Some("reverted"));
+    let reason = annotation(&after, REASON).unwrap();
+    assert!(reason.contains("ClaimNotSupported: "), "{reason}");
+    assert_eq!(state.metrics.admissions(Outcome::Reverted), 1);
+}
+
+#[tokio::test]
+async fn a_reinvocation_after_a_later_webhook_added_host_network_reverts_host_users() {
+    let state = world();
+    let (_, first) = admit(&state, enforce(), "app", &pod("web")).await;
+    let mut changed = first;
+    changed["spec"]["hostNetwork"] = json!(true);
+    let (_, after) = admit(&state, enforce(), "app", &changed).await;
+    assert_eq!(after["spec"].get("hostUsers"), None);
+    assert_eq!(
+        after["spec"]["hostNetwork"],
+        json!(true),
+        "nothing else changes"
+    );
+    assert_eq!(annotation(&after, DECISION), Some("reverted"));
+    assert!(
+        annotation(&after, REASON)
+            .unwrap()
+            .contains("HostNetwork: ")
+    );
+}
+
+#[tokio::test]
 async fn a_dry_run_gets_the_same_decision() {
     let state = world();
     let mut review = review("CREATE", "app", &pod("web"));
@@ -660,6 +700,7 @@ async fn a_claim_arriving_during_the_cache_wait_is_seen() {
     let settings = AdmissionSettings {
         mode: Mode::Enforce,
         cache_wait: Duration::from_secs(5),
+        ..AdmissionSettings::default()
     };
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -689,6 +730,7 @@ async fn a_claim_that_never_arrives_blocks_after_the_wait() {
     let settings = AdmissionSettings {
         mode: Mode::Enforce,
         cache_wait: Duration::from_millis(200),
+        ..AdmissionSettings::default()
     };
     let pod = with_volume(pod("web"), claim_volume("data", "never"));
     let started = std::time::Instant::now();

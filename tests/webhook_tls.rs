@@ -1,8 +1,6 @@
 //! The webhook over real TLS on loopback: certificates from files, rotation on disk without a
 //! restart (plain overwrite and a Secret-volume symlink swap), self-signed names, shutdown.
 
-mod webhook_support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +13,7 @@ use userns_labeler::webhook::{
     AdmissionSettings, MUTATE_PODS_PATH, SelfSigned, ServerTls, WebhookArgs, WebhookError,
     WebhookState, serve, serve_tls,
 };
-use webhook_support::*;
+use userns_labeler_test_support::webhook::*;
 
 const RELOAD: Duration = Duration::from_millis(100);
 
@@ -74,6 +72,14 @@ fn write_pair(dir: &Path, pair: &SelfSigned) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// `pair` written into `dir` and served from there, re-read every [`RELOAD`]: the paths of
+/// the certificate and the key, and the server.
+async fn serve_from_files(dir: &Path, pair: &SelfSigned) -> (PathBuf, PathBuf, Running) {
+    let (cert, key) = write_pair(dir, pair);
+    let tls = ServerTls::from_files(&cert, &key, RELOAD).await.unwrap();
+    (cert, key, start(tls).await)
+}
+
 /// Polls until a connection trusting `ca_pem` succeeds, for at most 5 s.
 async fn until_served_by(addr: SocketAddr, ca_pem: &str) -> Duration {
     let started = Instant::now();
@@ -97,8 +103,7 @@ async fn a_client_trusting_the_ca_gets_a_decision_over_tls() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let pair = SelfSigned::generate(&[]).unwrap();
-    let (cert, key) = write_pair(dir.path(), &pair);
-    let server = start(ServerTls::from_files(&cert, &key, RELOAD).await.unwrap()).await;
+    let (_, _, server) = serve_from_files(dir.path(), &pair).await;
 
     for name in ["localhost", "127.0.0.1"] {
         let answer = admit_over_tls(server.addr, name, &pair.ca_pem)
@@ -148,8 +153,7 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let first = SelfSigned::generate(&[]).unwrap();
-    let (cert, key) = write_pair(dir.path(), &first);
-    let server = start(ServerTls::from_files(&cert, &key, RELOAD).await.unwrap()).await;
+    let (cert, key, server) = serve_from_files(dir.path(), &first).await;
     admit_over_tls(server.addr, "localhost", &first.ca_pem)
         .await
         .expect("the first certificate is served");
@@ -245,6 +249,60 @@ async fn self_signed_certificates_carry_the_extra_names() {
         SelfSigned::generate(&["not a name!".to_string()]),
         Err(WebhookError::InvalidSan(_))
     ));
+    server.shutdown.cancel();
+    server.task.await.unwrap().unwrap();
+}
+
+/// rustls compares the key's public key with the certificate's when the pair is loaded:
+/// a mismatch is an error before anything is served, with a plain message.
+#[tokio::test]
+async fn a_key_that_does_not_match_the_certificate_is_refused_when_loaded() {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (
+        SelfSigned::generate(&[]).unwrap(),
+        SelfSigned::generate(&[]).unwrap(),
+    );
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::write(&cert, &first.cert_pem).unwrap();
+    std::fs::write(&key, &second.key_pem).unwrap();
+    let error = ServerTls::from_files(&cert, &key, RELOAD)
+        .await
+        .err()
+        .expect("a mismatched pair is refused");
+    assert_eq!(error.category(), "load_certificate");
+    assert!(
+        error
+            .to_string()
+            .ends_with("the private key does not match the certificate (their public keys differ)"),
+        "{error}"
+    );
+    let error = ServerTls::from_pem(&first.cert_pem, &second.key_pem)
+        .await
+        .err()
+        .expect("a mismatched pair is refused");
+    assert!(error.to_string().contains("does not match"), "{error}");
+}
+
+/// Files rewritten with the content already served (a `touch`, an unchanged Secret update)
+/// are not a reload.
+#[tokio::test]
+async fn the_same_pair_written_again_is_not_a_reload() {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pair = SelfSigned::generate(&[]).unwrap();
+    let (cert, _, server) = serve_from_files(dir.path(), &pair).await;
+    // Later than the file timestamps' granularity, and a new inode: the stamps differ.
+    tokio::time::sleep(RELOAD).await;
+    std::fs::remove_file(&cert).unwrap();
+    write_pair(dir.path(), &pair);
+    tokio::time::sleep(RELOAD * 5).await;
+    admit_over_tls(server.addr, "localhost", &pair.ca_pem)
+        .await
+        .unwrap();
+    assert_eq!(server.state.metrics.tls_reloads(true), 0);
+    assert_eq!(server.state.metrics.tls_reloads(false), 0);
     server.shutdown.cancel();
     server.task.await.unwrap().unwrap();
 }

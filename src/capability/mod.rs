@@ -6,7 +6,7 @@ pub mod resolve;
 pub mod sources;
 pub mod table;
 
-pub use pod::{Blocker, BlockerCode, PodDecision, decide_pod};
+pub use pod::{Awaited, Blocker, BlockerCode, PodDecision, decide_pod};
 pub use resolve::{
     ClusterView, DriverSource, Snapshot, VolumeVerdict, resolve_claim, resolve_volume,
 };
@@ -14,7 +14,5 @@ pub use table::{
     AccessMode, DriverTable, Evaluation, StorageQuery, TableError, Verdict, VolumeMode,
 };
 
-#[cfg(test)]
-pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;

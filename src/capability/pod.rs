@@ -19,6 +19,12 @@ use super::sources::pseudo;
 use super::table::{DriverTable, Verdict};
 use crate::keys::Keys;
 
+/// The longest decision reason written on a pod (annotations total at most 256 KiB).
+pub const MAX_SUMMARY_BYTES: usize = 1024;
+
+/// Room kept for "; … and N more".
+const MORE_TAIL_BYTES: usize = 32;
+
 /// A pod's user namespace maps this many IDs (kubelet `userNamespaces.idsPerPod` default);
 /// a UID or GID at or above it does not exist inside the pod.
 pub const IDS_PER_POD: i64 = 65_536;
@@ -127,6 +133,18 @@ pub struct PodDecision {
     pub blockers: Vec<Blocker>,
     /// How many volumes were checked (for the reason text of an enabled pod).
     pub volumes_checked: usize,
+    /// The objects missing from the view behind `ClaimNotFound` and `ClaimVolumeNotFound`
+    /// blockers, in the order met: what a wait for the caches waits on.
+    pub awaited: Vec<Awaited>,
+}
+
+/// An object a decision found missing, which may still show up (a claim created a moment
+/// before its pod, its PV, the pod's namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Awaited {
+    Claim { namespace: String, name: String },
+    Volume(String),
+    Namespace(String),
 }
 
 impl PodDecision {
@@ -141,7 +159,8 @@ impl PodDecision {
         self.blockers.is_empty()
     }
 
-    /// One deterministic sentence for the pod's decision-reason annotation.
+    /// One deterministic sentence for the pod's decision-reason annotation, at most
+    /// [`MAX_SUMMARY_BYTES`] long: blockers past the bound are counted, not listed.
     pub fn summary(&self) -> String {
         if self.blockers.is_empty() {
             return match self.volumes_checked {
@@ -152,11 +171,35 @@ impl PodDecision {
                 ),
             };
         }
-        self.blockers
-            .iter()
-            .map(|b| format!("{}: {}", b.code, b.message))
-            .collect::<Vec<_>>()
-            .join("; ")
+        let mut summary = String::new();
+        for (listed, blocker) in self.blockers.iter().enumerate() {
+            let item = format!("{}: {}", blocker.code, blocker.message);
+            let rest = self.blockers.len() - listed;
+            // Room for this item, and for the tail naming what follows it.
+            let tail = if rest > 1 { MORE_TAIL_BYTES } else { 0 };
+            if listed > 0 && summary.len() + 2 + item.len() + tail > MAX_SUMMARY_BYTES {
+                summary.push_str(&format!("; … and {rest} more"));
+                return summary;
+            }
+            if listed > 0 {
+                summary.push_str("; ");
+            }
+            summary.push_str(&item);
+            if summary.len() > MAX_SUMMARY_BYTES - MORE_TAIL_BYTES {
+                // One very long message: cut it on a character boundary.
+                let mut end = MAX_SUMMARY_BYTES - MORE_TAIL_BYTES;
+                while !summary.is_char_boundary(end) {
+                    end -= 1;
+                }
+                summary.truncate(end);
+                summary.push('…');
+                if rest > 1 {
+                    summary.push_str(&format!("; … and {} more", rest - 1));
+                }
+                return summary;
+            }
+        }
+        summary
     }
 
     fn block(&mut self, code: BlockerCode, message: impl Into<String>) {
@@ -164,6 +207,12 @@ impl PodDecision {
             code,
             message: message.into(),
         });
+    }
+
+    /// [`block`](Self::block) on an object missing from the view, noting it as awaited.
+    fn block_awaiting(&mut self, code: BlockerCode, message: String, awaited: Awaited) {
+        self.block(code, message);
+        self.awaited.push(awaited);
     }
 }
 
@@ -497,19 +546,23 @@ fn check_volume<V: ClusterView + ?Sized>(
     match &volume.source {
         VolumeSource::NodeLocal => {}
         VolumeSource::Claim(claim_name) => match view.claim(namespace, claim_name) {
-            None => decision.block(
+            None => decision.block_awaiting(
                 BlockerCode::ClaimNotFound,
                 format!("volume {name}: PersistentVolumeClaim {namespace}/{claim_name} is not known, so its storage cannot be checked"),
+                Awaited::Claim { namespace: namespace.to_string(), name: claim_name.to_string() },
             ),
             Some(claim) => {
-                if let Some(volume) = awaited_volume(&claim, view, keys) {
-                    decision.block(
+                let verdict = resolve_claim(&claim, view, table, keys);
+                if verdict.verdict == Verdict::Unknown
+                    && let Some(volume) = awaited_volume(&claim, view, keys)
+                {
+                    decision.block_awaiting(
                         BlockerCode::ClaimVolumeNotFound,
                         format!("volume {name}: claim {claim_name} is bound to PersistentVolume {volume}, which is not known, so its storage cannot be checked"),
+                        Awaited::Volume(volume.to_string()),
                     );
                     return;
                 }
-                let verdict = resolve_claim(&claim, view, table, keys);
                 if verdict.verdict != Verdict::True {
                     let what = format!("volume {name}: claim {claim_name}");
                     record_verdict(decision, &what, &verdict.verdict, verdict.driver.as_deref(), &verdict.reason, true);

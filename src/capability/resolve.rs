@@ -192,13 +192,19 @@ pub fn resolve_claim<V: ClusterView + ?Sized>(
         Some(name) => match view.volume(name) {
             Some(volume) => Some(volume),
             None => {
-                let verdict = VolumeVerdict {
-                    verdict: Verdict::Unknown,
-                    driver: None,
-                    driver_source: None,
-                    reason: format!(
-                        "The claim is bound to PersistentVolume {name}, which does not exist (yet); its storage is unknown until it does."
-                    ),
+                // The PV decides once it exists; until then only a `false` from the claim's
+                // own facts stands (a `true` could be wrong: a static NFS PV, say).
+                let verdict = claim_facts(&claim.metadata, spec, None, view).judge(table);
+                let verdict = match verdict.verdict {
+                    Verdict::False => verdict,
+                    _ => VolumeVerdict {
+                        verdict: Verdict::Unknown,
+                        driver: None,
+                        driver_source: None,
+                        reason: format!(
+                            "The claim is bound to PersistentVolume {name}, which does not exist (yet); its storage is unknown until it does."
+                        ),
+                    },
                 };
                 return apply_override(verdict, &claim.metadata, keys);
             }

@@ -275,7 +275,7 @@ pub(crate) fn persistent_volume_source_members() -> Vec<&'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The member names serde knows for a k8s-openapi struct (its `deserialize_struct` fields).

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use rstest::rstest;
 use serde_json::json;
+use userns_labeler_test_support::fixtures::{self, claim, class, pod, volume};
 
-use super::fixtures::{claim, class, pod, volume};
 use super::resolve::{DriverSource, forbidden_host_path};
 use super::*;
 use crate::keys::Keys;
@@ -747,6 +747,18 @@ fn a_claim_pre_bound_to_a_volume_not_known_yet_is_unknown_naming_it() {
 }
 
 #[test]
+fn a_claim_pre_bound_to_a_missing_volume_keeps_a_false_verdict_of_its_own() {
+    let v = resolve(
+        &snapshot(),
+        &claim("ns", "c")
+            .class("nfs")
+            .set("/spec/volumeName", json!("pv-static"))
+            .build(),
+    );
+    assert_eq!(v.verdict, Verdict::False, "{v:?}");
+}
+
+#[test]
 fn a_pre_bound_claim_is_judged_by_its_volume_once_it_exists() {
     let mut s = snapshot();
     s.add_volume(
@@ -811,4 +823,34 @@ fn an_override_true_on_an_ephemeral_template_enables_its_pod() {
         )
         .build();
     assert!(decide(&p).mutate(), "{:?}", decide(&p).blockers);
+}
+
+#[test]
+fn a_pod_with_thousands_of_blockers_has_a_bounded_summary_that_counts_the_rest() {
+    let volumes: Vec<_> = (0..5_000)
+        .map(|i| json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": format!("missing-{i}")}}))
+        .collect();
+    let d = decide(&pod("ns", "p").set("/spec/volumes", json!(volumes)).build());
+    assert_eq!(d.blockers.len(), 5_000);
+    let summary = d.summary();
+    assert!(summary.len() <= pod::MAX_SUMMARY_BYTES, "{}", summary.len());
+    assert!(
+        summary.starts_with("ClaimNotFound: volume v0: "),
+        "{summary}"
+    );
+    let listed = summary.matches("ClaimNotFound: ").count();
+    assert!(
+        summary.ends_with(&format!("; … and {} more", 5_000 - listed)),
+        "{summary}"
+    );
+}
+
+#[test]
+fn one_overlong_blocker_message_is_cut_within_the_bound() {
+    let long = "x".repeat(5_000);
+    let mut p = pod("ns", "p").host_path_volume("dev", &format!("/dev/{long}"));
+    p = p.claim_volume("b", "absent");
+    let summary = decide(&p.build()).summary();
+    assert!(summary.len() <= pod::MAX_SUMMARY_BYTES, "{}", summary.len());
+    assert!(summary.ends_with("…; … and 1 more"), "{summary}");
 }

@@ -5,12 +5,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::cache::Caches;
 use crate::keys::Keys;
-use crate::metrics::latency_histogram;
+use crate::metrics::Latencies;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -32,29 +31,16 @@ struct LabelValueLabels {
     value: &'static str,
 }
 
-/// The controller's counters, gauges and histogram. Cheap to clone (shared handles).
-#[derive(Clone, Debug)]
+/// The controller's counters, gauges and histogram. Cheap to clone (shared handles); the
+/// default is registered nowhere (tests, benchmarks).
+#[derive(Clone, Debug, Default)]
 pub struct ControllerMetrics {
     reconciles: Family<KindLabels, Counter>,
-    duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    duration: Latencies<KindLabels>,
     failures: Family<FailureLabels, Counter>,
     writes: Family<KindLabels, Counter>,
     label_changes: Family<KindLabels, Counter>,
     labelled: Family<LabelValueLabels, Gauge>,
-}
-
-impl Default for ControllerMetrics {
-    /// Metrics that are not registered anywhere (tests, benchmarks).
-    fn default() -> Self {
-        ControllerMetrics {
-            reconciles: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram),
-            failures: Family::default(),
-            writes: Family::default(),
-            label_changes: Family::default(),
-            labelled: Family::default(),
-        }
-    }
 }
 
 impl ControllerMetrics {
@@ -69,7 +55,7 @@ impl ControllerMetrics {
         registry.register(
             "reconcile_duration_seconds",
             "Time one reconciliation took, label write included, by kind",
-            metrics.duration.clone(),
+            metrics.duration.0.clone(),
         );
         registry.register(
             "reconcile_failures",
@@ -97,7 +83,7 @@ impl ControllerMetrics {
     pub(crate) fn record_reconcile(&self, kind: &'static str, seconds: f64) {
         let labels = KindLabels { kind };
         self.reconciles.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(seconds);
+        self.duration.0.get_or_create(&labels).observe(seconds);
     }
 
     pub(crate) fn record_write(&self, kind: &'static str) {

@@ -27,7 +27,9 @@ use crate::cache::{Caches, Subscriptions};
 use crate::config::TableState;
 use crate::keys::Keys;
 pub use metrics::ControllerMetrics;
-pub use reconcile::{DesiredKeys, FIELD_MANAGER, Labelled, PendingWrites, error_policy, reconcile};
+pub use reconcile::{
+    Backoff, DesiredKeys, FIELD_MANAGER, Labelled, PendingWrites, error_policy, reconcile,
+};
 
 /// Everything a reconciliation needs, shared by both controllers.
 pub struct Context {
@@ -42,9 +44,34 @@ pub struct Context {
     pub metrics: ControllerMetrics,
     /// Label writes the caches have not caught up with yet.
     pub written: PendingWrites,
+    /// Failures in a row per object.
+    pub backoff: Backoff,
 }
 
 impl Context {
+    /// The context over the shared caches, table and keys; its metrics registered in `registry`.
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        table: watch::Receiver<TableState>,
+        keys: Keys,
+        writable: watch::Receiver<bool>,
+        recorder: Recorder,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Context {
+        Context {
+            client,
+            caches,
+            table,
+            keys,
+            writable,
+            recorder,
+            metrics: ControllerMetrics::register(registry),
+            written: PendingWrites::default(),
+            backoff: Backoff::default(),
+        }
+    }
+
     pub fn may_write(&self) -> bool {
         *self.writable.borrow()
     }
@@ -256,8 +283,8 @@ pub fn class_to_volumes(
 mod tests {
     use super::*;
     use crate::cache::Caches;
-    use crate::capability::fixtures::{claim, class, volume};
     use serde_json::json;
+    use userns_labeler_test_support::fixtures::{claim, class, volume};
 
     #[test]
     fn a_volume_maps_to_its_claim_ref() {

@@ -3,6 +3,7 @@
 //! supplies only what differs ([`Labelled`]).
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,10 @@ use crate::keys::Keys;
 /// The one field manager under which all our labels and annotations are applied.
 pub const FIELD_MANAGER: &str = "userns-labeler";
 
-/// How long a failed reconcile waits before it is tried again.
-const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The first wait after a failed reconcile; it doubles with each failure in a row.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between retries of one object.
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// What differs between the kinds we label.
 pub trait Labelled:
@@ -126,6 +129,9 @@ pub async fn reconcile<K: Labelled>(
 ) -> Result<Action, ControllerError> {
     let started = Instant::now();
     let result = label(object.as_ref(), &ctx).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&PendingWrites::key(object.as_ref()));
+    }
     ctx.metrics
         .record_reconcile(K::KIND, started.elapsed().as_secs_f64());
     result.map(|()| Action::await_change())
@@ -183,7 +189,7 @@ pub struct PendingWrites {
 }
 
 impl PendingWrites {
-    fn key<K: Labelled>(object: &K) -> String {
+    pub(crate) fn key<K: Labelled>(object: &K) -> String {
         format!("{}/{}", K::KIND, object_name(object))
     }
 
@@ -259,22 +265,69 @@ pub(crate) fn truncate(text: &mut String, max: usize) {
     }
 }
 
-/// Requeues a failed object with a delay; the error is logged and counted by category.
+/// Failures in a row per object, for exponential backoff with jitter: an object that keeps
+/// failing (a webhook refusing our patch, RBAC) is retried ever less often, and many objects
+/// failing together (an API server outage) do not retry in lockstep.
+#[derive(Default)]
+pub struct Backoff {
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    random: std::collections::hash_map::RandomState,
+}
+
+impl Backoff {
+    /// The wait before the next try of `key`, counting this failure.
+    fn failed(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        let ceiling = RETRY_FIRST
+            .saturating_mul(1u32 << (*count - 1).min(16))
+            .min(RETRY_MAX);
+        // Jitter: between half and all of the ceiling.
+        let fraction = (self.random.hash_one((&key, *count)) % 1_000) as f64 / 1_000.0;
+        ceiling.mul_f64(0.5 + fraction / 2.0)
+    }
+
+    fn succeeded(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(key);
+    }
+}
+
+/// Requeues a failed object with exponential backoff and jitter; the error is logged and
+/// counted by category.
 pub fn error_policy<K: Labelled>(
-    _object: Arc<K>,
+    object: Arc<K>,
     error: &ControllerError,
     ctx: Arc<Context>,
 ) -> Action {
     ctx.metrics.record_failure(K::KIND, error.category());
-    warn!(%error, category = error.category(), "reconcile failed");
-    Action::requeue(RETRY_AFTER)
+    let retry = ctx.backoff.failed(PendingWrites::key(object.as_ref()));
+    warn!(%error, category = error.category(), ?retry, "reconcile failed");
+    Action::requeue(retry)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_up_to_a_ceiling() {
+        let backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..12).map(|_| backoff.failed("claim/a".into())).collect();
+        for (n, wait) in waits.iter().enumerate() {
+            let ceiling = (RETRY_FIRST * 2u32.pow(n as u32)).min(RETRY_MAX);
+            assert!(*wait <= ceiling && *wait >= ceiling / 2, "{n}: {wait:?}");
+        }
+        assert!(waits[11] >= RETRY_MAX / 2);
+        backoff.succeeded("claim/a");
+        assert!(
+            backoff.failed("claim/a".into()) <= RETRY_FIRST,
+            "a success resets"
+        );
+    }
     use crate::capability::Verdict;
-    use crate::capability::fixtures::claim;
+    use userns_labeler_test_support::fixtures::claim;
 
     fn desired(driver: Option<&str>) -> DesiredKeys {
         DesiredKeys::from_verdict(&VolumeVerdict {

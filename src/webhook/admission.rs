@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::{Status, TypeMeta};
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::metrics::Outcome;
 use super::{Mode, WebhookState};
 use crate::capability::pod::{PodFacts, decide};
-use crate::capability::{BlockerCode, PodDecision};
+use crate::capability::{Awaited, BlockerCode, PodDecision};
 use crate::config::TableState;
 use crate::keys::Keys;
 
@@ -22,6 +22,9 @@ use crate::keys::Keys;
 pub const DECISION_ENABLED: &str = "enabled";
 pub const DECISION_SKIPPED: &str = "skipped";
 pub const DECISION_AUDIT: &str = "audit";
+/// A reinvocation found a pod we enabled no longer safe (a later webhook changed it): our
+/// `hostUsers: false` was removed.
+pub const DECISION_REVERTED: &str = "reverted";
 
 /// The result of one admission: the response to send, and what to count.
 #[derive(Clone, Debug)]
@@ -36,6 +39,9 @@ pub struct Admission {
     /// The handler retries for a bounded time, so that a claim created a moment before its pod
     /// is seen; if the object never shows up this answer stands.
     pub cache_miss: bool,
+    /// What was missing from the caches (empty with `cache_miss` while they have not synced):
+    /// the handler waits for these, and decides again once they are all there.
+    pub awaited: Vec<Awaited>,
 }
 
 impl Admission {
@@ -46,6 +52,7 @@ impl Admission {
             blockers: Vec::new(),
             error: None,
             cache_miss: false,
+            awaited: Vec::new(),
         }
     }
 
@@ -143,17 +150,7 @@ impl<'a> PodCreate<'a> {
 
     /// The answer allowing the request unchanged.
     pub fn allowed(&self) -> AdmissionResponse {
-        // kube's constructors start from a request (or deny); this is `From<&AdmissionRequest>`
-        // made from the fields it copies.
-        let mut response = AdmissionResponse::invalid("");
-        response.types = TypeMeta {
-            api_version: self.api_version.to_string(),
-            kind: self.kind.to_string(),
-        };
-        response.uid = self.uid.to_string();
-        response.allowed = true;
-        response.result = Status::default();
-        response
+        allowed_response(&self.api_version, &self.kind, &self.uid)
     }
 
     /// The namespace the pod is created in: the request's, else the pod's own.
@@ -163,6 +160,21 @@ impl<'a> PodCreate<'a> {
             .or(self.meta.namespace.as_deref())
             .filter(|ns| !ns.is_empty())
     }
+}
+
+/// The answer allowing a request unchanged, from the review's `apiVersion` and `kind` and the
+/// request's `uid`: kube's `From<&AdmissionRequest>` made from the fields it copies (kube's
+/// constructors start from a request, or deny).
+pub fn allowed_response(api_version: &str, kind: &str, uid: &str) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid("");
+    response.types = TypeMeta {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+    };
+    response.uid = uid.to_string();
+    response.allowed = true;
+    response.result = Status::default();
+    response
 }
 
 /// Decides one admission request from the caches and the current driver table.
@@ -189,7 +201,8 @@ pub fn mutate(request: &AdmissionRequest<Pod>, state: &WebhookState, mode: Mode)
 /// - caches not yet synced, or the namespace not in them: allowed, no patch (`error`, and
 ///   `cache_miss` so the handler waits for the caches first);
 /// - pod or namespace label `<prefix>/opt-out: "true"`: allowed, no patch (`opt_out`);
-/// - a pod this webhook already enabled (a reinvocation): allowed, no patch (`ignored`);
+/// - a pod this webhook already enabled (a reinvocation): decided again; still safe: allowed, no
+///   patch (`ignored`); no longer safe: `hostUsers` removed, `decision: reverted` (`reverted`);
 /// - otherwise the capability engine decides, and the patch sets the decision annotations, plus
 ///   `spec.hostUsers: false` in enforce mode when nothing blocks.
 pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admission {
@@ -212,6 +225,7 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
         // it the namespace opt-out cannot be checked, so the pod is left alone.
         return Admission {
             cache_miss: true,
+            awaited: vec![Awaited::Namespace(namespace.to_string())],
             ..Admission::fail_safe(allowed, "namespace_not_cached")
         };
     };
@@ -224,28 +238,14 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
         return Admission::new(allowed, Outcome::OptOut);
     }
     if already_enabled(pod) {
-        return Admission::new(allowed, Outcome::Ignored);
+        return reinvoked(pod, namespace, state, allowed);
     }
 
-    let table = state.table.borrow().clone();
-    let decision = match &table {
-        TableState::InForce(table) => {
-            decide(&pod.facts, namespace, &state.caches, table, &state.keys)
-        }
-        // Fail closed: every pod is left as written, and says why.
-        TableState::Unusable(reason) => PodDecision::blocked(
-            BlockerCode::DriverTableInvalid,
-            format!("no usable driver table, so no pod is enabled: {reason}"),
-        ),
+    let Some(decision) = decide_with_table(&pod.facts, namespace, state) else {
         // Before the driver ConfigMap is read nothing can be judged: the pod stays as written.
-        TableState::Loading => return Admission::fail_safe(allowed, "table_not_loaded"),
+        return Admission::fail_safe(allowed, "table_not_loaded");
     };
-    let cache_miss = decision.blockers.iter().any(|b| {
-        matches!(
-            b.code,
-            BlockerCode::ClaimNotFound | BlockerCode::ClaimVolumeNotFound
-        )
-    });
+    let cache_miss = waits_for_caches(&decision);
     let (outcome, value, reason, set_host_users) = match (mode, decision.mutate()) {
         (Mode::Enforce, true) => (Outcome::Enabled, DECISION_ENABLED, decision.summary(), true),
         (Mode::Enforce, false) => (
@@ -275,6 +275,82 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
             blockers: decision.blockers.iter().map(|b| b.code).collect(),
             error: None,
             cache_miss,
+            awaited: decision.awaited,
+        },
+        Err(_) => Admission::fail_safe(pod.allowed(), "patch_serialization"),
+    }
+}
+
+/// The engine's decision under the table in force; `None` while no table is loaded. With no
+/// usable table every pod fails closed, and says why.
+fn decide_with_table(
+    facts: &PodFacts<'_>,
+    namespace: &str,
+    state: &WebhookState,
+) -> Option<PodDecision> {
+    let table = state.table.borrow().clone();
+    match &table {
+        TableState::InForce(table) => {
+            Some(decide(facts, namespace, &state.caches, table, &state.keys))
+        }
+        TableState::Unusable(reason) => Some(PodDecision::blocked(
+            BlockerCode::DriverTableInvalid,
+            format!("no usable driver table, so no pod is enabled: {reason}"),
+        )),
+        TableState::Loading => None,
+    }
+}
+
+/// Whether a blocker may go away once the caches catch up (a claim or its PV just created).
+fn waits_for_caches(decision: &PodDecision) -> bool {
+    decision.blockers.iter().any(|b| {
+        matches!(
+            b.code,
+            BlockerCode::ClaimNotFound | BlockerCode::ClaimVolumeNotFound
+        )
+    })
+}
+
+/// A reinvocation of a pod we enabled: a later webhook may have added a host namespace, a
+/// privileged container or a volume. Decided again as if `hostUsers` were not set (we set it);
+/// still safe: no patch; no longer safe (or no table to judge by): our `hostUsers: false` is
+/// removed, so the API server neither rejects the pod nor the node fails it, and the pod says
+/// why (`decision: reverted`).
+fn reinvoked(
+    pod: &PodCreate<'_>,
+    namespace: &str,
+    state: &WebhookState,
+    allowed: AdmissionResponse,
+) -> Admission {
+    let mut facts = pod.facts.clone();
+    if let Some(spec) = facts.spec.as_mut() {
+        spec.host_users = None;
+    }
+    let decision = decide_with_table(&facts, namespace, state).unwrap_or_else(|| {
+        PodDecision::blocked(
+            BlockerCode::DriverTableInvalid,
+            "the driver table is not loaded on this replica, so the pod cannot be judged again",
+        )
+    });
+    if decision.mutate() {
+        return Admission::new(allowed, Outcome::Ignored);
+    }
+    let reason = format!(
+        "changed after this webhook enabled it; {}",
+        decision.summary()
+    );
+    let mut patch = decision_patch(true, &state.keys, DECISION_REVERTED, reason, false);
+    patch.0.push(PatchOperation::Remove(RemoveOperation {
+        path: PointerBuf::from_tokens(["spec", "hostUsers"]),
+    }));
+    match allowed.with_patch(patch) {
+        Ok(response) => Admission {
+            response,
+            outcome: Outcome::Reverted,
+            blockers: decision.blockers.iter().map(|b| b.code).collect(),
+            error: None,
+            cache_miss: waits_for_caches(&decision),
+            awaited: decision.awaited,
         },
         Err(_) => Admission::fail_safe(pod.allowed(), "patch_serialization"),
     }

@@ -21,10 +21,16 @@
 //! decode, so such a volume has no source and still fails closed as `UnrecognizedVolume`; a test
 //! checks the list of sources against k8s-openapi's own.
 //!
-//! The decoder only answers the common case and returns `None` for anything else, which then
-//! goes through kube's full typed decoder (and its error handling) exactly as before:
-//! - anything that is not a review with a request for a pod CREATE carrying an object (another
-//!   operation, kind or subresource, no object, a `response`, a non-null `oldObject`);
+//! A review whose request is not a pod CREATE (another operation, kind or subresource) is
+//! answered from the same pass ([`Review::Other`]: allowed, unchanged, from its `apiVersion`,
+//! `kind` and `uid`), so it is decoded once; its object is skipped when the request's `kind`,
+//! `operation` or `subResource` come first (as the API server writes them), else read as a pod
+//! and, if that fails, the review declined. The request's own fields are checked as for a pod.
+//!
+//! The decoder only answers these cases and declines anything else, which then goes through
+//! kube's full typed decoder (and its error handling) exactly as before:
+//! - anything that is not a review with a request (a `response`, no request), a pod CREATE
+//!   without an object or with a non-null `oldObject`;
 //! - a field it keeps having another type than the full decoder expects. Kept pod fields follow
 //!   k8s-openapi's rules (`null` is "absent", the last of duplicate keys wins); the review and
 //!   request fields are as strict as kube's derived types or stricter (a duplicate key, or an
@@ -37,7 +43,9 @@
 //! type. A review whose pod is malformed only there is decided instead of being admitted
 //! unchanged as undecodable. The API server serialises the object from its own validated typed
 //! form, so such a review does not come from it, and the decision depends only on fields that
-//! are decoded and checked as in the full decoder.
+//! are decoded and checked as in the full decoder. Likewise the skipped object of a review that
+//! is no pod CREATE is only checked to be JSON: one the full decoder could not read at all (a
+//! 400) is answered allowed, unchanged, as it would be if it could.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -57,11 +65,44 @@ use crate::keys::Keys;
 /// Decodes `body` if it is an AdmissionReview of a pod CREATE with an object; `None` for
 /// anything else (then decode it with the full typed decoder).
 pub fn decode_pod_create<'b>(body: &'b [u8], keys: &Keys) -> Option<PodCreate<'b>> {
+    match decode_review(body, keys) {
+        Review::PodCreate(pod) => Some(*pod),
+        Review::Other(_) | Review::Declined => None,
+    }
+}
+
+/// What the fast path makes of a request body.
+#[derive(Debug)]
+pub enum Review<'b> {
+    /// A pod CREATE with an object.
+    PodCreate(Box<PodCreate<'b>>),
+    /// A review of something else (another operation, kind or subresource): answered
+    /// "allowed, unchanged" from these fields, without a second decode. Its object is skipped.
+    Other(OtherRequest<'b>),
+    /// Anything else: left to the full typed decoder.
+    Declined,
+}
+
+/// The fields of a review that is not a pod CREATE which its answer echoes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtherRequest<'b> {
+    pub api_version: Cow<'b, str>,
+    pub kind: Cow<'b, str>,
+    pub uid: Cow<'b, str>,
+}
+
+/// Decodes `body` in one pass: a pod CREATE into its [`PodCreate`], any other well-formed
+/// review into the fields its answer needs, anything else [`Review::Declined`].
+pub fn decode_review<'b>(body: &'b [u8], keys: &Keys) -> Review<'b> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let request = ReviewSeed { keys }.deserialize(&mut de).ok()?;
+    let Ok(review) = (ReviewSeed { keys }).deserialize(&mut de) else {
+        return Review::Declined;
+    };
     // Like `serde_json::from_slice`: only whitespace may follow.
-    de.end().ok()?;
-    Some(request)
+    if de.end().is_err() {
+        return Review::Declined;
+    }
+    review
 }
 
 /// A string, borrowed from the input unless it contains escapes.
@@ -227,7 +268,7 @@ struct ReviewSeed<'k> {
 
 object_seed!(
     ReviewSeed<'_>,
-    PodCreate<'de>,
+    Review<'de>,
     "an AdmissionReview",
     |this, map| {
         let mut api_version = None::<Str>;
@@ -250,7 +291,7 @@ object_seed!(
                 _ => skip(&mut map)?,
             }
         }
-        let (Some(api_version), Some(kind), Some(Some(mut request))) = (api_version, kind, request)
+        let (Some(api_version), Some(kind), Some(Some(request))) = (api_version, kind, request)
         else {
             return Err(bail("not a review with a request"));
         };
@@ -259,9 +300,18 @@ object_seed!(
         {
             return Err(bail("not an AdmissionReview"));
         }
-        request.api_version = api_version.0;
-        request.kind = kind.0;
-        Ok(request)
+        Ok(match request {
+            Request::PodCreate(mut pod) => {
+                pod.api_version = api_version.0;
+                pod.kind = kind.0;
+                Review::PodCreate(pod)
+            }
+            Request::Other { uid } => Review::Other(OtherRequest {
+                api_version: api_version.0,
+                kind: kind.0,
+                uid,
+            }),
+        })
     }
 );
 
@@ -300,9 +350,26 @@ struct RequestSeed<'k> {
     keys: &'k Keys,
 }
 
+/// A decoded request: a pod CREATE, or the uid of another one.
+enum Request<'de> {
+    PodCreate(Box<PodCreate<'de>>),
+    Other { uid: Cow<'de, str> },
+}
+
+/// Whether what is known of a request already says it is no pod CREATE (as `is_pod_create`).
+fn known_other(
+    operation: Option<&Str<'_>>,
+    kind: Option<&(Str<'_>, Str<'_>)>,
+    sub_resource: Option<&Option<Str<'_>>>,
+) -> bool {
+    operation.is_some_and(|o| o.as_str() != "CREATE")
+        || kind.is_some_and(|(group, kind)| !group.as_str().is_empty() || kind.as_str() != "Pod")
+        || sub_resource.is_some_and(|s| s.as_ref().is_some_and(|s| !s.as_str().is_empty()))
+}
+
 object_seed!(
     RequestSeed<'_>,
-    PodCreate<'de>,
+    Request<'de>,
     "an AdmissionRequest",
     |this, map| {
         let mut uid = None::<Str>;
@@ -317,6 +384,8 @@ object_seed!(
         let mut operation = None::<Str>;
         let mut user_info = None::<AnyObject>;
         let mut object = None;
+        // The object of a request known not to be a pod CREATE, skipped (syntax checked).
+        let mut skipped_object = false;
         let mut old_object = None::<Option<IgnoredAny>>;
         let mut dry_run = None::<bool>;
         let mut options = None::<Option<IgnoredAny>>;
@@ -355,6 +424,13 @@ object_seed!(
                 "namespace" => once(&mut namespace, map.next_value()?, "namespace")?,
                 "operation" => once(&mut operation, map.next_value()?, "operation")?,
                 "userInfo" => once(&mut user_info, map.next_value()?, "userInfo")?,
+                "object" if object.is_some() || skipped_object => return Err(bail("object")),
+                "object"
+                    if known_other(operation.as_ref(), kind.as_ref(), sub_resource.as_ref()) =>
+                {
+                    skip(&mut map)?;
+                    skipped_object = true;
+                }
                 "object" => once(
                     &mut object,
                     map.next_value_seed(Nullable(PodSeed { keys: this.keys }))?,
@@ -372,17 +448,9 @@ object_seed!(
             return Err(bail("an incomplete request"));
         };
         // As `is_pod_create`: CREATE of a core Pod, not of a subresource.
-        if operation.as_str() != "CREATE" {
-            return Err(bail("not a CREATE"));
-        }
-        if !group.as_str().is_empty() || kind.as_str() != "Pod" {
-            return Err(bail("not a pod"));
-        }
-        if sub_resource
-            .flatten()
-            .is_some_and(|s| !s.as_str().is_empty())
-        {
-            return Err(bail("a subresource"));
+        let kind = (group, kind);
+        if known_other(Some(&operation), Some(&kind), sub_resource.as_ref()) {
+            return Ok(Request::Other { uid: uid.0 });
         }
         if matches!(old_object, Some(Some(_))) {
             return Err(bail("an oldObject"));
@@ -390,7 +458,7 @@ object_seed!(
         let Some(Some((meta, facts))) = object else {
             return Err(bail("no object"));
         };
-        Ok(PodCreate {
+        Ok(Request::PodCreate(Box::new(PodCreate {
             // Set from the review.
             api_version: Cow::Borrowed(""),
             kind: Cow::Borrowed(""),
@@ -399,7 +467,7 @@ object_seed!(
             namespace: Str::cow(namespace.flatten()),
             meta,
             facts,
-        })
+        })))
     }
 );
 

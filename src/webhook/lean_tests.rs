@@ -8,15 +8,16 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::core::PartialObjectMeta;
-use kube::core::admission::{AdmissionRequest, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use userns_labeler_test_support::fixtures::{claim, class};
 
 use super::admission::{Admission, PodCreate, mutate, mutate_pod};
 use super::lean::decode_pod_create;
 use super::*;
-use crate::capability::fixtures::{claim, class};
 use crate::capability::pod::decide;
+use crate::capability::sources::tests::decoded_members;
 use crate::capability::{BlockerCode, DriverTable, decide_pod};
 
 fn namespace(name: &str, labels: Value) -> PartialObjectMeta<Namespace> {
@@ -717,7 +718,7 @@ fn the_generated_pods_reach_every_outcome() {
     let mut runner = TestRunner::deterministic();
     let strategy = generated_pod("userns.io");
     let mut seen = std::collections::BTreeMap::<&str, usize>::new();
-    for _ in 0..512 {
+    for _ in 0..2048 {
         let pod = strategy.new_tree(&mut runner).unwrap().current();
         for namespace in ["app", "quiet"] {
             let body = serde_json::to_vec(&review(namespace, &pod)).unwrap();
@@ -725,40 +726,9 @@ fn the_generated_pods_reach_every_outcome() {
             *seen.entry(admission.outcome.as_str()).or_default() += 1;
         }
     }
-    for outcome in ["enabled", "skipped", "opt_out", "ignored"] {
+    for outcome in ["enabled", "skipped", "opt_out", "ignored", "reverted"] {
         assert!(seen.get(outcome).is_some_and(|n| *n >= 5), "{seen:?}");
     }
-}
-
-/// The member names k8s-openapi's `T` decodes, from the list its `Deserialize` hands to
-/// `deserialize_struct`.
-fn decoded_members<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
-    use serde::de::value::Error;
-    use serde::de::{Error as _, Visitor};
-    struct Capture(std::cell::Cell<&'static [&'static str]>);
-    impl<'de> serde::Deserializer<'de> for &Capture {
-        type Error = Error;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
-            Err(Error::custom("only structs"))
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Error> {
-            self.0.set(fields);
-            Err(Error::custom("captured"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
-            ignored_any
-        }
-    }
-    let capture = Capture(std::cell::Cell::new(&[]));
-    assert!(T::deserialize(&capture).is_err());
-    capture.0.get()
 }
 
 /// Every volume source this version of k8s-openapi knows is a source on the fast path too (read
@@ -781,4 +751,87 @@ fn every_volume_source_of_the_api_version_is_known_to_the_fast_path() {
             admission.blockers
         );
     }
+}
+
+/// A review that is no pod CREATE (another operation, kind or subresource; its object in any
+/// shape, before or after the fields that say so) is read once, by the fast path, and
+/// answered exactly as the full decoder's request would be: allowed, unchanged.
+#[test]
+fn reviews_other_than_a_pod_create_are_answered_from_one_decode() {
+    use super::admission::allowed_response;
+    use super::lean::{Review, decode_review};
+    let keys = Keys::default();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                     "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+    let base = review("app", &pod);
+    let with = |edits: &[(&str, Value)]| {
+        let mut review = base.clone();
+        for (pointer, value) in edits {
+            let (parent, member) = pointer.rsplit_once('/').unwrap();
+            review.pointer_mut(parent).unwrap()[member] = value.clone();
+        }
+        review
+    };
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                            "metadata": {"name": "d"}, "spec": {"replicas": "not a number"}});
+    let other = [
+        (
+            "an UPDATE",
+            with(&[
+                ("/request/operation", json!("UPDATE")),
+                ("/request/oldObject", pod.clone()),
+            ]),
+        ),
+        (
+            "a DELETE without object",
+            with(&[
+                ("/request/operation", json!("DELETE")),
+                ("/request/object", Value::Null),
+            ]),
+        ),
+        (
+            "a deployment",
+            with(&[
+                (
+                    "/request/kind",
+                    json!({"group": "apps", "version": "v1", "kind": "Deployment"}),
+                ),
+                ("/request/object", deployment.clone()),
+            ]),
+        ),
+        (
+            "a subresource",
+            with(&[
+                ("/request/subResource", json!("binding")),
+                ("/request/object", json!({"target": 1})),
+            ]),
+        ),
+    ];
+    for (case, review) in other {
+        let body = serde_json::to_vec(&review).unwrap();
+        let Review::Other(request) = decode_review(&body, &keys) else {
+            panic!("{case}: not answered on the fast path");
+        };
+        let full: AdmissionReview<kube::core::DynamicObject> =
+            serde_json::from_slice(&body).unwrap();
+        let full: AdmissionRequest<kube::core::DynamicObject> = full.try_into().unwrap();
+        assert_eq!(
+            allowed_response(&request.api_version, &request.kind, &request.uid),
+            AdmissionResponse::from(&full),
+            "{case}"
+        );
+    }
+    // serde_json writes members sorted (`object` before `operation`): above, the object was
+    // read as a pod first. With the operation first, the object is skipped.
+    let mut text =
+        serde_json::to_string(&with(&[("/request/operation", json!("UPDATE"))])).unwrap();
+    text = text.replacen("\"operation\":\"UPDATE\",", "", 1);
+    let text = text.replacen("\"request\":{", "\"request\":{\"operation\":\"UPDATE\",", 1);
+    assert!(
+        matches!(decode_review(text.as_bytes(), &keys), Review::Other(_)),
+        "{text}"
+    );
+    // A pod CREATE stays on the pod path.
+    let body = serde_json::to_vec(&base).unwrap();
+    assert!(matches!(decode_review(&body, &keys), Review::PodCreate(_)));
 }

@@ -4,11 +4,10 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::capability::BlockerCode;
-use crate::metrics::{OutcomeLabels, ResultLabels, latency_histogram};
+use crate::metrics::{Latencies, OutcomeLabels, ResultLabels};
 
 /// What the webhook did with one admission request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -19,6 +18,8 @@ pub enum Outcome {
     Skipped,
     /// Audit mode: annotated with what enforce mode would do.
     Audit,
+    /// A reinvocation found a pod we enabled no longer safe: `hostUsers: false` removed.
+    Reverted,
     /// The pod or its namespace opted out: no patch at all.
     OptOut,
     /// Not a pod CREATE (or already decided on an earlier invocation): no patch.
@@ -28,9 +29,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Enabled,
         Outcome::Skipped,
+        Outcome::Reverted,
         Outcome::Audit,
         Outcome::OptOut,
         Outcome::Ignored,
@@ -41,6 +43,7 @@ impl Outcome {
         match self {
             Outcome::Enabled => "enabled",
             Outcome::Skipped => "skipped",
+            Outcome::Reverted => "reverted",
             Outcome::Audit => "audit",
             Outcome::OptOut => "opt_out",
             Outcome::Ignored => "ignored",
@@ -59,29 +62,17 @@ struct ErrorLabels {
     category: &'static str,
 }
 
-/// Counters and the latency histogram of the webhook. Cheap to clone (shared handles).
-#[derive(Clone, Debug)]
+/// Counters and the latency histogram of the webhook. Cheap to clone (shared handles); the
+/// default is registered nowhere (tests, benchmarks).
+#[derive(Clone, Debug, Default)]
 pub struct WebhookMetrics {
     admissions: Family<OutcomeLabels, Counter>,
     blockers: Family<BlockerLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
-    duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    duration: Latencies<OutcomeLabels>,
     tls_reloads: Family<ResultLabels, Counter>,
     cache_waits: Family<ResultLabels, Counter>,
-}
-
-impl Default for WebhookMetrics {
-    /// Metrics that are not registered anywhere (tests, benchmarks).
-    fn default() -> Self {
-        WebhookMetrics {
-            admissions: Family::default(),
-            blockers: Family::default(),
-            errors: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram),
-            tls_reloads: Family::default(),
-            cache_waits: Family::default(),
-        }
-    }
+    ca_bundle_injections: Family<ResultLabels, Counter>,
 }
 
 impl WebhookMetrics {
@@ -92,7 +83,7 @@ impl WebhookMetrics {
         let registry = registry.sub_registry_with_prefix("webhook");
         registry.register(
             "admissions",
-            "Pod admission requests by outcome (enabled, skipped, audit, opt_out, ignored, error)",
+            "Pod admission requests by outcome (enabled, skipped, reverted, audit, opt_out, ignored, error)",
             metrics.admissions.clone(),
         );
         registry.register(
@@ -108,7 +99,7 @@ impl WebhookMetrics {
         registry.register(
             "admission_duration_seconds",
             "Time from receiving an admission request to its response, by outcome",
-            metrics.duration.clone(),
+            metrics.duration.0.clone(),
         );
         registry.register(
             "tls_reloads",
@@ -131,6 +122,11 @@ impl WebhookMetrics {
                 code: code.as_str(),
             });
         }
+        registry.register(
+            "ca_bundle_injections",
+            "Writes of the self-signed CA into the webhook configuration's caBundle, by result (ok, error)",
+            metrics.ca_bundle_injections.clone(),
+        );
         metrics
     }
 
@@ -155,7 +151,7 @@ impl WebhookMetrics {
         if let Some(category) = error {
             self.errors.get_or_create(&ErrorLabels { category }).inc();
         }
-        self.duration.get_or_create(&labels).observe(seconds);
+        self.duration.0.get_or_create(&labels).observe(seconds);
     }
 
     pub(crate) fn tls_reload(&self, ok: bool) {
@@ -208,6 +204,22 @@ impl WebhookMetrics {
     pub fn tls_reloads(&self, ok: bool) -> u64 {
         let result = if ok { "ok" } else { "error" };
         self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .get()
+    }
+
+    pub(crate) fn ca_bundle_injection(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.ca_bundle_injections
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// How many writes of the self-signed CA into the webhook configuration succeeded (`ok`)
+    /// or failed.
+    pub fn ca_bundle_injections(&self, ok: bool) -> u64 {
+        let result = if ok { "ok" } else { "error" };
+        self.ca_bundle_injections
             .get_or_create(&ResultLabels { result })
             .get()
     }

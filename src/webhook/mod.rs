@@ -6,13 +6,17 @@
 //!   admission: claims, volumes, classes and namespace labels come from the reflector stores in
 //!   [`Caches`].
 //! - [`lean`]: the fast path of decoding: a pod CREATE review read in one pass straight into the
-//!   [`PodCreate`] (only the fields the decision reads, strings borrowed from the body); every
-//!   other review goes through kube's full typed decoder.
+//!   [`PodCreate`] (only the fields the decision reads, strings borrowed from the body); any
+//!   other well-formed review answered from the same pass (allowed, unchanged); what it
+//!   declines goes through kube's full typed decoder.
 //! - [`review`]: the response AdmissionReview on the wire (patch as base64).
-//! - [`server`]: the axum router (`POST /mutate/pods`), the HTTPS server and its shutdown.
-//! - [`tls`]: the serving certificate, from files re-read when they change on disk, or
-//!   generated at start-up (`--self-signed-tls`) with its CA written into the webhook
-//!   configuration's `caBundle`.
+//! - [`server`]: the axum router (`POST /mutate/pods`), the HTTPS server and its shutdown, with
+//!   the listener limits of [`crate::limits`] (`--webhook-header-read-timeout-ms`,
+//!   `--webhook-request-timeout-ms`, `--webhook-max-connections`, `--webhook-max-requests`).
+//! - [`tls`]: the serving certificate, from files (checked against the key) re-read when they
+//!   change on disk, or generated at start-up (`--self-signed-tls`) with its CA kept in the
+//!   webhook configuration's `caBundle` (watched, and written again whenever it is missing or
+//!   another, e.g. after the configuration was re-created).
 //! - [`metrics`]: admissions by outcome and blocker code, errors by category, latency.
 //!
 //! What a pod CREATE gets (everything else, e.g. UPDATE or another kind: allowed, no patch):
@@ -24,23 +28,26 @@
 //! - the pod label or its namespace's label `<prefix>/opt-out: "true"`: no patch at all, the
 //!   pod stays exactly as written (the webhook configuration's selectors normally keep such
 //!   requests from being sent; the handler checks again);
-//! - a claim (or the namespace) missing from the caches: the handler re-decides every 10 ms for
-//!   up to `--webhook-cache-wait-ms` (default 1.5 s), so a claim created a moment before its pod
+//! - a claim (or its PV, or the namespace) missing from the caches: the handler waits for what
+//!   was missing (looking it up every 10 ms) for up to `--webhook-cache-wait-ms` (default
+//!   1.5 s) and decides again once it is all there, so a claim created a moment before its pod
 //!   (StatefulSets) is seen once the watch delivers it; a claim still missing then is a
 //!   `ClaimNotFound` blocker (fail closed), a namespace still missing leaves the pod unchanged;
 //! - malformed input: 400 for a body that is not an AdmissionReview, an invalid-request
 //!   response for a review without a request (or a pod CREATE without object or namespace),
-//!   413 above 4 MiB; any internal doubt (caches not synced, undecodable pod, a panic): allowed
+//!   413 above 4 MiB (a `Content-Length` above it before reading the body); any internal doubt (caches not synced, undecodable pod, a panic): allowed
 //!   with no patch. Each is logged and counted by category.
 //! - a reinvocation after this webhook enabled the pod: no patch (idempotent).
 //!
 //! Contract with the runtime (`src/runtime.rs`):
 //! - [`WebhookArgs`] is flattened into `userns-labeler run`'s flags;
 //! - [`WebhookMetrics::register`] is called once at start-up;
-//! - [`serve`] runs the HTTPS server (mode and cache wait from the flags, see
-//!   [`AdmissionSettings`]) on every replica until `shutdown` is cancelled. Its
-//!   `client` is only used for start-up work (the `caBundle` in `--self-signed-tls` mode),
-//!   never per admission.
+//! - [`WebhookListener::bind`] does the start-up work that can fail (certificate, port), so
+//!   that the runtime can end the process with the cause before serving anything;
+//! - [`WebhookListener::serve`] (or [`serve`], both steps in one) runs the HTTPS server (mode and
+//!   cache wait from the flags, see [`AdmissionSettings`]) on every replica until `shutdown` is
+//!   cancelled; it returns early only with an error. Its `client` is only used to keep the
+//!   `caBundle` in `--self-signed-tls` mode, never per admission.
 
 pub mod admission;
 pub mod lean;
@@ -63,11 +70,12 @@ use tokio::sync::watch;
 use crate::cache::Caches;
 use crate::config::TableState;
 use crate::keys::Keys;
+use crate::limits::Limits;
 
 pub use admission::{Admission, PodCreate, mutate, mutate_pod};
 pub use metrics::{Outcome, WebhookMetrics};
-pub use server::{MAX_BODY_BYTES, MUTATE_PODS_PATH, router, serve, serve_tls};
-pub use tls::{SelfSigned, ServerTls, inject_ca_bundle};
+pub use server::{MAX_BODY_BYTES, MUTATE_PODS_PATH, WebhookListener, router, serve, serve_tls};
+pub use tls::{SelfSigned, ServerTls, keep_ca_bundle};
 
 /// Whether the webhook changes pods or only annotates what it would do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -133,6 +141,34 @@ pub struct WebhookArgs {
     /// After that a missing claim blocks (fail closed).
     #[arg(long, env = "USERNS_WEBHOOK_CACHE_WAIT_MS", default_value_t = 1500)]
     pub webhook_cache_wait_ms: u64,
+
+    /// A connection must send a complete request head within this (also after the TLS
+    /// handshake, and between keep-alive requests), else it is closed; in milliseconds. The TLS
+    /// handshake has the same bound.
+    #[arg(
+        long,
+        env = "USERNS_WEBHOOK_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub webhook_header_read_timeout_ms: u64,
+
+    /// A request, from its head to the response (reading the body included), gets this long,
+    /// in milliseconds; then 408. The API server waits at most 30 s (the chart: 5 s).
+    #[arg(
+        long,
+        env = "USERNS_WEBHOOK_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub webhook_request_timeout_ms: u64,
+
+    /// Open connections at most (TLS handshakes included); one over it is closed at once.
+    #[arg(long, env = "USERNS_WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub webhook_max_connections: usize,
+
+    /// Requests handled (bodies buffered, up to 4 MiB each) at once; more wait for a slot
+    /// within their request timeout.
+    #[arg(long, env = "USERNS_WEBHOOK_MAX_REQUESTS", default_value_t = 32)]
+    pub webhook_max_requests: usize,
 }
 
 impl Default for WebhookArgs {
@@ -147,6 +183,10 @@ impl Default for WebhookArgs {
             tls_san: Vec::new(),
             webhook_config_name: None,
             webhook_cache_wait_ms: 1500,
+            webhook_header_read_timeout_ms: 5000,
+            webhook_request_timeout_ms: 10_000,
+            webhook_max_connections: 1024,
+            webhook_max_requests: 32,
         }
     }
 }
@@ -188,12 +228,14 @@ impl WebhookState {
     }
 }
 
-/// How admissions are answered: the mode, and the bound of the wait for the caches.
+/// How admissions are answered: the mode, the bound of the wait for the caches, and the
+/// listener's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdmissionSettings {
     pub mode: Mode,
     /// Upper bound of the wait for the caches on a missing claim or namespace.
     pub cache_wait: Duration,
+    pub limits: Limits,
 }
 
 impl Default for AdmissionSettings {
@@ -207,6 +249,13 @@ impl From<&WebhookArgs> for AdmissionSettings {
         AdmissionSettings {
             mode: args.webhook_mode,
             cache_wait: Duration::from_millis(args.webhook_cache_wait_ms),
+            limits: Limits {
+                header_read_timeout: Duration::from_millis(args.webhook_header_read_timeout_ms),
+                request_timeout: Duration::from_millis(args.webhook_request_timeout_ms),
+                max_connections: args.webhook_max_connections,
+                max_requests: args.webhook_max_requests,
+                max_body_bytes: MAX_BODY_BYTES,
+            },
         }
     }
 }

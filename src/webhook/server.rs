@@ -12,18 +12,20 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum_server::tls_rustls::RustlsAcceptor;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::TypeMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Admission, PodCreate, is_pod_create, mutate, mutate_pod};
-use super::lean::decode_pod_create;
+use super::admission::{Admission, PodCreate, allowed_response, is_pod_create, mutate, mutate_pod};
+use super::lean::{Review, decode_review};
 use super::metrics::Outcome;
 use super::review;
-use super::tls::{SelfSigned, ServerTls, inject_ca_bundle};
+use super::tls::{SelfSigned, ServerTls, keep_ca_bundle};
 use super::{AdmissionSettings, Mode, WebhookArgs, WebhookError, WebhookState};
+use crate::capability::Awaited;
 use crate::keys::Keys;
 
 /// The path the API server posts pod AdmissionReviews to.
@@ -47,10 +49,15 @@ struct Handler {
 }
 
 /// The webhook's routes, over `state`. Unknown paths get 404, other methods 405.
+/// Requests get `settings.limits`: a request timeout, a cap on requests in flight, bodies
+/// refused above [`MAX_BODY_BYTES`] (by `Content-Length` before reading, else as they stream).
 pub fn router(state: Arc<WebhookState>, settings: AdmissionSettings) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(MUTATE_PODS_PATH, post(mutate_pods))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    settings
+        .limits
+        .layer(routes)
         .with_state(Handler { state, settings })
 }
 
@@ -128,7 +135,10 @@ async fn mutate_pods(
 }
 
 /// Decides with `decide`, waiting up to `settings.cache_wait` for the caches when the answer
-/// depends on a claim or namespace they do not hold yet (a claim created just before its pod).
+/// depends on a claim, PV or namespace they do not hold yet (a claim created just before its
+/// pod). The wait looks only at what the decision found missing ([`Admission::awaited`]), and
+/// decides again once all of it is there or the wait ends: a pod with thousands of missing
+/// claims is decided a few times, not every poll.
 /// A panic in `decide` is turned into `allowed()` (fail safe) instead of a dropped connection.
 async fn admit(
     decide: impl Fn(Mode) -> Admission,
@@ -140,7 +150,7 @@ async fn admit(
     let deadline = Instant::now() + settings.cache_wait;
     let mut waited = false;
     loop {
-        let admission = std::panic::catch_unwind(AssertUnwindSafe(|| decide(settings.mode)))
+        let mut admission = std::panic::catch_unwind(AssertUnwindSafe(|| decide(settings.mode)))
             .unwrap_or_else(|_| {
                 tracing::error!(uid, "deciding the pod panicked; admitting it unchanged");
                 Admission::fail_safe(allowed(), "panic")
@@ -152,7 +162,33 @@ async fn admit(
             return admission;
         }
         waited = true;
+        let awaited = std::mem::take(&mut admission.awaited);
+        drop(admission);
+        wait_for(awaited, state, deadline).await;
+    }
+}
+
+/// Waits until the caches hold everything in `awaited` (nothing listed: until they have
+/// synced), or `deadline`. Each poll looks up only the first object still missing.
+async fn wait_for(mut awaited: Vec<Awaited>, state: &WebhookState, deadline: Instant) {
+    // Checked from the end; the order does not matter, as all must be there.
+    loop {
         tokio::time::sleep(CACHE_POLL).await;
+        if awaited.is_empty() {
+            if state.caches_synced() {
+                return;
+            }
+        } else {
+            while awaited.last().is_some_and(|a| state.caches.holds(a)) {
+                awaited.pop();
+            }
+            if awaited.is_empty() {
+                return;
+            }
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
     }
 }
 
@@ -170,12 +206,17 @@ fn is_review_type(types: &TypeMeta) -> bool {
     types.kind == "AdmissionReview" && types.api_version.starts_with("admission.k8s.io/")
 }
 
-/// Decodes the body: a pod CREATE through the fast path ([`lean`](super::lean)), anything the
-/// fast path declines through kube's full typed decoder, and failing that as a
-/// `DynamicObject` review.
+/// Decodes the body once: a pod CREATE, or any other review (answered allowed, unchanged),
+/// through the fast path ([`lean`](super::lean)); anything the fast path declines through
+/// kube's full typed decoder, and failing that as a `DynamicObject` review.
 fn parse_review<'b>(body: &'b [u8], keys: &Keys) -> Parsed<'b> {
-    if let Some(pod) = decode_pod_create(body, keys) {
-        return Parsed::Fast(Box::new(pod));
+    match decode_review(body, keys) {
+        Review::PodCreate(pod) => return Parsed::Fast(pod),
+        Review::Other(other) => {
+            let response = allowed_response(&other.api_version, &other.kind, &other.uid);
+            return Parsed::Answered(Box::new(Admission::ignored(response)));
+        }
+        Review::Declined => {}
     }
     let typed_error = match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
         Ok(review) if !is_review_type(&review.types) => {
@@ -268,58 +309,87 @@ fn log_admission((namespace, name): (&str, &str), admission: &Admission) {
     }
 }
 
-/// Runs the webhook from the flags until `shutdown`: loads (or generates) the certificate,
-/// binds `--webhook-addr` and serves [`router`] over HTTPS. With `--self-signed-tls` and
-/// `--webhook-config-name` it also writes the generated CA into that configuration, in the
-/// background and with retries; `client` is used for nothing else.
+/// The webhook's start-up work, done before anything is served so that each failure is an
+/// error with its cause: the certificate loaded from the files (and checked against its key) or
+/// generated, and `--webhook-addr` bound.
+pub struct WebhookListener {
+    listener: std::net::TcpListener,
+    tls: ServerTls,
+    /// The generated CA (`--self-signed-tls`), for the webhook configuration's caBundle.
+    self_signed_ca: Option<String>,
+}
+
+impl WebhookListener {
+    /// Loads (or generates) the serving certificate and binds `--webhook-addr`.
+    pub async fn bind(args: &WebhookArgs) -> Result<WebhookListener, WebhookError> {
+        let (tls, self_signed_ca) = if args.self_signed_tls {
+            let generated = SelfSigned::generate(&args.tls_san)?;
+            let tls = ServerTls::from_pem(&generated.cert_pem, &generated.key_pem).await?;
+            (tls, Some(generated.ca_pem))
+        } else if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+            let interval = Duration::from_secs(args.tls_reload_interval_seconds);
+            (ServerTls::from_files(cert, key, interval).await?, None)
+        } else {
+            return Err(WebhookError::NoTlsSource);
+        };
+        let listener = std::net::TcpListener::bind(args.webhook_addr).map_err(|source| {
+            WebhookError::Bind {
+                addr: args.webhook_addr,
+                source,
+            }
+        })?;
+        Ok(WebhookListener {
+            listener,
+            tls,
+            self_signed_ca,
+        })
+    }
+
+    /// Serves [`router`] over HTTPS until `shutdown` (see [`serve_tls`]). With
+    /// `--self-signed-tls` and `--webhook-config-name` it also keeps the generated CA in that
+    /// configuration's caBundle, in the background; `client` is used for nothing else.
+    pub async fn serve(
+        self,
+        args: &WebhookArgs,
+        state: Arc<WebhookState>,
+        client: kube::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), WebhookError> {
+        match (self.self_signed_ca, args.webhook_config_name.clone()) {
+            (Some(ca_pem), Some(name)) => {
+                let (metrics, shutdown) = (state.metrics.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    keep_ca_bundle(client, &name, &ca_pem, metrics, shutdown).await;
+                });
+            }
+            (Some(_), None) => tracing::warn!(
+                "--self-signed-tls without --webhook-config-name: nothing will trust the generated CA"
+            ),
+            (None, _) => {}
+        }
+        serve_tls(
+            self.listener,
+            self.tls,
+            state,
+            AdmissionSettings::from(args),
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Runs the webhook from the flags until `shutdown`: [`WebhookListener::bind`], then
+/// [`WebhookListener::serve`].
 pub async fn serve(
     args: &WebhookArgs,
     state: Arc<WebhookState>,
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
-    let tls = if args.self_signed_tls {
-        let generated = SelfSigned::generate(&args.tls_san)?;
-        let tls = ServerTls::from_pem(&generated.cert_pem, &generated.key_pem).await?;
-        match args.webhook_config_name.clone() {
-            Some(name) => {
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    if let Err(error) =
-                        inject_ca_bundle(client, &name, &generated.ca_pem, shutdown).await
-                    {
-                        tracing::error!(webhook_config = name, %error, "writing the caBundle failed");
-                    }
-                });
-            }
-            None => tracing::warn!(
-                "--self-signed-tls without --webhook-config-name: nothing will trust the generated CA"
-            ),
-        }
-        tls
-    } else if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
-        ServerTls::from_files(
-            cert,
-            key,
-            Duration::from_secs(args.tls_reload_interval_seconds),
-        )
+    WebhookListener::bind(args)
         .await?
-    } else {
-        return Err(WebhookError::NoTlsSource);
-    };
-    let listener =
-        std::net::TcpListener::bind(args.webhook_addr).map_err(|source| WebhookError::Bind {
-            addr: args.webhook_addr,
-            source,
-        })?;
-    serve_tls(
-        listener,
-        tls,
-        state,
-        AdmissionSettings::from(args),
-        shutdown,
-    )
-    .await
+        .serve(args, state, client, shutdown)
+        .await
 }
 
 /// Serves [`router`] over HTTPS on an already bound listener until `shutdown`, then lets open
@@ -340,9 +410,17 @@ pub async fn serve_tls(
         tls.clone()
             .reload_on_change(state.metrics.clone(), local.clone()),
     );
-    let server = axum_server::from_tcp_rustls(listener, tls.rustls_config().clone())
+    let limits = settings.limits;
+    // The connection cap counts from TCP accept, so the TLS handshake is inside it; the
+    // handshake has the header-read timeout too.
+    let acceptor = RustlsAcceptor::new(tls.rustls_config().clone())
+        .handshake_timeout(limits.header_read_timeout)
+        .acceptor(limits.connection_limit());
+    let server = axum_server::from_tcp(listener)
         .map_err(WebhookError::Serve)?
+        .acceptor(acceptor)
         .handle(handle.clone());
+    let server = limits.configure(server);
     tokio::spawn(async move {
         local.cancelled().await;
         handle.graceful_shutdown(Some(SHUTDOWN_GRACE));

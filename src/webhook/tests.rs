@@ -7,11 +7,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use userns_labeler_test_support::fixtures::{claim, class};
 
 use super::admission::{decision_patch, mutate};
 use super::*;
 use crate::cache::Caches;
-use crate::capability::fixtures::{claim, class};
 use crate::capability::{BlockerCode, DriverTable};
 
 fn namespace(name: &str) -> kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace> {

@@ -30,6 +30,28 @@ start_all=$SECONDS
 log() { printf '[control-plane %4ds] %s\n' "$((SECONDS - start_all))" "$*" >&2; }
 die() { printf '[control-plane] error: %s\n' "$*" >&2; exit 1; }
 
+# go_quiet <go args...>: runs Go with its `go: downloading <module> <version>` lines (about 230
+# on a cold module cache) written to $downloads_log and counted instead of printed: one progress
+# line every 50 modules and one total. Every other line of Go's output passes through to stderr.
+downloads_log=${XDG_CACHE_HOME:-$HOME/.cache}/userns-labeler/control-plane/go-downloads.log
+go_quiet() {
+    mkdir -p "$(dirname "$downloads_log")"
+    { "$GO" "$@" 2>&1 >&3 3>&- | count_downloads; } 3>&1
+}
+count_downloads() {
+    local line n=0
+    while IFS= read -r line; do
+        if [[ $line == "go: downloading "* ]]; then
+            printf '%s\n' "$line" >>"$downloads_log"
+            n=$((n + 1))
+            ((n % 50)) || log "  $n Go modules downloaded ..."
+        else
+            printf '%s\n' "$line" >&2
+        fi
+    done
+    ((n == 0)) || log "  downloaded $n Go modules (listed in $downloads_log)"
+}
+
 # shellcheck source=versions.env
 . "$here/versions.env"
 k8s_version=${USERNS_K8S_VERSION:-$K8S_VERSION}
@@ -86,7 +108,7 @@ gen_kubernetes_module() {
     } >"$dir/go.mod"
     rm -f "$dir/go.sum"
     log "wrapper for k8s.io/kubernetes@$version: $(wc -w <<<"$modules") staging replaces; go mod tidy"
-    (cd "$dir" && "$GO" mod tidy) || die "go mod tidy failed for the k8s.io/kubernetes@$version wrapper in $dir"
+    (cd "$dir" && go_quiet mod tidy) || die "go mod tidy failed for the k8s.io/kubernetes@$version wrapper in $dir"
 }
 
 gen_etcd_module() {
@@ -105,7 +127,7 @@ gen_etcd_module() {
     } >"$dir/go.mod"
     rm -f "$dir/go.sum"
     log "wrapper for go.etcd.io/etcd/server/v3@$version: go mod tidy"
-    (cd "$dir" && "$GO" mod tidy) || die "go mod tidy failed for the etcd $version wrapper in $dir"
+    (cd "$dir" && go_quiet mod tidy) || die "go mod tidy failed for the etcd $version wrapper in $dir"
 }
 
 # requires <go.mod> <module> <version>: does that go.mod require exactly this version?
@@ -150,7 +172,7 @@ build() {
     log "building $(basename "$out") ($pkg) ..."
     mkdir -p "$(dirname "$out")"
     local tmp="$out.tmp.$$"
-    if ! (cd "$moddir" && CGO_ENABLED=0 "$GO" build -mod=readonly -trimpath -pgo=off "$@" -o "$tmp" "$pkg"); then
+    if ! (cd "$moddir" && CGO_ENABLED=0 go_quiet build -mod=readonly -trimpath -pgo=off "$@" -o "$tmp" "$pkg"); then
         rm -f "$tmp"
         die "building $pkg failed (module $moddir); see the go output above"
     fi
@@ -206,6 +228,7 @@ main() {
     fi
 
     GO=$(find_go "Go >= 1.24 to build the test control plane")
+    : >"$downloads_log"
     log "kubernetes $k8s_version, etcd $etcd_version, $("$GO" version), cache $cache_root"
 
     if [[ ! -x $k8s_dir/kube-apiserver || ! -x $k8s_dir/kubectl ]]; then

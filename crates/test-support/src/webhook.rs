@@ -1,8 +1,6 @@
 //! Shared by the webhook tests and the load benchmark: caches filled from objects without an
 //! API server, object and AdmissionReview builders, and applying a response's patch.
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -16,6 +14,7 @@ use userns_labeler::capability::DriverTable;
 use userns_labeler::keys::Keys;
 use userns_labeler::webhook::{WebhookMetrics, WebhookState};
 
+/// Caches holding exactly these objects, as if every watch had synced.
 pub fn caches(
     claims: Vec<PersistentVolumeClaim>,
     volumes: Vec<PersistentVolume>,
@@ -42,10 +41,12 @@ pub fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Names
     }
 }
 
+/// Decodes a typed object from JSON; panics when it does not fit.
 pub fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("fixture decodes")
 }
 
+/// A StorageClass of `provisioner`, annotated as the default class when `default`.
 pub fn class(name: &str, provisioner: &str, default: bool) -> StorageClass {
     let mut value = json!({
         "apiVersion": "storage.k8s.io/v1",
@@ -142,6 +143,7 @@ pub fn with_volume(mut pod: Value, volume: Value) -> Value {
     pod
 }
 
+/// A pod volume (JSON) named `volume` that mounts the claim `claim`.
 pub fn claim_volume(volume: &str, claim: &str) -> Value {
     json!({"name": volume, "persistentVolumeClaim": {"claimName": claim}})
 }
@@ -191,9 +193,13 @@ pub fn review(operation: &str, namespace: &str, object: &Value) -> Value {
 
 /// The response part of a returned AdmissionReview, decoded.
 pub struct Answer {
+    /// `response.uid`, the request's.
     pub uid: String,
+    /// `response.allowed`.
     pub allowed: bool,
+    /// `response.status.message`, empty when absent.
     pub message: String,
+    /// The decoded JSON Patch, when the response has one.
     pub patch: Option<Patch>,
 }
 
@@ -243,6 +249,7 @@ pub fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
     pod["metadata"]["annotations"][key].as_str()
 }
 
+/// Decodes a pod from JSON.
 pub fn decode_pod(value: &Value) -> Pod {
     from_json(value.clone())
 }
@@ -263,6 +270,7 @@ pub mod https {
     use tokio::net::TcpStream;
     use tokio_rustls::TlsConnector;
 
+    /// Any error of connecting or of a request.
     pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
     /// A client configuration trusting only `ca_pem`.

@@ -1,12 +1,13 @@
 //! Running the real `userns-labeler run` binary against the test control plane, as a
 //! least-privileged user bound only to the RBAC the Helm chart renders (the plain manifests
 //! `deploy/manifests/userns-labeler.yaml`).
-
-#![allow(dead_code)] // each test binary uses its own subset
+//!
+//! Cargo tells only the root package's integration tests and benchmarks where it built the
+//! binary, so they pass it in: `env!("CARGO_BIN_EXE_userns-labeler")`.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +16,8 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, ResourceExt};
 
-use crate::common::ControlPlane;
+use crate::control_plane::ControlPlane;
+use crate::repo_root;
 
 /// The user the controller runs as in tests.
 pub const USER: &str = "userns-labeler-under-test";
@@ -30,8 +32,7 @@ pub async fn least_privileged_kubeconfig(
     admin: &Client,
     namespace: &str,
 ) -> PathBuf {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(MANIFESTS))
-        .expect(MANIFESTS);
+    let text = std::fs::read_to_string(repo_root().join(MANIFESTS)).expect(MANIFESTS);
     install_rbac(admin, namespace, &text).await;
     cp.user_kubeconfig(USER, &[])
 }
@@ -96,60 +97,85 @@ pub async fn install_rbac(admin: &Client, namespace: &str, manifests: &str) {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `127.0.0.1:<a port free now>`.
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", crate::free_port())
 }
 
 /// A running `userns-labeler run` process. Killed on drop.
 pub struct Labeler {
     child: Child,
+    /// The admin server's plain-HTTP address, `127.0.0.1:<port>`.
     pub admin: String,
     /// The webhook's HTTPS address, `127.0.0.1:<port>`.
     pub webhook: String,
+    /// The process' stdout and stderr.
     pub log: PathBuf,
 }
 
 impl Labeler {
-    /// Starts the binary and waits until `/readyz` answers 200.
-    pub fn start(kubeconfig: &Path, namespace: &str, log_dir: &Path, identity: &str) -> Labeler {
-        Labeler::start_with(kubeconfig, namespace, log_dir, identity, &[])
+    /// Starts `binary` (the `userns-labeler` under test) and waits until `/readyz` answers 200.
+    pub fn start(
+        binary: impl AsRef<Path>,
+        kubeconfig: &Path,
+        namespace: &str,
+        log_dir: &Path,
+        identity: &str,
+    ) -> Labeler {
+        Labeler::start_with(binary, kubeconfig, namespace, log_dir, identity, &[])
     }
 
     /// [`Labeler::start`] with extra command-line arguments.
     pub fn start_with(
+        binary: impl AsRef<Path>,
         kubeconfig: &Path,
         namespace: &str,
         log_dir: &Path,
         identity: &str,
         extra: &[&str],
     ) -> Labeler {
-        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, extra);
+        let args = [&["--self-signed-tls"], extra].concat();
+        let labeler = Labeler::spawn(binary, kubeconfig, namespace, log_dir, identity, &args);
         labeler.wait_ready(Duration::from_secs(30));
         labeler
     }
 
-    fn spawn(
+    /// Starts the binary with `args` (its TLS flags among them) on free loopback ports, or
+    /// those `args` give with `--admin-addr`/`--webhook-addr`, without waiting for anything.
+    pub fn spawn(
+        binary: impl AsRef<Path>,
         kubeconfig: &Path,
         namespace: &str,
         log_dir: &Path,
         identity: &str,
-        extra: &[&str],
+        args: &[&str],
     ) -> Labeler {
-        let admin_port = free_port();
-        let webhook = format!("127.0.0.1:{}", free_port());
-        let log = log_dir.join(format!("labeler-{identity}-{admin_port}.log"));
+        let given = |flag: &str| {
+            let at = args.iter().position(|a| *a == flag)?;
+            args.get(at + 1).map(|a| a.to_string())
+        };
+        let admin = given("--admin-addr").unwrap_or_else(free_addr);
+        let webhook = given("--webhook-addr").unwrap_or_else(free_addr);
+        let log = log_dir.join(format!(
+            "labeler-{identity}-{}.log",
+            admin.rsplit(':').next().unwrap()
+        ));
         let out = File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_userns-labeler"))
-            .args(["run", "--kubeconfig"])
-            .arg(kubeconfig)
-            .args(["--namespace", namespace, "--identity", identity])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--webhook-addr", &webhook])
-            .arg("--self-signed-tls")
-            .args(extra)
+        let mut command = Command::new(binary.as_ref());
+        command.args(["run", "--kubeconfig"]).arg(kubeconfig).args([
+            "--namespace",
+            namespace,
+            "--identity",
+            identity,
+        ]);
+        if given("--admin-addr").is_none() {
+            command.args(["--admin-addr", &admin]);
+        }
+        if given("--webhook-addr").is_none() {
+            command.args(["--webhook-addr", &webhook]);
+        }
+        let child = command
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("USERNS_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string()),
@@ -161,7 +187,7 @@ impl Labeler {
             .expect("start userns-labeler");
         Labeler {
             child,
-            admin: format!("127.0.0.1:{admin_port}"),
+            admin,
             webhook,
             log,
         }
@@ -170,13 +196,15 @@ impl Labeler {
     /// [`Labeler::start_with`], waiting only until the admin server answers `/livez` (for a
     /// replica that is not meant to become ready).
     pub fn start_unready(
+        binary: impl AsRef<Path>,
         kubeconfig: &Path,
         namespace: &str,
         log_dir: &Path,
         identity: &str,
         extra: &[&str],
     ) -> Labeler {
-        let labeler = Labeler::spawn(kubeconfig, namespace, log_dir, identity, extra);
+        let args = [&["--self-signed-tls"], extra].concat();
+        let labeler = Labeler::spawn(binary, kubeconfig, namespace, log_dir, identity, &args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while labeler.get("/livez").is_none() {
             assert!(
@@ -189,7 +217,8 @@ impl Labeler {
         labeler
     }
 
-    fn wait_ready(&self, timeout: Duration) {
+    /// Waits until `/readyz` answers 200; panics with the log after `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if self.get("/readyz").is_some_and(|(status, _)| status == 200) {
@@ -233,10 +262,12 @@ impl Labeler {
             .sum()
     }
 
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// The whole log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -245,6 +276,24 @@ impl Labeler {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit on its own, for at most `timeout`, meanwhile asking
+    /// `/readyz` every 50 ms: the exit status (`None`: still running) and whether `/readyz`
+    /// ever answered 200.
+    pub fn until_exit(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut was_ready = false;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (Some(status), was_ready);
+            }
+            if Instant::now() > deadline {
+                return (None, was_ready);
+            }
+            was_ready |= self.get("/readyz").is_some_and(|(status, _)| status == 200);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM and wait for a graceful exit.
@@ -311,7 +360,7 @@ where
     }
 }
 
-/// The label and reason an object carries.
+/// The value of the label `key` on `object`, if any.
 pub fn label_of<K: ResourceExt>(object: &K, key: &str) -> Option<String> {
     object.labels().get(key).cloned()
 }
