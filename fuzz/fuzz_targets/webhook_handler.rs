@@ -34,6 +34,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         let settings = AdmissionSettings {
             mode,
             cache_wait: Duration::ZERO,
+            ..AdmissionSettings::default()
         };
         routers.push(router(state, settings));
     }

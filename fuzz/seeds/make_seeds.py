@@ -7,7 +7,7 @@ committed corpora under fuzz/corpus/ were minimised from these plus what the fuz
 admission_review, webhook_handler: AdmissionReviews of every pod of examples/ (and the pods the
 examples' StatefulSets and Deployments would create), of the Kyverno test pods, of pods with
 every volume source, the odd encodings of src/webhook/lean_tests.rs, and reviews the fast path
-leaves to the full decoder. driver_table: config/drivers.yaml and the tables of config/README.md.
+leaves to the full decoder; admission_review also the pods alone. driver_table: config/drivers.yaml and the tables of config/README.md.
 manifests: examples/, the Kyverno test manifests, and a JSON List.
 """
 import copy
@@ -42,6 +42,10 @@ def documents(path):
                 yield from doc["items"]
             else:
                 yield doc
+
+
+# Pods alone: admission_review also reads each input as the object of a fixed review.
+POD_OBJECTS = []
 
 
 def review(namespace, pod, operation="CREATE"):
@@ -98,6 +102,7 @@ def reviews():
     for pod in pods:
         ns = (pod.get("metadata") or {}).get("namespace") or "default"
         out.append(compact(review(ns, pod)))
+        POD_OBJECTS.append(compact(pod))
 
     # Every volume source of the proptests, against the claims of the fuzz world (namespace app).
     volumes = [
@@ -140,9 +145,11 @@ def reviews():
         pod = copy.deepcopy(base)
         pod["spec"]["volumes"] = [volume]
         out.append(compact(review("app", pod)))
+        POD_OBJECTS.append(compact(pod))
     everything = copy.deepcopy(base)
     everything["spec"]["volumes"] = volumes
     out.append(compact(review("app", everything)))
+    POD_OBJECTS.append(compact(everything))
     for ns in ["quiet", "elsewhere"]:
         out.append(compact(review(ns, base)))
     custom = copy.deepcopy(base)
@@ -181,6 +188,13 @@ def reviews():
     configmap["request"]["object"] = {"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": {"name": "c"}, "data": {"a": "b"}}
     variants.append(compact(configmap))
+    # The same with the object before the fields that say it is no pod CREATE (read as a pod).
+    for operation in ["UPDATE", "DELETE"]:
+        v = copy.deepcopy(plain)
+        request = v["request"]
+        request["operation"] = operation
+        v["request"] = {"object": request.pop("object"), **request}
+        variants.append(compact(v))
     out.extend(variants)
 
     # The odd encodings of lean_tests.rs: escapes and duplicate keys.
@@ -243,6 +257,8 @@ def main():
     for r in reviews():
         write("admission_review", r)
         write("webhook_handler", r)
+    for pod in POD_OBJECTS:
+        write("admission_review", pod)
     for t in tables():
         write("driver_table", t)
     for m in manifests():
