@@ -9,8 +9,9 @@
 # Not part of CI (the proptests in src/ are). Needs the nightly toolchain; installs cargo-fuzz
 # if missing. Starts from the committed corpus fuzz/corpus/<target>/ and writes what it finds
 # to a scratch corpus under $CARGO_TARGET_DIR (default fuzz/target), so the committed corpus
-# stays as it is. FUZZ_UPDATE_CORPUS=1 merges the scratch corpus into the committed one,
-# minimised (`cargo fuzz cmin`) — for a deliberate corpus update.
+# stays as it is. FUZZ_UPDATE_CORPUS=1 merges the scratch corpus into the committed one and
+# keeps what covers the most edges within 400 files and 1 MB per target (fuzz/minimise.py; needs
+# python3) — for a deliberate corpus update.
 #
 # Environment: FUZZ_SANITIZER (default none: the crate forbids unsafe code, and without
 # AddressSanitizer a target runs 5-15 times faster; `address` for ASan), FUZZ_JOBS (parallel
@@ -63,6 +64,20 @@ dict_of() {
     esac
 }
 
+# Merges the scratch corpus into the committed one and keeps what fits the budget (fuzz/minimise.py:
+# greedy cover of the edges, without hit counts, under 400 files and 1 MB).
+update_corpus() {
+    local target=$1 scratch=$2 log=$3 work
+    work=$(mktemp -d)
+    mkdir "$work/all" "$work/merged"
+    cp "$fuzz/corpus/$target"/* "$scratch"/* "$work/all"/ 2>/dev/null || true
+    "$CARGO_TARGET_DIR/$host/release/$target" -set_cover_merge=1 -use_counters=0 \
+        -merge_control_file="$work/control" "$work/merged" "$work/all" >>"$log" 2>&1
+    python3 "$fuzz/minimise.py" "$work/control" "$fuzz/corpus/$target" | sed "s/^/$target: /" >&2
+    rm -rf "$work"
+}
+
+host=$(rustc +nightly -vV | sed -n 's/^host: //p')
 failed=()
 summary=()
 for target in "${targets[@]}"; do
@@ -92,11 +107,7 @@ for target in "${targets[@]}"; do
         summary+=("$(printf '%-18s %12s executions %6ss  %8s/s' "$target" "$runs" "$elapsed" "$rate")")
     fi
     if [[ ${FUZZ_UPDATE_CORPUS:-0} == 1 && $status -eq 0 ]]; then
-        cp -n "$scratch"/* "$fuzz/corpus/$target"/ 2>/dev/null || true
-        cargo +nightly fuzz cmin "${flags[@]}" "$target" "$fuzz/corpus/$target" \
-            >>"$log" 2>&1
-        echo "fuzz.sh: $target corpus: $(ls "$fuzz/corpus/$target" | wc -l) files," \
-            "$(du -sh "$fuzz/corpus/$target" | cut -f1)" >&2
+        update_corpus "$target" "$scratch" "$log"
     fi
 done
 
