@@ -5,6 +5,8 @@
 //! - [`control_plane`]: a real etcd and kube-apiserver on loopback (or an existing cluster),
 //!   admin and per-user clients, a namespace per test, the servers' logs when a test fails;
 //! - [`labeler`]: the `userns-labeler run` binary under test, as a least-privileged user;
+//! - [`node`]: a real single-node cluster (kubelet, containerd, runc, kube-proxy; `tests/node/cluster.sh`)
+//!   whose pods really run;
 //! - [`webhook`]: webhook state without an API server, AdmissionReview builders and decoding,
 //!   a small HTTPS client;
 //! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
@@ -18,6 +20,7 @@
 pub mod control_plane;
 pub mod fixtures;
 pub mod labeler;
+pub mod node;
 pub mod webhook;
 
 use std::{
