@@ -4,6 +4,8 @@
 #                        and integration tests (the one command CI runs)
 #   make control-plane   build/cached kube-apiserver, kubectl, etcd for the tests
 #   make tools           build/cached helm, the Kyverno CLI and third-party CRDs for the tests
+#   make node            build/cached kubelet, containerd, runc and CNI plugins for a real node
+#                        (installs the Debian packages it needs; tests/node/packages.sh)
 #   make lint            rustfmt check + clippy with warnings as errors
 #   make manifests       re-render deploy/manifests from the Helm chart (a test checks drift)
 #
@@ -14,7 +16,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all test unit-test control-plane tools lint fmt clean-control-plane manifests
+.PHONY: all test unit-test control-plane tools node lint fmt clean-control-plane manifests
 
 all: lint test
 
@@ -24,6 +26,11 @@ control-plane:
 # helm, the Kyverno CLI and the CRD directory (tests/tools/build.sh path helm|kyverno|crds).
 tools:
 	tests/tools/build.sh
+
+# kubelet, kube-controller-manager, kube-scheduler, kube-proxy, containerd, runc and the CNI
+# plugins (tests/node/build.sh path kubelet|containerd|runc|cni|...).
+node:
+	tests/node/build.sh
 
 # With USERNS_TEST_KUBECONFIG no local control plane is needed; the tools always are.
 # --workspace: also the test-support crate (crates/test-support) and its doc examples.

@@ -6,6 +6,9 @@
 #   tests/control-plane/build.sh regen    regenerate the committed wrapper modules
 #                                         (kubernetes/ and etcd/) for the pins in versions.env
 #   tests/control-plane/build.sh dir      print the cache directory of the selected version
+#   tests/control-plane/build.sh wrapper  print the directory of the k8s.io/kubernetes wrapper
+#                                         module of the selected version (generated if needed;
+#                                         tests/node/build.sh builds the kubelet from it)
 #
 # Versions: pinned in versions.env; USERNS_K8S_VERSION=v1.33.13 and/or
 # USERNS_ETCD_VERSION=v3.6.16 select others (exact versions only; list them
@@ -95,7 +98,11 @@ gen_kubernetes_module() {
         echo
         echo "tool ("
         echo "	k8s.io/kubernetes/cmd/kube-apiserver"
+        echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+        echo "	k8s.io/kubernetes/cmd/kube-proxy"
+        echo "	k8s.io/kubernetes/cmd/kube-scheduler"
         echo "	k8s.io/kubernetes/cmd/kubectl"
+        echo "	k8s.io/kubernetes/cmd/kubelet"
         echo ")"
         echo
         echo "// Every staging module that k8s.io/kubernetes@$version replaces with ./staging/src/..."
@@ -137,18 +144,34 @@ requires() {
 }
 
 # Prints the directory of a usable wrapper module: the committed one when it
-# matches the requested version, otherwise one generated into the cache.
+# matches the requested version, otherwise one generated into the cache (also
+# regenerated when it predates the node tools: tests/node/build.sh builds the
+# kubelet from it). Generation is serialised by a lock per version, since both
+# this script and tests/node/build.sh (through `build.sh wrapper`) may do it.
 kubernetes_module_dir() {
     if requires "$here/kubernetes/go.mod" k8s.io/kubernetes "$k8s_version"; then
         echo "$here/kubernetes"
     else
-        local dir=$k8s_dir/wrapper
-        if ! requires "$dir/go.mod" k8s.io/kubernetes "$k8s_version" || [[ ! -s $dir/go.sum ]]; then
+        local dir=$k8s_dir/wrapper fd=
+        wrapper_ok() {
+            requires "$dir/go.mod" k8s.io/kubernetes "$k8s_version" && [[ -s $dir/go.sum ]] &&
+                grep -q '^[[:space:]]*k8s\.io/kubernetes/cmd/kubelet$' "$dir/go.mod"
+        }
+        if ! wrapper_ok && command -v flock >/dev/null 2>&1; then
+            mkdir -p "$cache_root"
+            exec {fd}>"$cache_root/.lock-wrapper-$k8s_version"
+            if ! flock -n "$fd"; then
+                log "another run is generating the $k8s_version wrapper module; waiting for it"
+                flock "$fd"
+            fi
+        fi
+        if ! wrapper_ok; then
             if [[ $k8s_version == "$K8S_VERSION" ]]; then
                 log "note: tests/control-plane/kubernetes/go.mod does not match the pin $K8S_VERSION; run 'build.sh regen' and commit it"
             fi
             gen_kubernetes_module "$k8s_version" "$dir" >&2
         fi
+        [[ -z $fd ]] || exec {fd}>&-
         echo "$dir"
     fi
 }
@@ -190,6 +213,13 @@ main() {
         echo "$k8s_dir"
         exit 0
         ;;
+    wrapper)
+        # For tests/node/build.sh: the k8s.io/kubernetes wrapper module of the
+        # selected version (the committed one, or one generated into the cache).
+        GO=$(find_go "Go >= 1.24 to build the test control plane")
+        kubernetes_module_dir
+        exit 0
+        ;;
     regen)
         GO=$(find_go "Go >= 1.24 to build the test control plane")
         [[ -z ${USERNS_K8S_VERSION:-}${USERNS_ETCD_VERSION:-} ]] ||
@@ -200,7 +230,7 @@ main() {
         exit 0
         ;;
     build) ;;
-    *) die "unknown command '$1' (expected: build, regen, dir)" ;;
+    *) die "unknown command '$1' (expected: build, regen, dir, wrapper)" ;;
     esac
 
     all_built() {
