@@ -391,11 +391,14 @@ import_images() {
     local dir=${USERNS_NODE_IMAGES:-$repo/target/images} tar n=0
     for tar in "$dir"/*.tar; do
         [[ -f $tar ]] || continue
-        "$CTR_BIN" --address "$D/containerd/containerd.sock" -n k8s.io images import --local "$tar" >/dev/null ||
-            die "ctr images import $tar failed"
+        # (ctr warns on every call that cgroup v1 support is deprecated; only failures matter)
+        "$CTR_BIN" --address "$D/containerd/containerd.sock" -n k8s.io images import --local "$tar" >/dev/null 2>"$D/logs/ctr-import.log" ||
+            die "ctr images import $tar failed: $(grep -v DEPRECATION "$D/logs/ctr-import.log")"
         n=$((n + 1))
     done
-    "$CTR_BIN" --address "$D/containerd/containerd.sock" -n k8s.io images ls -q | grep -qx "$SANDBOX_IMAGE" ||
+    local images
+    images=$("$CTR_BIN" --address "$D/containerd/containerd.sock" -n k8s.io images ls -q 2>/dev/null)
+    grep -qx "$SANDBOX_IMAGE" <<<"$images" ||
         die "the sandbox image $SANDBOX_IMAGE is not among the images imported from $dir: run 'make test-images'"
     log "imported $n image archive(s) from $dir"
 }
@@ -611,10 +614,13 @@ cmd_run() {
     echo "READY $D/kubeconfig $KUBECTL_BIN"
     if [[ $detached != detached ]]; then
         # stdin is a pipe from the caller (the test process): EOF means it has gone away.
+        # (A background job's stdin is /dev/null unless given explicitly: hand it over as fd 3.)
+        exec 3<&0
         (
-            read -r _ || true
+            read -r -u 3 _ || true
             kill -TERM $$ 2>/dev/null
         ) 9>&- &
+        exec 3<&-
     fi
     exec </dev/null
     local reported=""
@@ -679,6 +685,7 @@ cmd_down() {
 cmd_restart() {
     local name=$1
     [[ " ${COMPONENTS[*]} " == *" $name "* ]] || die "unknown component '$name' (one of: ${COMPONENTS[*]})"
+    require_running
     binaries
     touch "$D/restarting-$name"
     stop "$name" 10
@@ -689,11 +696,18 @@ cmd_restart() {
     fi
 }
 
+# Fails unless a cluster's supervisor runs (its state directory alone is not enough).
+require_running() {
+    alive "$(cat "$D/supervisor.pid" 2>/dev/null)" || die "no cluster is running (start one with 'cluster.sh up' or 'make cluster')"
+}
+
 cmd_install() {
+    require_running
     binaries
     local helm ref
     helm=$("$repo/tests/tools/build.sh" path helm)
-    ref=$(cat "$repo/target/images/userns-labeler.ref" 2>/dev/null) || die "no target/images/userns-labeler.ref: run 'make image'"
+    local images=${USERNS_NODE_IMAGES:-$repo/target/images}
+    ref=$(cat "$images/userns-labeler.ref" 2>/dev/null) || die "no $images/userns-labeler.ref: run 'make image'"
     # The namespace enforces the restricted Pod Security level before the chart's pods exist.
     kubectl create namespace userns-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
     kubectl label namespace userns-system --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
