@@ -8,6 +8,9 @@
 #                        (installs the Debian packages it needs; tests/node/packages.sh)
 #   make lint            rustfmt check + clippy with warnings as errors
 #   make manifests       re-render deploy/manifests from the Helm chart (a test checks drift)
+#   make image           the userns-labeler image as an OCI archive, target/images/userns-labeler.tar
+#                        (and .ref), without a container engine: `ctr -n k8s.io images import` it
+#   make test-images     the node tests' images (pause, shell) as OCI archives in target/images/
 #
 # USERNS_K8S_VERSION=v1.33.13 make test   runs the same tests against another
 # Kubernetes version (built on first use); USERNS_TEST_KUBECONFIG=/path makes
@@ -63,3 +66,13 @@ demo: control-plane
 # deploy/manifests/userns-labeler.yaml is the chart rendered with its defaults; commit the result.
 manifests:
 	scripts/render-manifests.sh
+
+# The release binary stripped, with only the libraries it loads, user 65532: the Dockerfile's image
+# as an OCI archive (scripts/image.sh, scripts/oci-image.py). USERNS_IMAGES_DIR moves the output.
+.PHONY: image test-images
+image:
+	CARGO="$(CARGO)" scripts/image.sh
+
+# localhost/pause:userns-test and localhost/shell:userns-test (tests/node/images/build.sh).
+test-images:
+	tests/node/images/build.sh
