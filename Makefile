@@ -11,6 +11,10 @@
 #   make image           the userns-labeler image as an OCI archive, target/images/userns-labeler.tar
 #                        (and .ref), without a container engine: `ctr -n k8s.io images import` it
 #   make test-images     the node tests' images (pause, shell) as OCI archives in target/images/
+#   make cluster         a real single-node cluster (tests/node/cluster.sh up) with the chart
+#                        installed by helm; writes KUBECONFIG= and KUBECTL= to target/cluster.env
+#                        (or $$CLUSTER_ENV); needs root and Linux >= 6.3
+#   make cluster-down    stop it and remove everything it created
 #
 # USERNS_K8S_VERSION=v1.33.13 make test   runs the same tests against another
 # Kubernetes version (built on first use); USERNS_TEST_KUBECONFIG=/path makes
@@ -19,7 +23,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all test unit-test control-plane tools node lint fmt clean-control-plane manifests
+.PHONY: all test unit-test control-plane tools node lint fmt clean-control-plane manifests cluster cluster-down
 
 all: lint test
 
@@ -35,9 +39,10 @@ tools:
 node:
 	tests/node/build.sh
 
-# With USERNS_TEST_KUBECONFIG no local control plane is needed; the tools always are.
+# With USERNS_TEST_KUBECONFIG no local control plane is needed; the tools always are. The
+# real-node tests (tests/real_node.rs) need the node's components and the images.
 # --workspace: also the test-support crate (crates/test-support) and its doc examples.
-test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane) tools
+test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane) tools node image test-images
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
@@ -75,4 +80,13 @@ image:
 
 # localhost/pause:userns-test and localhost/shell:userns-test (tests/node/images/build.sh).
 test-images:
+	tests/node/packages.sh
 	tests/node/images/build.sh
+
+# The real node with the chart (self-signed TLS, two replicas, the local image); see the README.
+cluster: control-plane tools node image test-images
+	tests/node/cluster.sh up
+	tests/node/cluster.sh install --set replicaCount=2
+
+cluster-down:
+	tests/node/cluster.sh down
