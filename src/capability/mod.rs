@@ -2,11 +2,13 @@
 //! verdicts for claims and volumes, and to the pod decision. No I/O.
 
 pub mod pod;
+pub mod pruned;
 pub mod resolve;
 pub mod sources;
 pub mod table;
 
 pub use pod::{Awaited, Blocker, BlockerCode, PodDecision, decide_pod};
+pub use pruned::{Marks, PrunedClaim, PrunedClass, PrunedVolume, ToPruned};
 pub use resolve::{
     ClusterView, DriverSource, Snapshot, VolumeVerdict, resolve_claim, resolve_volume,
 };

@@ -12,8 +12,6 @@ pub mod reconcile;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt, future};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Client;
 use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
@@ -24,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cache::{Caches, Subscriptions};
+use crate::capability::{PrunedClaim, PrunedClass, PrunedVolume};
 use crate::config::TableState;
 use crate::keys::Keys;
 pub use metrics::ControllerMetrics;
@@ -216,17 +215,17 @@ fn opened(rx: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
 }
 
 /// A PV's claim, through `spec.claimRef`.
-pub fn volume_to_claim(volume: &PersistentVolume) -> Option<ObjectRef<PersistentVolumeClaim>> {
-    let claim_ref = volume.spec.as_ref()?.claim_ref.as_ref()?;
-    Some(ObjectRef::new(claim_ref.name.as_deref()?).within(claim_ref.namespace.as_deref()?))
+pub fn volume_to_claim(volume: &PrunedVolume) -> Option<ObjectRef<PrunedClaim>> {
+    let claim_ref = volume.spec.claim_ref.as_ref()?;
+    Some(ObjectRef::new(&claim_ref.name).within(&claim_ref.namespace))
 }
 
 /// The claims a PV change can affect: its `claimRef`'s claim or, for a PV not bound yet, the
 /// claims pre-bound to it by `spec.volumeName` (static provisioning).
 pub fn volume_to_claims(
-    volume: &PersistentVolume,
-    claims: &Store<PersistentVolumeClaim>,
-) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    volume: &PrunedVolume,
+    claims: &Store<PrunedClaim>,
+) -> Vec<ObjectRef<PrunedClaim>> {
     if let Some(claim) = volume_to_claim(volume) {
         return vec![claim];
     }
@@ -234,7 +233,7 @@ pub fn volume_to_claims(
     claims
         .state()
         .iter()
-        .filter(|c| c.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(name))
+        .filter(|c| c.spec.volume_name.as_deref() == Some(name))
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -242,18 +241,15 @@ pub fn volume_to_claims(
 /// The claims a StorageClass change can affect: those naming it, and those naming no class
 /// (the default class may have moved).
 pub fn class_to_claims(
-    class: &StorageClass,
-    claims: &Store<PersistentVolumeClaim>,
-) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    class: &PrunedClass,
+    claims: &Store<PrunedClaim>,
+) -> Vec<ObjectRef<PrunedClaim>> {
     let name = class.metadata.name.as_deref().unwrap_or_default();
     claims
         .state()
         .iter()
         .filter(|c| {
-            let class_name = c
-                .spec
-                .as_ref()
-                .and_then(|s| s.storage_class_name.as_deref());
+            let class_name = c.spec.storage_class_name.as_deref();
             class_name.is_none() || class_name == Some(name)
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
@@ -262,19 +258,14 @@ pub fn class_to_claims(
 
 /// The volumes of a StorageClass.
 pub fn class_to_volumes(
-    class: &StorageClass,
-    volumes: &Store<PersistentVolume>,
-) -> Vec<ObjectRef<PersistentVolume>> {
+    class: &PrunedClass,
+    volumes: &Store<PrunedVolume>,
+) -> Vec<ObjectRef<PrunedVolume>> {
     let name = class.metadata.name.as_deref().unwrap_or_default();
     volumes
         .state()
         .iter()
-        .filter(|v| {
-            v.spec
-                .as_ref()
-                .and_then(|s| s.storage_class_name.as_deref())
-                == Some(name)
-        })
+        .filter(|v| v.spec.storage_class_name.as_deref() == Some(name))
         .map(|v| ObjectRef::from_obj(v.as_ref()))
         .collect()
 }
@@ -292,10 +283,10 @@ mod tests {
             .set("/spec/claimRef", json!({"namespace": "ns", "name": "data"}))
             .build();
         assert_eq!(
-            volume_to_claim(&v),
+            volume_to_claim(&(&v).into()),
             Some(ObjectRef::new("data").within("ns"))
         );
-        assert_eq!(volume_to_claim(&volume("free").build()), None);
+        assert_eq!(volume_to_claim(&(&volume("free").build()).into()), None);
     }
 
     #[test]
@@ -315,7 +306,7 @@ mod tests {
             vec![],
         );
         assert_eq!(
-            volume_to_claims(&volume("pv").build(), &store.claims),
+            volume_to_claims(&(&volume("pv").build()).into(), &store.claims),
             vec![ObjectRef::new("static").within("a")]
         );
         let bound = volume("pv")
@@ -325,7 +316,7 @@ mod tests {
             )
             .build();
         assert_eq!(
-            volume_to_claims(&bound, &store.claims),
+            volume_to_claims(&(&bound).into(), &store.claims),
             vec![ObjectRef::new("dynamic").within("b")],
             "a claimRef decides"
         );
@@ -344,10 +335,11 @@ mod tests {
             vec![],
             vec![],
         );
-        let mut refs: Vec<String> = class_to_claims(&class("fast", "x").build(), &store.claims)
-            .into_iter()
-            .map(|r| r.to_string())
-            .collect();
+        let mut refs: Vec<String> =
+            class_to_claims(&(&class("fast", "x").build()).into(), &store.claims)
+                .into_iter()
+                .map(|r| r.to_string())
+                .collect();
         refs.sort();
         assert_eq!(refs.len(), 2, "{refs:?}");
         assert!(
@@ -367,7 +359,7 @@ mod tests {
             vec![],
             vec![],
         );
-        let refs = class_to_volumes(&class("fast", "x").build(), &store.volumes);
+        let refs = class_to_volumes(&(&class("fast", "x").build()).into(), &store.volumes);
         assert_eq!(refs, vec![ObjectRef::new("a")]);
     }
 }

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -19,7 +17,9 @@ use tracing::{info, warn};
 
 use super::{Context, ControllerError};
 use crate::cache::Caches;
-use crate::capability::{DriverTable, VolumeVerdict, resolve_claim, resolve_volume};
+use crate::capability::{
+    DriverTable, Marks, PrunedClaim, PrunedVolume, VolumeVerdict, resolve_claim, resolve_volume,
+};
 use crate::keys::Keys;
 
 /// The one field manager under which all our labels and annotations are applied.
@@ -46,15 +46,22 @@ pub trait Labelled:
     /// The verdict for this object, from the caches and the table.
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict;
 
+    /// The labels and annotations of the object that are read.
+    fn marks(&self) -> &Marks;
+
     /// The API of this object's kind, scoped like the object.
     fn api(client: Client, namespace: Option<&str>) -> Option<Api<Self>>;
 }
 
-impl Labelled for PersistentVolumeClaim {
+impl Labelled for PrunedClaim {
     const KIND: &'static str = "claim";
 
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict {
         resolve_claim(self, caches, table, keys)
+    }
+
+    fn marks(&self) -> &Marks {
+        &self.marks
     }
 
     fn api(client: Client, namespace: Option<&str>) -> Option<Api<Self>> {
@@ -62,11 +69,15 @@ impl Labelled for PersistentVolumeClaim {
     }
 }
 
-impl Labelled for PersistentVolume {
+impl Labelled for PrunedVolume {
     const KIND: &'static str = "volume";
 
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict {
         resolve_volume(self, caches, table, keys)
+    }
+
+    fn marks(&self) -> &Marks {
+        &self.marks
     }
 
     fn api(client: Client, _namespace: Option<&str>) -> Option<Api<Self>> {
@@ -98,13 +109,12 @@ impl DesiredKeys {
         }
     }
 
-    /// Whether `meta` already carries exactly these values.
-    pub fn is_current(&self, meta: &ObjectMeta, keys: &Keys) -> bool {
-        let label = meta.labels.as_ref().and_then(|l| l.get(&keys.supported));
-        let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k));
-        label.map(String::as_str) == Some(self.label)
-            && annotation(&keys.reason) == Some(&self.reason)
-            && annotation(&keys.driver) == self.driver.as_ref()
+    /// Whether an object with these labels and annotations already carries exactly these
+    /// values.
+    pub fn is_current(&self, marks: &Marks, keys: &Keys) -> bool {
+        marks.label(&keys.supported) == Some(self.label)
+            && marks.annotation(&keys.reason) == Some(self.reason.as_str())
+            && marks.annotation(&keys.driver) == self.driver.as_deref()
     }
 
     /// The metadata of a server-side apply patch holding only our keys. A key we owned and now
@@ -143,7 +153,7 @@ async fn label<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerE
         return Ok(());
     };
     let desired = DesiredKeys::from_verdict(&object.judge(&ctx.caches, &table, &ctx.keys));
-    if desired.is_current(object.meta(), &ctx.keys) || ctx.written.is_pending(object, &desired) {
+    if desired.is_current(object.marks(), &ctx.keys) || ctx.written.is_pending(object, &desired) {
         return Ok(());
     }
     let meta = object.meta();
@@ -227,11 +237,7 @@ fn object_name<K: Resource>(object: &K) -> String {
 /// An Event when the label value changes (not on first labelling, which would flood a new
 /// cluster with one event per claim).
 async fn announce_change<K: Labelled>(ctx: &Context, object: &K, desired: &DesiredKeys) {
-    let old = object
-        .meta()
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(&ctx.keys.supported));
+    let old = object.marks().label(&ctx.keys.supported);
     let Some(old) = old.filter(|old| *old != desired.label) else {
         return;
     };
@@ -349,10 +355,10 @@ mod tests {
             .annotation("userns.io/idmap-reason", "NFS")
             .annotation("userns.io/driver", "nfs.csi.k8s.io")
             .build();
-        assert!(desired(Some("nfs.csi.k8s.io")).is_current(&c.metadata, &keys));
-        assert!(!desired(Some("other")).is_current(&c.metadata, &keys));
+        assert!(desired(Some("nfs.csi.k8s.io")).is_current(&Marks::of(&c.metadata), &keys));
+        assert!(!desired(Some("other")).is_current(&Marks::of(&c.metadata), &keys));
         assert!(
-            !desired(None).is_current(&c.metadata, &keys),
+            !desired(None).is_current(&Marks::of(&c.metadata), &keys),
             "a stale driver annotation is a difference"
         );
     }
@@ -367,8 +373,8 @@ mod tests {
             )
             .annotation("userns.io/idmap-reason", "NFS")
             .build();
-        assert!(!desired(None).is_current(&tampered.metadata, &keys));
-        assert!(!desired(None).is_current(&claim("ns", "c").build().metadata, &keys));
+        assert!(!desired(None).is_current(&Marks::of(&tampered.metadata), &keys));
+        assert!(!desired(None).is_current(&Marks::of(&claim("ns", "c").build().metadata), &keys));
     }
 
     #[test]
