@@ -10,6 +10,7 @@
 //! - [`webhook`]: webhook state without an API server, AdmissionReview builders and decoding,
 //!   a small HTTPS client;
 //! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
+//! - [`measure`]: the benchmarks' figures (resident memory, CPU time, load, percentiles);
 //! - [`tool`]: helm, the Kyverno CLI and third-party CRDs built by `make tools`.
 //!
 //! Paths into the repository (`tests/control-plane/versions.env`, `tests/tools/build.sh`,
@@ -20,6 +21,7 @@
 pub mod control_plane;
 pub mod fixtures;
 pub mod labeler;
+pub mod measure;
 pub mod node;
 pub mod webhook;
 
