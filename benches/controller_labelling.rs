@@ -464,6 +464,8 @@ impl Drop for Profile {
 struct MemoryRow {
     empty: Option<Memory>,
     cold: Vec<Memory>,
+    /// Started with everything labelled, once settled: the caches and nothing else.
+    warm: Vec<Memory>,
     edited: Vec<Memory>,
 }
 
@@ -572,6 +574,8 @@ impl Bench {
                 w.set_table(NO_RULES).await;
                 let labeler = w.start(path, &identity);
                 wait_settled(&labeler);
+                let warm = measure::memory(labeler.pid());
+                self.memory.entry(name.into()).or_default().warm.push(warm);
                 assert_eq!(
                     writes(&labeler, "claim") + writes(&labeler, "volume"),
                     0,
@@ -712,7 +716,7 @@ impl Bench {
         }
         writeln!(
             out,
-            "\nresident memory (MiB): empty cluster; after cold-all ({} objects cached; peak = most ever resident, initial lists included); after edit",
+            "\nresident memory (MiB): empty cluster; after cold-all ({} objects cached; peak = most ever resident, initial lists included); started with all labelled, settled (warm); after edit",
             2 * s.n
         )
         .unwrap();
@@ -724,13 +728,18 @@ impl Bench {
                     .join(", ")
             };
             let empty = row.empty.map_or(f64::NAN, |m| m.rss_mib);
-            let per_object = row.cold.iter().map(|m| m.rss_mib).fold(f64::NAN, f64::min);
-            let per_object = (per_object - empty) * 1024.0 * 1024.0 / (2 * s.n) as f64;
+            let per_object = |m: &[Memory]| {
+                let least = m.iter().map(|m| m.rss_mib).fold(f64::NAN, f64::min);
+                (least - empty) * 1024.0 * 1024.0 / (2 * s.n) as f64
+            };
             writeln!(
                 out,
-                "  {name:<12} empty {empty:.1}; cold {}; edit {}; ≈ {per_object:.0} bytes per cached object",
+                "  {name:<12} empty {empty:.1}; cold {}; warm {}; edit {}; above empty per cached object: cold {:.0} B, warm {:.0} B",
                 fmt(&row.cold),
-                fmt(&row.edited)
+                fmt(&row.warm),
+                fmt(&row.edited),
+                per_object(&row.cold),
+                per_object(&row.warm),
             )
             .unwrap();
         }
@@ -773,6 +782,17 @@ fn main() {
             runs: Vec::new(),
             memory: BTreeMap::new(),
         };
+        // Copies of the builds, so that a build finishing elsewhere meanwhile (a shared target
+        // directory) cannot swap a binary under the benchmark.
+        let frozen = cp.dir().join("bench-binaries");
+        std::fs::create_dir_all(&frozen).unwrap();
+        for (i, contender) in bench.world.settings.contenders.iter_mut().enumerate() {
+            if let Contender::Binary { path, .. } = contender {
+                let copy = frozen.join(format!("{i}-userns-labeler"));
+                std::fs::copy(&*path, &copy).expect("copying a build");
+                *path = copy;
+            }
+        }
         let w = &bench.world;
         w.set_table(NO_RULES).await;
         eprintln!("{}", measure::load());

@@ -161,7 +161,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
     let mut registry = metrics::registry();
-    let recorder = recorder(&client, &identity);
+    let recorder = Recorder::new(client.clone(), reporter(&identity));
 
     let (caches, subscriptions) = cache::start(&client, &shutdown);
     let lease = LeaseSettings::new(&args.namespace, &args.lease_name, &identity);
@@ -185,7 +185,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         table.clone(),
         keys.clone(),
         writable,
-        recorder,
+        reporter(&identity),
+        args.concurrency,
         &mut registry,
     ));
     let controllers = controller::run(
@@ -292,12 +293,11 @@ fn stopped_early(server: &'static str, shutdown: &CancellationToken) -> Result<(
 }
 
 /// Events are published as this replica of [`COMPONENT`].
-fn recorder(client: &Client, identity: &str) -> Recorder {
-    let reporter = Reporter {
+fn reporter(identity: &str) -> Reporter {
+    Reporter {
         controller: COMPONENT.to_string(),
         instance: Some(identity.to_string()),
-    };
-    Recorder::new(client.clone(), reporter)
+    }
 }
 
 /// The leader-election task only ends after shutdown, or with an error: then the process exits

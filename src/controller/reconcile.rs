@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Context, ControllerError};
+use super::{Context, ControllerError, Priority};
 use crate::cache::Caches;
 use crate::capability::{
     DriverTable, Marks, PrunedClaim, PrunedVolume, VolumeVerdict, resolve_claim, resolve_volume,
@@ -43,6 +42,9 @@ pub trait Labelled:
     /// The kind in metrics and errors: `claim` or `volume`.
     const KIND: &'static str;
 
+    /// Its place in the queue for a write permit.
+    const PRIORITY: Priority;
+
     /// The verdict for this object, from the caches and the table.
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict;
 
@@ -55,6 +57,7 @@ pub trait Labelled:
 
 impl Labelled for PrunedClaim {
     const KIND: &'static str = "claim";
+    const PRIORITY: Priority = Priority::Claim;
 
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict {
         resolve_claim(self, caches, table, keys)
@@ -71,6 +74,7 @@ impl Labelled for PrunedClaim {
 
 impl Labelled for PrunedVolume {
     const KIND: &'static str = "volume";
+    const PRIORITY: Priority = Priority::Volume;
 
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict {
         resolve_volume(self, caches, table, keys)
@@ -137,25 +141,48 @@ pub async fn reconcile<K: Labelled>(
     object: Arc<K>,
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    relabel(object.as_ref(), &ctx)
+        .await
+        .map(|()| Action::await_change())
+}
+
+/// Writes our keys on `object` if it needs them (a reconciliation, counted and timed).
+pub(super) async fn relabel<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerError> {
     let started = Instant::now();
-    let result = label(object.as_ref(), &ctx).await;
+    let result = match ctx.needed_write(object) {
+        Some(desired) => label(object, desired, ctx).await,
+        None => Ok(()),
+    };
     if result.is_ok() {
-        ctx.backoff.succeeded(&PendingWrites::key(object.as_ref()));
+        ctx.backoff.succeeded(&PendingWrites::key(object));
     }
     ctx.metrics
         .record_reconcile(K::KIND, started.elapsed().as_secs_f64());
-    result.map(|()| Action::await_change())
+    result
 }
 
-async fn label<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerError> {
-    let table = ctx.table.borrow().table().cloned();
-    let (true, Some(table)) = (ctx.may_write(), table) else {
-        return Ok(());
-    };
-    let desired = DesiredKeys::from_verdict(&object.judge(&ctx.caches, &table, &ctx.keys));
-    if desired.is_current(object.marks(), &ctx.keys) || ctx.written.is_pending(object, &desired) {
-        return Ok(());
+impl Context {
+    /// The keys `object` should carry, when it does not carry them yet, no write of them is
+    /// pending and this replica may write: whether it needs a write now.
+    pub fn needed_write<K: Labelled>(&self, object: &K) -> Option<DesiredKeys> {
+        let table = self.table.borrow().table().cloned();
+        let (true, Some(table)) = (self.may_write(), table) else {
+            return None;
+        };
+        let desired = DesiredKeys::from_verdict(&object.judge(&self.caches, &table, &self.keys));
+        if desired.is_current(object.marks(), &self.keys) {
+            self.written.forget(object);
+            return None;
+        }
+        (!self.written.is_pending(object, &desired)).then_some(desired)
     }
+}
+
+async fn label<K: Labelled>(
+    object: &K,
+    desired: DesiredKeys,
+    ctx: &Context,
+) -> Result<(), ControllerError> {
     let meta = object.meta();
     let name = meta.name.as_deref();
     let api = K::api(ctx.client.clone(), meta.namespace.as_deref());
@@ -172,26 +199,37 @@ async fn label<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerE
         "kind": K::kind(&()),
         "metadata": metadata,
     });
-    api.patch_metadata(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| ControllerError::Apply {
-        kind: K::KIND,
-        name: object_name(object),
-        source,
-    })?;
-    ctx.written.record(object, desired.clone());
+    // Recorded before the write, so that a reconciliation of the same object from elsewhere (the
+    // sweep and the controller may meet) does not send it again.
+    if !ctx.written.begin(object, &desired) {
+        return Ok(());
+    }
+    let permit = ctx.writes.acquire(K::PRIORITY).await;
+    let written = api
+        .patch_metadata(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    drop(permit);
+    if let Err(source) = written {
+        ctx.written.forget(object);
+        return Err(ControllerError::Apply {
+            kind: K::KIND,
+            name: object_name(object),
+            source,
+        });
+    }
     ctx.metrics.record_write(K::KIND);
     announce_change(ctx, object, &desired).await;
     Ok(())
 }
 
-/// The writes whose watch events the cache has not delivered yet. Until it does, a reconcile
-/// of the same object (from another trigger) sees the version before our write and would write
-/// the same keys again; it is skipped instead. An entry is dropped when the cache moves on.
+/// The writes sent or being sent whose watch events the cache has not delivered yet. Until it
+/// does, a reconcile of the same object (from another trigger) sees the version before our
+/// write and would write the same keys again; it is skipped instead. An entry is dropped when
+/// the cache shows our keys or moves on, or when the write fails.
 #[derive(Default)]
 pub struct PendingWrites {
     /// `kind/namespace/name` → the resourceVersion our write was based on, and what it wrote.
@@ -219,10 +257,28 @@ impl PendingWrites {
         }
     }
 
-    fn record<K: Labelled>(&self, object: &K, desired: DesiredKeys) {
-        let version = object.meta().resource_version.clone();
+    /// The cache shows our keys: nothing is pending for `object` any more.
+    fn forget<K: Labelled>(&self, object: &K) {
         let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        writes.insert(Self::key(object), (version, desired));
+        if !writes.is_empty() {
+            writes.remove(&Self::key(object));
+        }
+    }
+
+    /// Records a write of `desired` on top of the version `object` is, unless exactly that
+    /// write is already pending: whether the caller should send it.
+    fn begin<K: Labelled>(&self, object: &K, desired: &DesiredKeys) -> bool {
+        let version = &object.meta().resource_version;
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Self::key(object);
+        if writes
+            .get(&key)
+            .is_some_and(|(v, d)| v == version && d == desired)
+        {
+            return false;
+        }
+        writes.insert(key, (version.clone(), desired.clone()));
+        true
     }
 }
 
@@ -235,7 +291,7 @@ fn object_name<K: Resource>(object: &K) -> String {
 }
 
 /// An Event when the label value changes (not on first labelling, which would flood a new
-/// cluster with one event per claim).
+/// cluster with one event per claim), queued: it is published after the label writes waiting.
 async fn announce_change<K: Labelled>(ctx: &Context, object: &K, desired: &DesiredKeys) {
     let old = object.marks().label(&ctx.keys.supported);
     let Some(old) = old.filter(|old| *old != desired.label) else {
@@ -248,16 +304,7 @@ async fn announce_change<K: Labelled>(ctx: &Context, object: &K, desired: &Desir
         ctx.keys.supported, desired.label, desired.reason
     );
     truncate(&mut note, 1000);
-    let event = Event {
-        type_: EventType::Normal,
-        reason: "IdmapSupportChanged".to_string(),
-        note: Some(note),
-        action: "Relabel".to_string(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-        warn!(error = %e, "could not publish the label-change event");
-    }
+    ctx.events.announce(object.object_ref(&()), note).await;
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary (Event notes are bounded).
@@ -394,6 +441,35 @@ mod tests {
                 "annotations": {"userns.io/idmap-reason": "NFS"}
             })
         );
+    }
+
+    #[test]
+    fn a_pending_write_is_sent_once_until_it_fails_or_the_cache_moves_on() {
+        let pending = PendingWrites::default();
+        let at = |version: &str| {
+            PrunedClaim::from(
+                &claim("ns", "c")
+                    .set("/metadata/resourceVersion", json!(version))
+                    .build(),
+            )
+        };
+        assert!(pending.begin(&at("1"), &desired(None)));
+        assert!(!pending.begin(&at("1"), &desired(None)), "already pending");
+        assert!(pending.is_pending(&at("1"), &desired(None)));
+        assert!(
+            pending.begin(&at("1"), &desired(Some("d"))),
+            "other keys are another write"
+        );
+        pending.forget(&at("1"));
+        assert!(
+            pending.begin(&at("1"), &desired(None)),
+            "a failed write is retried"
+        );
+        assert!(
+            !pending.is_pending(&at("2"), &desired(None)),
+            "the cache moved on"
+        );
+        assert!(pending.writes.lock().unwrap().is_empty());
     }
 
     #[test]
