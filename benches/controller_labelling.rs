@@ -1,6 +1,9 @@
 //! Labelling at scale on the local control plane, each figure side by side with a plain client
 //! loop that sends the controller's exact server-side-apply patches at the same concurrency, as
-//! the same least-privileged user: the API server's own limit.
+//! the same least-privileged user: the API server's own limit. The loop runs twice: bare, and
+//! `loop+watch`, with the labeler's own watches of claims, PVs, classes and namespaces open in
+//! this process meanwhile: what the API server allows any controller, which must watch what it
+//! writes (each write comes back as a watch event the server encodes and sends).
 //!
 //! Objects: N claims, each bound to its own PV (`spec.volumeName` / `claimRef`), half on an EBS
 //! CSI driver (label `true`) and half on NFS (`false`). Scenarios, in this order per round:
@@ -86,14 +89,26 @@ enum Values {
 
 #[derive(Clone)]
 enum Contender {
-    Loop,
-    Binary { name: String, path: PathBuf },
+    /// The plain loop, watched (`true`) or not: watched, the labeler's own watches of claims,
+    /// PVs, classes and namespaces (`cache::start`) run in this process meanwhile, so the API
+    /// server also sends every write back as a watch event, as it must for any controller.
+    Loop {
+        watched: bool,
+    },
+    Binary {
+        name: String,
+        path: PathBuf,
+    },
 }
+
+const LOOP: &str = "plain loop";
+const WATCHED_LOOP: &str = "loop+watch";
 
 impl Contender {
     fn name(&self) -> &str {
         match self {
-            Contender::Loop => "plain loop",
+            Contender::Loop { watched: false } => LOOP,
+            Contender::Loop { watched: true } => WATCHED_LOOP,
             Contender::Binary { name, .. } => name,
         }
     }
@@ -138,7 +153,8 @@ impl Settings {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let number = |k: &str, default: usize| var(k).map_or(default, |v| v.parse().expect(k));
         let mut contenders = vec![
-            Contender::Loop,
+            Contender::Loop { watched: false },
+            Contender::Loop { watched: true },
             Contender::Binary {
                 name: "this build".into(),
                 path: USERNS_LABELER.into(),
@@ -476,18 +492,30 @@ struct Bench {
 }
 
 impl Bench {
-    async fn run_loop(&mut self, scenario: &'static str, round: usize) {
+    async fn run_loop(&mut self, scenario: &'static str, round: usize, watched: bool) {
         let w = &self.world;
         let mut runs = Vec::new();
+        // Set up before each timed pass, after the untimed ones.
+        let watches = || async {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            if watched {
+                // No subscribers: the controllers' event fan-out is not part of this.
+                let (caches, _) = userns_labeler::cache::start(&w.user, &shutdown);
+                caches.wait_until_ready().await;
+            }
+            shutdown.drop_guard()
+        };
         match scenario {
             "cold-all" => {
                 w.apply(&w.all(), Values::Unlabelled).await;
+                let _watches = watches().await;
                 let cpu = w.server_cpu();
                 let (total, claims_done) = w.apply(&w.all(), Values::Before).await;
                 runs.push((w.objects.len(), total, claims_done, w.server_cpu() - cpu));
             }
             "edit" => {
                 w.apply(&w.all(), Values::Before).await;
+                let _watches = watches().await;
                 for values in [Values::After, Values::Before] {
                     let cpu = w.server_cpu();
                     let (total, claims_done) = w.apply(&w.flipping(), values).await;
@@ -497,6 +525,7 @@ impl Bench {
             "cold-claims" => {
                 w.apply(&w.of(Kind::Volume), Values::Before).await;
                 w.apply(&w.of(Kind::Claim), Values::Unlabelled).await;
+                let _watches = watches().await;
                 let cpu = w.server_cpu();
                 let (total, claims_done) = w.apply(&w.of(Kind::Claim), Values::Before).await;
                 runs.push((w.settings.n, total, claims_done, w.server_cpu() - cpu));
@@ -507,7 +536,7 @@ impl Bench {
             self.record(Run {
                 scenario,
                 round,
-                contender: "plain loop".into(),
+                contender: if watched { WATCHED_LOOP } else { LOOP }.into(),
                 writes: writes as u64,
                 total,
                 claims_done,
@@ -560,6 +589,7 @@ impl Bench {
                 });
                 std::thread::sleep(Duration::from_secs(2));
                 let memory = measure::memory(labeler.pid());
+                eprintln!("  {name} ({scenario}): resident {memory:?}");
                 if scenario == "cold-all" {
                     self.memory
                         .entry(name.into())
@@ -575,6 +605,7 @@ impl Bench {
                 let labeler = w.start(path, &identity);
                 wait_settled(&labeler);
                 let warm = measure::memory(labeler.pid());
+                eprintln!("  {name} ({scenario}): resident {warm:?}");
                 self.memory.entry(name.into()).or_default().warm.push(warm);
                 assert_eq!(
                     writes(&labeler, "claim") + writes(&labeler, "volume"),
@@ -609,6 +640,7 @@ impl Bench {
                 }
                 std::thread::sleep(Duration::from_secs(2));
                 let memory = measure::memory(labeler.pid());
+                eprintln!("  {name} ({scenario}): resident {memory:?}");
                 self.memory
                     .entry(name.into())
                     .or_default()
@@ -664,13 +696,14 @@ impl Bench {
             writeln!(out, "\n{scenario}:").unwrap();
             writeln!(
                 out,
-                "  {:<3} {:<12} {:>7} {:>10} {:>8} {:>9} {:>11} {:>9} {:>7} {:>9} {:>10}",
+                "  {:<3} {:<12} {:>7} {:>10} {:>8} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>10}",
                 "rnd",
                 "contender",
                 "writes",
                 "time",
                 "writes/s",
                 "% of loop",
+                "% watched",
                 "claims done",
                 "ready",
                 "events",
@@ -690,20 +723,22 @@ impl Bench {
                     .filter(|r| r.round == run.round && r.contender == run.contender)
                     .position(|r| std::ptr::eq(*r, *run))
                     .unwrap();
-                let reference = runs
-                    .iter()
-                    .filter(|r| r.round == run.round && r.contender == "plain loop")
-                    .nth(nth);
-                let percent = reference.map_or(f64::NAN, |l| 100.0 * run.rate() / l.rate());
+                let percent = |contender: &str| {
+                    runs.iter()
+                        .filter(|r| r.round == run.round && r.contender == contender)
+                        .nth(nth)
+                        .map_or(f64::NAN, |l| 100.0 * run.rate() / l.rate())
+                };
                 writeln!(
                     out,
-                    "  {:<3} {:<12} {:>7} {:>9.2}s {:>8.0} {:>8.0}% {:>10.2}s {:>9} {:>7} {:>8.1}s {:>9.1}s",
+                    "  {:<3} {:<12} {:>7} {:>9.2}s {:>8.0} {:>8.0}% {:>8.0}% {:>10.2}s {:>9} {:>7} {:>8.1}s {:>9.1}s",
                     run.round + 1,
                     run.contender,
                     run.writes,
                     run.total.as_secs_f64(),
                     run.rate(),
-                    percent,
+                    percent(LOOP),
+                    percent(WATCHED_LOOP),
                     run.claims_done.as_secs_f64(),
                     run.ready
                         .map_or("-".into(), |r| format!("{:.2}s", r.as_secs_f64())),
@@ -789,7 +824,10 @@ fn main() {
         for (i, contender) in bench.world.settings.contenders.iter_mut().enumerate() {
             if let Contender::Binary { path, .. } = contender {
                 let copy = frozen.join(format!("{i}-userns-labeler"));
-                std::fs::copy(&*path, &copy).expect("copying a build");
+                // A hard link keeps this build's file even when cargo replaces the name.
+                std::fs::hard_link(&*path, &copy)
+                    .or_else(|_| std::fs::copy(&*path, &copy).map(|_| ()))
+                    .expect("keeping a build");
                 *path = copy;
             }
         }
@@ -803,6 +841,7 @@ fn main() {
                 let labeler = w.start(path, "bench-empty");
                 std::thread::sleep(Duration::from_secs(3));
                 let memory = measure::memory(labeler.pid());
+                eprintln!("  {name} (empty cluster): resident {memory:?}");
                 labeler.stop();
                 bench.memory.entry(name.clone()).or_default().empty = Some(memory);
             }
@@ -840,7 +879,9 @@ fn main() {
                 }
                 for contender in order {
                     match &contender {
-                        Contender::Loop => bench.run_loop(scenario, round).await,
+                        Contender::Loop { watched } => {
+                            bench.run_loop(scenario, round, *watched).await
+                        }
                         Contender::Binary { name, path } => {
                             bench.run_controller(scenario, round, name, path).await
                         }

@@ -33,11 +33,42 @@ use super::table::{AccessMode, VolumeMode};
 use crate::keys::names;
 
 /// The labels and annotations of an object that the engine may read, as short lists (objects
-/// carry a handful of them; a linear search beats a map's 540-byte node).
+/// carry a handful of them; a linear search beats a map's 540-byte node). The keys and values
+/// every object repeats (the well-known keys, ours under the default prefix, our label values)
+/// are shared static strings, not copies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Marks {
-    labels: Vec<(String, String)>,
-    annotations: Vec<(String, String)>,
+    labels: Vec<Pair>,
+    annotations: Vec<Pair>,
+}
+
+type Pair = (Cow<'static, str>, Cow<'static, str>);
+
+/// Strings that recur on every object: held once.
+const COMMON: [&str; 12] = [
+    ANN_STORAGE_PROVISIONER,
+    ANN_BETA_STORAGE_PROVISIONER,
+    ANN_PROVISIONED_BY,
+    ANN_DEFAULT_CLASS,
+    ANN_BETA_DEFAULT_CLASS,
+    "userns.io/idmap-supported",
+    "userns.io/idmap-reason",
+    "userns.io/driver",
+    "userns.io/idmap-override",
+    "true",
+    "false",
+    "unknown",
+];
+
+fn shared(text: String) -> Cow<'static, str> {
+    match COMMON.iter().find(|c| **c == text) {
+        Some(common) => Cow::Borrowed(common),
+        None => Cow::Owned(text),
+    }
+}
+
+fn pair((key, value): (String, String)) -> Pair {
+    (shared(key), shared(value))
 }
 
 impl Marks {
@@ -46,7 +77,7 @@ impl Marks {
         let pairs = |map: &Option<BTreeMap<String, String>>| {
             map.iter()
                 .flatten()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| pair((k.clone(), v.clone())))
                 .collect()
         };
         Marks {
@@ -73,11 +104,11 @@ impl Marks {
     }
 }
 
-fn find<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+fn find<'a>(pairs: &'a [Pair], key: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_ref())
 }
 
 /// Whether a label of a claim, volume or class may be read: our label, under any prefix (the
@@ -347,9 +378,9 @@ struct WireMeta {
     resource_version: Option<String>,
     creation_timestamp: Option<Time>,
     #[serde(deserialize_with = "pairs")]
-    labels: Vec<(String, String)>,
+    labels: Vec<Pair>,
     #[serde(deserialize_with = "pairs")]
-    annotations: Vec<(String, String)>,
+    annotations: Vec<Pair>,
 }
 
 impl WireMeta {
@@ -370,10 +401,10 @@ impl WireMeta {
 }
 
 /// A JSON object of strings (or `null`) as a list of pairs.
-fn pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+fn pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pair>, D::Error> {
     struct Pairs;
     impl<'de> Visitor<'de> for Pairs {
-        type Value = Vec<(String, String)>;
+        type Value = Vec<Pair>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a map of strings")
         }
@@ -388,8 +419,8 @@ fn pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Er
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0));
-            while let Some(pair) = map.next_entry::<String, String>()? {
-                pairs.push(pair);
+            while let Some(entry) = map.next_entry::<String, String>()? {
+                pairs.push(pair(entry));
             }
             Ok(pairs)
         }
@@ -719,9 +750,17 @@ mod tests {
             .marks
             .annotations
             .iter()
-            .map(|(k, _)| k.as_str())
+            .map(|(k, _)| k.as_ref())
             .collect();
         kept.sort();
+        assert!(
+            pruned
+                .marks
+                .annotations
+                .iter()
+                .all(|(k, _)| matches!(k, Cow::Borrowed(_))),
+            "well-known keys are shared, not copied"
+        );
         assert_eq!(
             kept,
             [
