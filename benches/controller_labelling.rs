@@ -29,7 +29,7 @@
 //! - `USERNS_BENCH_BINARIES` (optional): more builds to run beside this one, `name=path,…`
 //!   (e.g. the previous release);
 //! - `USERNS_BENCH_PERF` (optional): a directory; each controller run is recorded there with
-//!   `perf record -g` while it labels.
+//!   `perf record` (no call graphs) while it labels.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -56,7 +56,7 @@ const CONFIG_MAP: &str = "userns-labeler-drivers";
 /// The table edit: EBS becomes unsupported, flipping the EBS half.
 const FLIP_RULES: &str = "rules:\n  - driver: ebs.csi.aws.com\n    verdict: false\n    reason: Benchmark edit, EBS marked unsupported.\n";
 const NO_RULES: &str = "rules: []\n";
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -454,7 +454,7 @@ impl Profile {
         Profile(dir.map(|dir| {
             std::fs::create_dir_all(dir).unwrap();
             Command::new("perf")
-                .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+                .args(["record", "-F", "499", "-p", &pid.to_string(), "-o"])
                 .arg(dir.join(format!("{name}.data")))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -290,7 +290,17 @@ async fn sweep<K: Labelled>(
     retries: &mpsc::Sender<ObjectRef<K>>,
     width: u16,
 ) {
-    futures::stream::iter(store.state())
+    let (started, objects, written) = (
+        std::time::Instant::now(),
+        store.state(),
+        ctx.metrics.writes(K::KIND),
+    );
+    info!(
+        kind = K::KIND,
+        objects = objects.len(),
+        "relabelling every object that needs it"
+    );
+    futures::stream::iter(objects)
         .for_each_concurrent(usize::from(width), |listed| async move {
             // The latest version: the list was taken when the pass began.
             let Some(object) = store.get(&ObjectRef::from_obj(listed.as_ref())) else {
@@ -303,6 +313,12 @@ async fn sweep<K: Labelled>(
             }
         })
         .await;
+    info!(
+        kind = K::KIND,
+        written = ctx.metrics.writes(K::KIND) - written,
+        seconds = started.elapsed().as_secs_f64(),
+        "relabelled"
+    );
 }
 
 /// The items of a channel, as a stream.
