@@ -54,7 +54,8 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (defaults to the pod name, else host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Concurrent reconciliations per controller.
+    /// Label writes (and label-change Events) in flight at once, claims and volumes together;
+    /// waiting claims go first.
     #[arg(long, env = "USERNS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// An admin connection must send a complete request head within this (and between
