@@ -25,7 +25,8 @@
 #
 # Environment: USERNS_NODE_DIR (state, default /var/lib/userns-labeler-node), USERNS_TEST_KEEP=1
 # (keep the logs in $USERNS_NODE_DIR.logs-<time> after teardown), USERNS_NODE_IMAGES (directory
-# of OCI archives to import, default target/images).
+# of OCI archives to import, default target/images), USERNS_NODE_LOG (a log file of this script
+# that `run` removes after a clean teardown).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -604,6 +605,10 @@ cmd_run() {
             "$(tail -n 5 "$D"/logs/*.log 2>/dev/null)"
         teardown
         rm -f "$LOCK_FILE.pid"
+        # The caller's log of this script (node.rs), once the run ended well.
+        if [[ $1 == 0 && ${USERNS_TEST_KEEP:-0} == 0 && -n ${USERNS_NODE_LOG:-} ]]; then
+            rm -f -- "$USERNS_NODE_LOG"
+        fi
         exit "$1"
     }
     trap 'on_stop 0' TERM INT HUP
@@ -618,7 +623,11 @@ cmd_run() {
         exec 3<&0
         (
             read -r -u 3 _ || true
-            kill -TERM $$ 2>/dev/null
+            # Only while $$ is still this script (after a SIGKILL of the supervisor its pid
+            # may be reused).
+            if tr '\0' ' ' <"/proc/$$/cmdline" 2>/dev/null | grep -q 'cluster\.sh run'; then
+                kill -TERM $$ 2>/dev/null
+            fi
         ) 9>&- &
         exec 3<&-
     fi
