@@ -32,7 +32,8 @@ pub struct RunArgs {
     /// Kubeconfig context to use.
     #[arg(long, env = "USERNS_KUBE_CONTEXT")]
     pub context: Option<String>,
-    /// The namespace of the driver ConfigMap and the leader-election Lease.
+    /// The namespace of the driver ConfigMap, the leader-election Lease and the shared
+    /// self-signed CA's Secret (--self-signed-ca-secret).
     #[arg(long, env = "POD_NAMESPACE", default_value = "userns-labeler")]
     pub namespace: String,
     /// Name of the driver ConfigMap (key `drivers.yaml`).
@@ -156,8 +157,10 @@ pub async fn client(
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), or until a component fails.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let keys = Keys::new(&args.label_prefix)?;
-    let listeners = Listeners::bind(&args).await?;
+    // The client only reads its configuration here; the listeners may need it for the shared
+    // self-signed CA.
     let client = client(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
+    let listeners = Listeners::bind(&args, &client).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
     let mut registry = metrics::registry();
@@ -213,22 +216,24 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     result
 }
 
-/// The admin and webhook ports, bound, with the webhook's certificate checked against its key:
-/// before anything else starts, so that each failure ends the process with its cause.
+/// The admin and webhook ports, bound, with the webhook's certificate checked against its key
+/// (or issued from the self-signed CA, shared through its Secret): before anything else
+/// starts, so that each failure ends the process with its cause.
 struct Listeners {
     admin: tokio::net::TcpListener,
     webhook: webhook::WebhookListener,
 }
 
 impl Listeners {
-    async fn bind(args: &RunArgs) -> Result<Listeners, RunError> {
+    async fn bind(args: &RunArgs, client: &Client) -> Result<Listeners, RunError> {
         let admin = tokio::net::TcpListener::bind(args.admin_addr)
             .await
             .map_err(|source| RunError::Admin {
                 addr: args.admin_addr,
                 source,
             })?;
-        let webhook = webhook::WebhookListener::bind(&args.webhook).await?;
+        let webhook =
+            webhook::WebhookListener::bind(&args.webhook, client, &args.namespace).await?;
         Ok(Listeners { admin, webhook })
     }
 
