@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -161,7 +161,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     // self-signed CA.
     let client = client(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
     let listeners = Listeners::bind(&args, &client).await?;
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let identity = holder_identity(&args.identity.clone().unwrap_or_else(default_identity));
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
     let mut registry = metrics::registry();
     let recorder = recorder(&client, &identity);
@@ -327,6 +327,16 @@ async fn until(shutdown: CancellationToken, task: impl Future<Output = ()>) {
     }
 }
 
+/// This process's name in the Lease: the replica's identity (the pod name) and a suffix new on
+/// every start (`<identity>_<8 hex digits>`), as client-go's controllers do. A container
+/// restarted after a crash is then a new candidate: it does not resume a lease its previous
+/// process held, and the standby replica, whose expiry clock started earlier, takes over.
+fn holder_identity(replica: &str) -> String {
+    use std::hash::BuildHasher as _;
+    let nonce = std::hash::RandomState::new().hash_one((std::process::id(), Instant::now()));
+    format!("{replica}_{:08x}", nonce as u32)
+}
+
 fn default_identity() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -338,4 +348,22 @@ fn default_identity() -> String {
         })
         .unwrap_or_else(|| COMPONENT.to_string());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holder_identity;
+
+    #[test]
+    fn each_start_holds_the_lease_under_the_replica_name_and_a_new_suffix() {
+        let first = holder_identity("userns-labeler-7f7d978c5d-p8f7k");
+        let second = holder_identity("userns-labeler-7f7d978c5d-p8f7k");
+        for id in [&first, &second] {
+            let (replica, suffix) = id.rsplit_once('_').expect("a suffix");
+            assert_eq!(replica, "userns-labeler-7f7d978c5d-p8f7k");
+            assert_eq!(suffix.len(), 8);
+            assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+        assert_ne!(first, second, "a restarted process is a new candidate");
+    }
 }
