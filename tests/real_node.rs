@@ -202,8 +202,7 @@ fn uid_map(pid: u32) -> String {
 fn mount_options(pid: u32, target: &str) -> String {
     let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("reading mountinfo");
     text.lines()
-        .filter(|line| line.split(' ').nth(4) == Some(target))
-        .next_back()
+        .rfind(|line| line.split(' ').nth(4) == Some(target))
         .unwrap_or_else(|| panic!("no mount at {target} in pid {pid}:\n{text}"))
         .to_owned()
 }
