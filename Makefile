@@ -69,7 +69,7 @@ clean-control-plane:
 # label and each pod's hostUsers and decision. Ctrl-C stops everything it started.
 .PHONY: demo
 demo: control-plane
-	MAKE="$(MAKE)" CARGO="$(CARGO)" scripts/demo.sh
+	CARGO="$(CARGO)" scripts/demo.sh
 
 # deploy/manifests/userns-labeler.yaml is the chart rendered with its defaults; commit the result.
 manifests:
