@@ -20,11 +20,11 @@ use std::{
 };
 
 use k8s_openapi::api::{
-        admissionregistration::v1::MutatingWebhookConfiguration,
-        apps::v1::Deployment,
-        coordination::v1::Lease,
-        core::v1::{Event, Namespace, PersistentVolumeClaim, Pod},
-        policy::v1::PodDisruptionBudget,
+    admissionregistration::v1::MutatingWebhookConfiguration,
+    apps::v1::Deployment,
+    coordination::v1::Lease,
+    core::v1::{Event, Namespace, PersistentVolumeClaim, Pod},
+    policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Api, Client,
@@ -51,7 +51,13 @@ fn cluster() -> &'static Cluster {
     let cluster = node::shared();
     INSTALLED.get_or_init(|| {
         let started = Instant::now();
-        cluster.script(&["install", "--set", "replicaCount=2", "--set", "logFormat=plain"]);
+        cluster.script(&[
+            "install",
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "logFormat=plain",
+        ]);
         eprintln!(
             "real node: chart installed and ready in {:.1}s",
             started.elapsed().as_secs_f64()
@@ -159,7 +165,10 @@ async fn running(pods: &Api<Pod>, name: &str) -> Pod {
                 .iter()
                 .flatten()
                 .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-                && status.container_statuses.as_ref().is_some_and(|c| !c.is_empty());
+                && status
+                    .container_statuses
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty());
             if status.phase.as_deref() == Some("Running") && running {
                 Ok(pod)
             } else {
@@ -382,7 +391,10 @@ async fn the_chart_runs_two_ready_replicas_in_user_namespaces_under_restricted_p
     // A leader among them.
     let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
     let holder = eventually("a lease holder", Duration::from_secs(60), || async {
-        let lease = leases.get("userns-labeler").await.map_err(|e| e.to_string())?;
+        let lease = leases
+            .get("userns-labeler")
+            .await
+            .map_err(|e| e.to_string())?;
         lease
             .spec
             .and_then(|s| s.holder_identity)
@@ -396,15 +408,22 @@ async fn the_chart_runs_two_ready_replicas_in_user_namespaces_under_restricted_p
 
     // The PodDisruptionBudget sees both.
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
-    let pdb = eventually("the PDB counting both replicas", Duration::from_secs(60), || async {
-        let pdb = pdbs.get("userns-labeler").await.map_err(|e| e.to_string())?;
-        let healthy = pdb.status.as_ref().map(|s| s.current_healthy);
-        if healthy == Some(2) {
-            Ok(pdb)
-        } else {
-            Err(format!("currentHealthy {healthy:?}"))
-        }
-    })
+    let pdb = eventually(
+        "the PDB counting both replicas",
+        Duration::from_secs(60),
+        || async {
+            let pdb = pdbs
+                .get("userns-labeler")
+                .await
+                .map_err(|e| e.to_string())?;
+            let healthy = pdb.status.as_ref().map(|s| s.current_healthy);
+            if healthy == Some(2) {
+                Ok(pdb)
+            } else {
+                Err(format!("currentHealthy {healthy:?}"))
+            }
+        },
+    )
     .await;
     assert_eq!(pdb.status.unwrap().disruptions_allowed, 1);
 
@@ -474,11 +493,18 @@ async fn every_volume_shape_the_webhook_enables_runs_with_idmapped_mounts() {
     .await;
     let ext4 = fixture_dir(cluster, "hostpath-ext4");
     let tmpfs = fixture_dir(cluster, "hostpath-tmpfs");
-    run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "userns-test"]).arg(&tmpfs));
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "userns-test"])
+        .arg(&tmpfs));
     let local = fixture_dir(cluster, "local-pv");
     let host_path_pv = fixture_dir(cluster, "hostpath-pv");
     apply(&client, &ns, local_claim(&ns, "on-local", &local, "local")).await;
-    apply(&client, &ns, local_claim(&ns, "on-hostpath", &host_path_pv, "hostPath")).await;
+    apply(
+        &client,
+        &ns,
+        local_claim(&ns, "on-hostpath", &host_path_pv, "hostPath"),
+    )
+    .await;
     for claim in ["on-local", "on-hostpath"] {
         assert_eq!(
             bound_and_labelled(&client, &ns, claim).await,
@@ -578,7 +604,11 @@ async fn every_volume_shape_the_webhook_enables_runs_with_idmapped_mounts() {
         let pod = running(&pods, shape.name).await;
         let pid = container_pid(cluster, &pod);
         let map = uid_map(pid);
-        assert_ne!(map, IDENTITY_MAP, "{}: runs in a user namespace", shape.name);
+        assert_ne!(
+            map, IDENTITY_MAP,
+            "{}: runs in a user namespace",
+            shape.name
+        );
         assert!(
             map.starts_with("0 ") && !map.starts_with("0 0 ") && map.ends_with(" 65536"),
             "{}: root maps to an unprivileged host range, got {map}",
@@ -599,11 +629,14 @@ async fn every_volume_shape_the_webhook_enables_runs_with_idmapped_mounts() {
         if shape.probe == shape.mount {
             let host_dir = shape.host_dir.clone().unwrap_or_else(|| {
                 let uid = pod.metadata.uid.clone().unwrap();
-                kubelet_pods.join(uid).join("volumes/kubernetes.io~empty-dir/vol")
+                kubelet_pods
+                    .join(uid)
+                    .join("volumes/kubernetes.io~empty-dir/vol")
             });
             let written = host_dir.join("written-by-root");
-            let meta = fs::metadata(&written)
-                .unwrap_or_else(|e| panic!("{}: {}: {e}\nlog:\n{log}", shape.name, written.display()));
+            let meta = fs::metadata(&written).unwrap_or_else(|e| {
+                panic!("{}: {}: {e}\nlog:\n{log}", shape.name, written.display())
+            });
             assert_eq!(
                 meta.uid(),
                 0,
@@ -768,27 +801,43 @@ async fn create_claims(
 async fn all_labelled(client: &Client, ns: &str, expected: &[(String, &'static str)]) {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     eventually(
-        &format!("{} claims in {ns} labelled as the table says", expected.len()),
+        &format!(
+            "{} claims in {ns} labelled as the table says",
+            expected.len()
+        ),
         Duration::from_secs(120),
         || async {
-            let list = claims.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            let list = claims
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
             let actual: BTreeMap<String, Option<String>> = list
                 .items
                 .into_iter()
                 .map(|c| {
-                    let label = c.metadata.labels.as_ref().and_then(|l| l.get(SUPPORTED).cloned());
+                    let label = c
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SUPPORTED).cloned());
                     (c.metadata.name.unwrap(), label)
                 })
                 .collect();
             let wrong: Vec<String> = expected
                 .iter()
-                .filter(|(name, label)| actual.get(name).cloned().flatten().as_deref() != Some(*label))
+                .filter(|(name, label)| {
+                    actual.get(name).cloned().flatten().as_deref() != Some(*label)
+                })
                 .map(|(name, label)| format!("{name}: want {label}, have {:?}", actual.get(name)))
                 .collect();
             if wrong.is_empty() {
                 Ok(())
             } else {
-                Err(format!("{} wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]))
+                Err(format!(
+                    "{} wrong, e.g. {:?}",
+                    wrong.len(),
+                    &wrong[..wrong.len().min(5)]
+                ))
             }
         },
     )
@@ -824,13 +873,20 @@ async fn killing_the_leaders_container_hands_over_and_pods_keep_being_decided() 
     let killed_at = Instant::now();
     run(Command::new("kill").args(["-KILL", &pid.to_string()]));
 
-    let new_holder = eventually("another replica holding the lease", Duration::from_secs(60), || async {
-        let lease = leases.get("userns-labeler").await.map_err(|e| e.to_string())?;
-        match lease.spec.and_then(|s| s.holder_identity) {
-            Some(h) if h != holder => Ok(h),
-            other => Err(format!("holder {other:?}")),
-        }
-    })
+    let new_holder = eventually(
+        "another replica holding the lease",
+        Duration::from_secs(60),
+        || async {
+            let lease = leases
+                .get("userns-labeler")
+                .await
+                .map_err(|e| e.to_string())?;
+            match lease.spec.and_then(|s| s.holder_identity) {
+                Some(h) if h != holder => Ok(h),
+                other => Err(format!("holder {other:?}")),
+            }
+        },
+    )
     .await;
     eprintln!(
         "real node: {new_holder} took the lease {:.1}s after kill -9 of {holder}'s container",
@@ -852,29 +908,37 @@ async fn killing_the_leaders_container_hands_over_and_pods_keep_being_decided() 
             )
             .await
             .unwrap();
-        assert_eq!(annotation(&pod, DECISION).as_deref(), Some("enabled"), "pod {i} decided");
+        assert_eq!(
+            annotation(&pod, DECISION).as_deref(),
+            Some("enabled"),
+            "pod {i} decided"
+        );
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
-    eventually("the killed replica restarted and Ready again", Duration::from_secs(120), || async {
-        let pod = system_pods.get(&holder).await.map_err(|e| e.to_string())?;
-        let restarts = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .map_or(0, |c| c.restart_count);
-        let ready = deployments
-            .get("userns-labeler")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .and_then(|s| s.ready_replicas);
-        if restarts > restarts_before && ready == Some(2) {
-            Ok(())
-        } else {
-            Err(format!("restarts {restarts}, ready {ready:?}"))
-        }
-    })
+    eventually(
+        "the killed replica restarted and Ready again",
+        Duration::from_secs(120),
+        || async {
+            let pod = system_pods.get(&holder).await.map_err(|e| e.to_string())?;
+            let restarts = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .map_or(0, |c| c.restart_count);
+            let ready = deployments
+                .get("userns-labeler")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .and_then(|s| s.ready_replicas);
+            if restarts > restarts_before && ready == Some(2) {
+                Ok(())
+            } else {
+                Err(format!("restarts {restarts}, ready {ready:?}"))
+            }
+        },
+    )
     .await;
 }
 
@@ -894,20 +958,27 @@ async fn restarting_the_api_server_while_labelling_loses_no_label() {
     all_labelled(&client, &ns, &expected).await;
     // And pods are decided again.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pod = eventually("a decided pod after the restart", Duration::from_secs(60), || async {
-        let name = format!("after-restart-{}", rand_suffix());
-        let pod = pods
-            .create(&PostParams::default(), &shell_pod(&name, "/tmp", None, json!({})))
-            .await
-            .map_err(|e| e.to_string())?;
-        match annotation(&pod, DECISION) {
-            Some(_) => Ok(pod),
-            None => {
-                let _ = pods.delete(&name, &DeleteParams::default()).await;
-                Err("undecided (webhook not reachable yet)".to_owned())
+    let pod = eventually(
+        "a decided pod after the restart",
+        Duration::from_secs(60),
+        || async {
+            let name = format!("after-restart-{}", rand_suffix());
+            let pod = pods
+                .create(
+                    &PostParams::default(),
+                    &shell_pod(&name, "/tmp", None, json!({})),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match annotation(&pod, DECISION) {
+                Some(_) => Ok(pod),
+                None => {
+                    let _ = pods.delete(&name, &DeleteParams::default()).await;
+                    Err("undecided (webhook not reachable yet)".to_owned())
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(annotation(&pod, DECISION).as_deref(), Some("enabled"));
 }

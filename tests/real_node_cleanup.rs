@@ -101,7 +101,8 @@ fn teardown_leaves_nothing_behind_after_an_orderly_stop_and_after_a_crash() {
     std::thread::sleep(Duration::from_millis(500));
     let left = node::leftovers(&existed);
     assert!(
-        left.iter().any(|l| l.starts_with("mount ")) && left.iter().any(|l| l.starts_with("process ")),
+        left.iter().any(|l| l.starts_with("mount "))
+            && left.iter().any(|l| l.starts_with("process ")),
         "the crash left mounts and processes to clean: {left:#?}"
     );
     let cleaning = Instant::now();

@@ -54,8 +54,10 @@ pub fn script() -> PathBuf {
 /// The cluster's state directory (`USERNS_NODE_DIR`, default `/var/lib/userns-labeler-node`):
 /// the kubelet's root directory and every path a fixture may mount lie below it.
 pub fn state_dir() -> PathBuf {
-    crate::env_nonempty("USERNS_NODE_DIR")
-        .map_or_else(|| PathBuf::from("/var/lib/userns-labeler-node"), PathBuf::from)
+    crate::env_nonempty("USERNS_NODE_DIR").map_or_else(
+        || PathBuf::from("/var/lib/userns-labeler-node"),
+        PathBuf::from,
+    )
 }
 
 static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
