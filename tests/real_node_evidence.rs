@@ -30,7 +30,7 @@ use k8s_openapi::api::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -589,7 +589,7 @@ async fn an_inline_host_path_on_fuse_is_recorded_and_the_next_pod_with_it_is_ski
 }
 
 /// A Node object without a kubelet whose default runtime handler reports no user namespaces.
-async fn lacking_node(client: &Client, name: &str) -> NodeGuard {
+async fn lacking_node(cluster: &'static Cluster, client: &Client, name: &str) -> NodeGuard {
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux", "kubernetes.io/hostname": name}},
         "status": {"runtimeHandlers": [{"name": "", "features": {"recursiveReadOnlyMounts": true, "userNamespaces": false}}]}
@@ -600,28 +600,25 @@ async fn lacking_node(client: &Client, name: &str) -> NodeGuard {
         .await
         .unwrap();
     NodeGuard {
-        client: client.clone(),
+        cluster,
         name: name.to_owned(),
     }
 }
 
-/// Deletes a fake Node when the test ends.
+/// Deletes a fake Node when the test ends (by kubectl: a drop cannot wait on the test's
+/// runtime).
 struct NodeGuard {
-    client: Client,
+    cluster: &'static Cluster,
     name: String,
 }
 
 impl Drop for NodeGuard {
     fn drop(&mut self) {
-        let (client, name) = (self.client.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(async {
-                let _ = Api::<Node>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            })
-        })
-        .join();
+        let _ = self
+            .cluster
+            .kubectl()
+            .args(["delete", "node", &self.name, "--wait=false"])
+            .output();
     }
 }
 
@@ -664,7 +661,7 @@ async fn the_real_kubelet_labels_its_node_and_affinity_mode_schedules_on_it_besi
     eprintln!("real node: {real} runtimeHandlers {handlers}; labelled true: {reason}");
     assert!(reason.contains("userNamespaces: true"), "{reason}");
 
-    let _lacking = lacking_node(&client, "rn-ev-no-userns").await;
+    let _lacking = lacking_node(cluster, &client, "rn-ev-no-userns").await;
     node_labelled(&client, "rn-ev-no-userns", "false").await;
     let ns = namespace(&client, "rn-ev-affinity").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -696,42 +693,34 @@ async fn the_real_kubelet_labels_its_node_and_affinity_mode_schedules_on_it_besi
     eprintln!("real node: affinity mode required {NODE_LABEL}=true and the pod runs on {real}");
 }
 
-/// Cordons the real node; uncordons it when dropped.
+/// Cordons the real node; uncordons it when dropped (by kubectl, as above).
 struct Cordon {
-    client: Client,
+    cluster: &'static Cluster,
     name: String,
 }
 
 impl Cordon {
-    async fn new(client: &Client, name: &str) -> Cordon {
-        set_unschedulable(client, name, true).await;
+    fn new(cluster: &'static Cluster, name: &str) -> Cordon {
+        let output = cluster.kubectl().args(["cordon", name]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         Cordon {
-            client: client.clone(),
+            cluster,
             name: name.to_owned(),
         }
     }
 }
 
-async fn set_unschedulable(client: &Client, name: &str, value: bool) {
-    Api::<Node>::all(client.clone())
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"unschedulable": value}})),
-        )
-        .await
-        .unwrap();
-}
-
 impl Drop for Cordon {
     fn drop(&mut self) {
-        let (client, name) = (self.client.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(set_unschedulable(&client, &name, false))
-        })
-        .join();
+        let _ = self
+            .cluster
+            .kubectl()
+            .args(["uncordon", &self.name])
+            .output();
     }
 }
 
@@ -743,13 +732,13 @@ async fn any_mode_skips_a_pod_with_the_reason_when_no_schedulable_node_supports_
     })
     .await;
     let client = cluster.client().await;
-    let _lacking = lacking_node(&client, "rn-ev-only-lacking").await;
+    let _lacking = lacking_node(cluster, &client, "rn-ev-only-lacking").await;
     node_labelled(&client, "rn-ev-only-lacking", "false").await;
     let real = node_name();
     let ns = namespace(&client, "rn-ev-any").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     {
-        let _cordoned = Cordon::new(&client, &real).await;
+        let _cordoned = Cordon::new(cluster, &real);
         // The webhook's Node store follows the cordon.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let created = pods

@@ -158,11 +158,14 @@ impl NodeSignals {
         }
     }
 
-    /// True once the Node store has its initial list (always, without one).
+    /// True once the Node store has its initial list (always without one, or in mode `off`,
+    /// which does not read it).
     pub fn synced(&self) -> bool {
-        self.nodes
-            .as_ref()
-            .is_none_or(|s| matches!(s.wait_until_ready().now_or_never(), Some(Ok(()))))
+        self.mode == NodeMode::Off
+            || self
+                .nodes
+                .as_ref()
+                .is_none_or(|s| matches!(s.wait_until_ready().now_or_never(), Some(Ok(()))))
     }
 
     /// The gate for a pod that nothing else blocks.
