@@ -23,6 +23,14 @@ pub struct Keys {
     pub decision_reason: String,
     /// Label on a namespace or pod: `"true"` opts out of the webhook.
     pub opt_out: String,
+    /// Annotation on PVCs, PVs and Nodes: what a node's runtime reported when an idmapped mount
+    /// failed (JSON: pod, node, time, runtime, error). It makes the label `false`; the operator
+    /// clears it by removing the annotation.
+    pub idmap_evidence: String,
+    /// Label on Nodes: `true` / `false`, whether the node's runtime can run user-namespaced pods.
+    pub user_namespaces: String,
+    /// Annotation on Nodes: why the node is labelled so.
+    pub user_namespaces_reason: String,
 }
 
 static DEFAULT_KEYS: LazyLock<Keys> =
@@ -56,6 +64,9 @@ impl Keys {
             decision: key("decision"),
             decision_reason: key("decision-reason"),
             opt_out: key("opt-out"),
+            idmap_evidence: key("idmap-evidence"),
+            user_namespaces: key("user-namespaces"),
+            user_namespaces_reason: key("user-namespaces-reason"),
         })
     }
 
@@ -88,6 +99,8 @@ mod tests {
         assert_eq!(keys.supported, "userns.io/idmap-supported");
         assert_eq!(keys.idmap_override, "userns.io/idmap-override");
         assert_eq!(keys.decision_reason, "userns.io/decision-reason");
+        assert_eq!(keys.idmap_evidence, "userns.io/idmap-evidence");
+        assert_eq!(keys.user_namespaces, "userns.io/user-namespaces");
     }
 
     #[test]

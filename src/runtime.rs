@@ -17,8 +17,9 @@ use crate::controller::{self, Context};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::limits::Limits;
+use crate::nodes::{self, NodeSignals, labeller::NodeLabeller};
 use crate::webhook::{self, WebhookArgs, WebhookState};
-use crate::{cache, config, metrics};
+use crate::{cache, config, evidence, metrics};
 
 /// The controller's name in Events and leases.
 pub const COMPONENT: &str = "userns-labeler";
@@ -81,6 +82,10 @@ pub struct RunArgs {
     pub admin_max_requests: usize,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub nodes: crate::nodes::NodeArgs,
+    #[command(flatten)]
+    pub evidence: crate::evidence::EvidenceArgs,
 }
 
 impl RunArgs {
@@ -167,6 +172,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let recorder = recorder(&client, &identity);
 
     let (caches, subscriptions) = cache::start(&client, &shutdown);
+    let (node_store, node_subscription) = nodes::start(&client, &keys, &shutdown);
+    let records = evidence::host_paths::RecordsConfigMap {
+        namespace: args.namespace.clone(),
+        name: args.evidence.evidence_config_map.clone(),
+    };
+    let (host_paths, host_paths_watch) =
+        evidence::host_paths::watch(client.clone(), records.clone());
+    tokio::spawn(until(shutdown.clone(), host_paths_watch));
     let lease = LeaseSettings::new(&args.namespace, &args.lease_name, &identity);
     let leadership = leader::start(client.clone(), lease, shutdown.clone());
     let leader = leadership.is_leader.clone();
@@ -188,7 +201,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         table.clone(),
         keys.clone(),
         writable,
-        recorder,
+        recorder.clone(),
         &mut registry,
     ));
     let controllers = controller::run(
@@ -197,8 +210,37 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         args.concurrency,
         shutdown.clone(),
     );
+    // What the nodes say: node labels, and evidence of idmap-mount failures.
+    let labeller = Arc::new(NodeLabeller::new(
+        client.clone(),
+        keys.clone(),
+        recorder,
+        ctx.writable.clone(),
+        node_store.clone(),
+    ));
+    let learner = Arc::new(evidence::Learner::new(
+        ctx.clone(),
+        labeller.clone(),
+        host_paths.clone(),
+        records,
+        args.evidence.delete_failed_pods,
+        evidence::EvidenceMetrics::register(&mut registry),
+    ));
+    registry.register_collector(Box::new(nodes::NodeCount::new(
+        node_store.clone(),
+        keys.clone(),
+    )));
+    let controllers = async {
+        tokio::join!(
+            controllers,
+            nodes::labeller::run(labeller, node_subscription, shutdown.clone()),
+            evidence::run(learner, shutdown.clone()),
+        );
+    };
 
-    let webhook = WebhookState::new(caches.clone(), table, keys.clone(), &mut registry);
+    let signals = NodeSignals::new(args.nodes.webhook_node_mode, node_store, host_paths);
+    let webhook =
+        WebhookState::new(caches.clone(), table, keys.clone(), &mut registry).with_nodes(signals);
     let admin = AdminState {
         readiness,
         registry,

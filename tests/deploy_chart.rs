@@ -166,6 +166,7 @@ fn helm_lint_passes_strictly(#[case] variant: &str) {
 #[case::bad_prefix("labelPrefix=Not_A_Domain", "labelPrefix")]
 #[case::bad_log_format("logFormat=xml", "logFormat")]
 #[case::zero_replicas("replicaCount=0", "replicaCount")]
+#[case::unknown_node_mode("webhook.nodeMode=some", "webhook.nodeMode")]
 fn invalid_values_are_rejected_naming_the_value(#[case] set: &str, #[case] field: &str) {
     let error = render_text("default", NAMESPACE, &["--set", set])
         .expect_err("helm template must refuse the value");
@@ -550,6 +551,73 @@ fn only_self_signed_mode_may_touch_webhook_configurations_or_secrets() {
             "{variant} renders a Secret"
         );
     }
+}
+
+/// The verbs the rendered ClusterRoles grant on a core resource.
+fn cluster_verbs<'a>(objects: &'a [Value], resource: &str) -> Vec<&'a str> {
+    objects_of(objects, "ClusterRole")
+        .into_iter()
+        .flat_map(|r| r["rules"].as_array().unwrap())
+        .filter(|rule| strings(&rule["resources"]).contains(&resource))
+        .flat_map(|rule| strings(&rule["verbs"]))
+        .collect()
+}
+
+#[test]
+fn failed_pods_are_deleted_only_with_the_option_which_brings_the_right_to_delete_them() {
+    for variant in ["default", "audit", "secret", "self-signed"] {
+        let objects = rendered(variant);
+        assert!(
+            !parsed_run_args(objects).evidence.delete_failed_pods,
+            "{variant}"
+        );
+        assert_eq!(cluster_verbs(objects, "pods"), vec!["get"], "{variant}");
+    }
+    let yaml = render_text(
+        "default",
+        NAMESPACE,
+        &["--set", "controller.deleteFailedPods=true"],
+    )
+    .unwrap();
+    let objects = parse_documents(&yaml);
+    assert!(parsed_run_args(&objects).evidence.delete_failed_pods);
+    assert_eq!(cluster_verbs(&objects, "pods"), vec!["get", "delete"]);
+}
+
+#[rstest]
+#[case::default(None, "Any")]
+#[case::affinity(Some("affinity"), "Affinity")]
+#[case::off(Some("off"), "Off")]
+fn the_node_mode_value_reaches_the_binary_which_may_watch_and_label_nodes(
+    #[case] value: Option<&str>,
+    #[case] expected: &str,
+) {
+    let set = value.map(|v| format!("webhook.nodeMode={v}"));
+    let extra: Vec<&str> = set.iter().flat_map(|s| ["--set", s.as_str()]).collect();
+    let objects = parse_documents(&render_text("default", NAMESPACE, &extra).unwrap());
+    let run = parsed_run_args(&objects);
+    assert_eq!(format!("{:?}", run.nodes.webhook_node_mode), expected);
+    assert_eq!(
+        cluster_verbs(&objects, "nodes"),
+        vec!["get", "list", "watch", "patch"]
+    );
+    let event_verbs = cluster_verbs(&objects, "events");
+    assert!(
+        event_verbs.contains(&"watch") && event_verbs.contains(&"list"),
+        "{event_verbs:?}"
+    );
+    // The evidence ConfigMap the binary writes is the one its Role may patch.
+    let role_names: Vec<&str> = objects_of(&objects, "Role")
+        .into_iter()
+        .flat_map(|r| r["rules"].as_array().unwrap())
+        .filter(|rule| strings(&rule["verbs"]).contains(&"patch"))
+        .flat_map(|rule| strings(&rule["resourceNames"]))
+        .collect();
+    assert!(
+        role_names.contains(&run.evidence.evidence_config_map.as_str()),
+        "{role_names:?} vs {}",
+        run.evidence.evidence_config_map
+    );
 }
 
 #[test]

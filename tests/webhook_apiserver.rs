@@ -150,6 +150,7 @@ async fn cached_state(
         table,
         keys: Keys::default(),
         metrics: WebhookMetrics::default(),
+        nodes: Default::default(),
     });
     (state, client, requests)
 }

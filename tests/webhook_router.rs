@@ -472,6 +472,7 @@ async fn a_custom_prefix_moves_the_annotations_and_the_opt_out() {
         table,
         keys,
         metrics: WebhookMetrics::default(),
+        nodes: Default::default(),
     });
     let (_, after) = admit(&state, enforce(), "app", &pod("web")).await;
     assert_eq!(

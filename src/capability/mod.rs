@@ -1,11 +1,13 @@
 //! The capability engine: pure functions from Kubernetes objects and a driver table to idmap
 //! verdicts for claims and volumes, and to the pod decision. No I/O.
 
+pub mod evidence;
 pub mod pod;
 pub mod resolve;
 pub mod sources;
 pub mod table;
 
+pub use evidence::{Evidence, HostPathEvidence};
 pub use pod::{Awaited, Blocker, BlockerCode, PodDecision, decide_pod};
 pub use resolve::{
     ClusterView, DriverSource, Snapshot, VolumeVerdict, resolve_claim, resolve_volume,

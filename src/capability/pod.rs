@@ -66,10 +66,13 @@ pub enum BlockerCode {
     UnrecognizedVolume,
     /// No usable driver table (invalid ConfigMap, no last good copy): every pod fails closed.
     DriverTableInvalid,
+    /// Node objects exist and none the pod could run on supports user namespaces (the
+    /// webhook's node mode `any` or `affinity`).
+    NoUserNamespaceNode,
 }
 
 impl BlockerCode {
-    pub const ALL: [BlockerCode; 18] = [
+    pub const ALL: [BlockerCode; 19] = [
         BlockerCode::HostUsersSet,
         BlockerCode::HostNetwork,
         BlockerCode::HostPid,
@@ -88,6 +91,7 @@ impl BlockerCode {
         BlockerCode::VolumeSupportUnknown,
         BlockerCode::UnrecognizedVolume,
         BlockerCode::DriverTableInvalid,
+        BlockerCode::NoUserNamespaceNode,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +114,7 @@ impl BlockerCode {
             BlockerCode::VolumeSupportUnknown => "VolumeSupportUnknown",
             BlockerCode::UnrecognizedVolume => "UnrecognizedVolume",
             BlockerCode::DriverTableInvalid => "DriverTableInvalid",
+            BlockerCode::NoUserNamespaceNode => "NoUserNamespaceNode",
         }
     }
 }
@@ -202,7 +207,8 @@ impl PodDecision {
         summary
     }
 
-    fn block(&mut self, code: BlockerCode, message: impl Into<String>) {
+    /// Adds a blocker (the engine's checks, and the webhook's node gate).
+    pub fn block(&mut self, code: BlockerCode, message: impl Into<String>) {
         self.blockers.push(Blocker {
             code,
             message: message.into(),
@@ -250,6 +256,52 @@ pub struct SpecFacts<'a> {
     pub containers: Vec<ContainerFacts<'a>>,
     /// `volumes`, in order.
     pub volumes: Vec<PodVolume<'a>>,
+    /// `nodeName`: a pod bound to a node at creation (no scheduler).
+    pub node_name: Option<Cow<'a, str>>,
+    /// The shape of `affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution`: where
+    /// the webhook's node mode `affinity` adds its requirement.
+    pub node_affinity: RequiredNodeAffinity,
+}
+
+/// What a pod already requires of its node, as far as adding a requirement by JSON Patch
+/// needs to know: which objects exist, and for each node selector term whether it has
+/// `matchExpressions` (terms are ORed, so a requirement is added to every one of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RequiredNodeAffinity {
+    /// No `affinity`.
+    #[default]
+    NoAffinity,
+    /// `affinity` without `nodeAffinity`.
+    NoNodeAffinity,
+    /// `nodeAffinity` without `requiredDuringSchedulingIgnoredDuringExecution`.
+    NoRequired,
+    /// The required node selector's terms: `true` where the term has `matchExpressions`.
+    Terms(Vec<bool>),
+}
+
+impl RequiredNodeAffinity {
+    /// The shape of a decoded `affinity`.
+    pub fn of(affinity: Option<&k8s_openapi::api::core::v1::Affinity>) -> RequiredNodeAffinity {
+        let Some(affinity) = affinity else {
+            return RequiredNodeAffinity::NoAffinity;
+        };
+        let Some(node) = affinity.node_affinity.as_ref() else {
+            return RequiredNodeAffinity::NoNodeAffinity;
+        };
+        let Some(required) = node
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+        else {
+            return RequiredNodeAffinity::NoRequired;
+        };
+        RequiredNodeAffinity::Terms(
+            required
+                .node_selector_terms
+                .iter()
+                .map(|t| t.match_expressions.is_some())
+                .collect(),
+        )
+    }
 }
 
 /// Which list of the spec a container is in.
@@ -379,6 +431,8 @@ impl<'a> SpecFacts<'a> {
                     source: pod_volume_source(v),
                 })
                 .collect(),
+            node_name: spec.node_name.as_deref().map(Cow::Borrowed),
+            node_affinity: RequiredNodeAffinity::of(spec.affinity.as_ref()),
         }
     }
 }
@@ -594,7 +648,18 @@ fn check_volume<V: ClusterView + ?Sized>(
                 );
                 return;
             }
-            // After the hard rule, the table decides, as for any in-tree source.
+            // A node's refusal of this path (or a directory above it) wins over the table.
+            if let Some(evidence) = view.host_path_evidence(path) {
+                decision.block(
+                    BlockerCode::VolumeNotSupported,
+                    format!(
+                        "volume {name}: hostPath {path} could not be idmap-mounted: {} (evidence recorded by userns-labeler)",
+                        evidence.describe()
+                    ),
+                );
+                return;
+            }
+            // After the hard rule and the evidence, the table decides, as for any in-tree source.
             let facts = VolumeFacts {
                 driver: Some((Cow::Borrowed(pseudo::HOST_PATH), DriverSource::InlineVolume)),
                 host_path: Some(path),

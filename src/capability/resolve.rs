@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::evidence::{Evidence, apply_evidence};
 use super::sources::persistent_volume_source;
 pub use super::sources::pseudo;
 use super::table::{AccessMode, DriverTable, Verdict, VolumeMode};
@@ -39,6 +40,11 @@ pub trait ClusterView {
     fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>>;
     /// The class a claim without `storageClassName` gets.
     fn default_storage_class(&self) -> Option<Arc<StorageClass>>;
+    /// What a node reported when it could not idmap-mount this inline hostPath (or a directory
+    /// above it): the labeler's evidence ConfigMap. None by default (offline, no evidence).
+    fn host_path_evidence(&self, _path: &str) -> Option<Evidence> {
+        None
+    }
 }
 
 /// Where the driver of a volume was read from, in resolution order.
@@ -166,12 +172,13 @@ impl VolumeFacts<'_> {
                     .filter(|s| !s.is_empty())
             })
         });
-        let evaluation = table.evaluate(
+        let evaluation = table.evaluate_at(
             name,
             &self.access_modes,
             self.volume_mode,
             fs_type,
             parameters,
+            self.host_path,
         );
         with(evaluation.verdict, evaluation.reason)
     }
@@ -206,11 +213,22 @@ pub fn resolve_claim<V: ClusterView + ?Sized>(
                         ),
                     },
                 };
+                let verdict = apply_evidence(verdict, &claim.metadata, keys, "this claim");
                 return apply_override(verdict, &claim.metadata, keys);
             }
         },
     };
     let verdict = claim_facts(&claim.metadata, spec, volume.as_deref(), view).judge(table);
+    let mut verdict = apply_evidence(verdict, &claim.metadata, keys, "this claim");
+    if let Some(volume) = volume.as_deref()
+        && verdict.verdict != Verdict::False
+    {
+        let whose = format!(
+            "its PersistentVolume {}",
+            volume.metadata.name.as_deref().unwrap_or_default()
+        );
+        verdict = apply_evidence(verdict, &volume.metadata, keys, &whose);
+    }
     apply_override(verdict, &claim.metadata, keys)
 }
 
@@ -331,6 +349,7 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
         host_path: source.and_then(|s| s.host_path),
     }
     .judge(table);
+    let verdict = apply_evidence(verdict, &volume.metadata, keys, "this volume");
     apply_override(verdict, &volume.metadata, keys)
 }
 

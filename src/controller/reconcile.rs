@@ -87,6 +87,8 @@ pub struct DesiredKeys {
     pub label: &'static str,
     pub reason: String,
     pub driver: Option<String>,
+    /// The node's evidence (`<prefix>/idmap-evidence`), kept under our field manager.
+    pub evidence: Option<String>,
 }
 
 impl DesiredKeys {
@@ -95,7 +97,14 @@ impl DesiredKeys {
             label: verdict.verdict.as_str(),
             reason: verdict.reason.clone(),
             driver: verdict.driver.clone(),
+            evidence: None,
         }
+    }
+
+    /// The same keys, keeping `evidence`.
+    pub fn with_evidence(mut self, evidence: Option<&str>) -> DesiredKeys {
+        self.evidence = evidence.map(String::from);
+        self
     }
 
     /// Whether `meta` already carries exactly these values.
@@ -105,6 +114,7 @@ impl DesiredKeys {
         label.map(String::as_str) == Some(self.label)
             && annotation(&keys.reason) == Some(&self.reason)
             && annotation(&keys.driver) == self.driver.as_ref()
+            && annotation(&keys.idmap_evidence) == self.evidence.as_ref()
     }
 
     /// The metadata of a server-side apply patch holding only our keys. A key we owned and now
@@ -113,6 +123,9 @@ impl DesiredKeys {
         let mut annotations = BTreeMap::from([(keys.reason.clone(), self.reason.clone())]);
         if let Some(driver) = &self.driver {
             annotations.insert(keys.driver.clone(), driver.clone());
+        }
+        if let Some(evidence) = &self.evidence {
+            annotations.insert(keys.idmap_evidence.clone(), evidence.clone());
         }
         json!({
             "labels": {keys.supported.clone(): self.label},
@@ -138,13 +151,55 @@ pub async fn reconcile<K: Labelled>(
 }
 
 async fn label<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerError> {
+    // Evidence just written on top of this very version is not in the cache yet: keep it.
+    let overlaid = ctx.written.pending_evidence(object).map(|evidence| {
+        let mut object = object.clone();
+        with_evidence_annotation(object.meta_mut(), &ctx.keys, evidence);
+        object
+    });
+    write_keys(overlaid.as_ref().unwrap_or(object), object, ctx)
+        .await
+        .map(|_| ())
+}
+
+/// Labels `object` `false` with a node's `evidence` (JSON, see `capability::Evidence`), under
+/// the same field manager as every other key, so later reconciles keep it. An object that
+/// already carries evidence keeps its own. Returns whether it wrote.
+pub async fn record_evidence<K: Labelled>(
+    object: &K,
+    evidence: &str,
+    ctx: &Context,
+) -> Result<bool, ControllerError> {
+    if crate::capability::evidence::evidence_annotation(object.meta(), &ctx.keys).is_some() {
+        return Ok(false);
+    }
+    let mut judged = object.clone();
+    with_evidence_annotation(judged.meta_mut(), &ctx.keys, evidence.to_string());
+    write_keys(&judged, object, ctx).await
+}
+
+fn with_evidence_annotation(meta: &mut ObjectMeta, keys: &Keys, evidence: String) {
+    meta.annotations
+        .get_or_insert_default()
+        .insert(keys.idmap_evidence.clone(), evidence);
+}
+
+/// Applies the keys `judged` should carry to the object the cache holds as `object` (the same
+/// object, or it with evidence not written yet). Returns whether it wrote.
+async fn write_keys<K: Labelled>(
+    judged: &K,
+    object: &K,
+    ctx: &Context,
+) -> Result<bool, ControllerError> {
     let table = ctx.table.borrow().table().cloned();
     let (true, Some(table)) = (ctx.may_write(), table) else {
-        return Ok(());
+        return Ok(false);
     };
-    let desired = DesiredKeys::from_verdict(&object.judge(&ctx.caches, &table, &ctx.keys));
+    let evidence = crate::capability::evidence::evidence_annotation(judged.meta(), &ctx.keys);
+    let desired = DesiredKeys::from_verdict(&judged.judge(&ctx.caches, &table, &ctx.keys))
+        .with_evidence(evidence);
     if desired.is_current(object.meta(), &ctx.keys) || ctx.written.is_pending(object, &desired) {
-        return Ok(());
+        return Ok(false);
     }
     let meta = object.meta();
     let name = meta.name.as_deref();
@@ -176,7 +231,7 @@ async fn label<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerE
     ctx.written.record(object, desired.clone());
     ctx.metrics.record_write(K::KIND);
     announce_change(ctx, object, &desired).await;
-    Ok(())
+    Ok(true)
 }
 
 /// The writes whose watch events the cache has not delivered yet. Until it does, a reconcile
@@ -206,6 +261,17 @@ impl PendingWrites {
                 false
             }
             None => false,
+        }
+    }
+
+    /// Evidence we wrote on top of exactly the version `object` is, which it does not carry.
+    fn pending_evidence<K: Labelled>(&self, object: &K) -> Option<String> {
+        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        match writes.get(&Self::key(object)) {
+            Some((version, written)) if *version == object.meta().resource_version => {
+                written.evidence.clone()
+            }
+            _ => None,
         }
     }
 
@@ -387,6 +453,29 @@ mod tests {
                 "labels": {"userns.io/idmap-supported": "false"},
                 "annotations": {"userns.io/idmap-reason": "NFS"}
             })
+        );
+    }
+
+    #[test]
+    fn evidence_is_one_of_our_keys_and_its_removal_is_a_difference() {
+        let keys = Keys::default();
+        let with = desired(None).with_evidence(Some("{\"node\":\"a\"}"));
+        assert_eq!(
+            with.apply_metadata(&keys)["annotations"]["userns.io/idmap-evidence"],
+            "{\"node\":\"a\"}"
+        );
+        let carrying = claim("ns", "c")
+            .set(
+                "/metadata/labels",
+                json!({"userns.io/idmap-supported": "false"}),
+            )
+            .annotation("userns.io/idmap-reason", "NFS")
+            .annotation("userns.io/idmap-evidence", "{\"node\":\"a\"}")
+            .build();
+        assert!(with.is_current(&carrying.metadata, &keys));
+        assert!(
+            !desired(None).is_current(&carrying.metadata, &keys),
+            "keys without the evidence would drop it"
         );
     }
 

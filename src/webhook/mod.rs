@@ -219,6 +219,9 @@ pub struct WebhookState {
     pub table: watch::Receiver<TableState>,
     pub keys: Keys,
     pub metrics: WebhookMetrics,
+    /// What the nodes say: the node mode and the Node store, and the hostPaths a node could
+    /// not idmap-mount. The default judges no nodes.
+    pub nodes: crate::nodes::NodeSignals,
 }
 
 impl WebhookState {
@@ -235,7 +238,13 @@ impl WebhookState {
             table,
             keys,
             metrics,
+            nodes: crate::nodes::NodeSignals::default(),
         }
+    }
+
+    /// The same state, judging nodes by `nodes`.
+    pub fn with_nodes(self, nodes: crate::nodes::NodeSignals) -> WebhookState {
+        WebhookState { nodes, ..self }
     }
 
     /// True once every store has received its initial list.
@@ -246,6 +255,7 @@ impl WebhookState {
             && ready(c.volumes.wait_until_ready().now_or_never())
             && ready(c.classes.wait_until_ready().now_or_never())
             && ready(c.namespaces.wait_until_ready().now_or_never())
+            && self.nodes.synced()
     }
 }
 

@@ -31,6 +31,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s-drivers" (include "userns-labeler.fullname" .) -}}
 {{- end -}}
 
+{{/* The labeler-owned ConfigMap of hostPaths a node could not idmap-mount. */}}
+{{- define "userns-labeler.evidenceConfigMapName" -}}
+{{- printf "%s-idmap-evidence" (include "userns-labeler.fullname" .) -}}
+{{- end -}}
+
 {{- define "userns-labeler.webhookConfigName" -}}
 {{- include "userns-labeler.fullname" . -}}
 {{- end -}}
