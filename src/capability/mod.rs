@@ -5,6 +5,7 @@ pub mod pod;
 pub mod resolve;
 pub mod sources;
 pub mod table;
+pub mod workload;
 
 pub use pod::{Awaited, Blocker, BlockerCode, PodDecision, decide_pod};
 pub use resolve::{
@@ -13,6 +14,7 @@ pub use resolve::{
 pub use table::{
     AccessMode, DriverTable, Evaluation, StorageQuery, TableError, Verdict, VolumeMode,
 };
+pub use workload::{Workload, WorkloadKind, decide_workload};
 
 #[cfg(test)]
 mod tests;

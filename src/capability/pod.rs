@@ -124,7 +124,12 @@ impl fmt::Display for BlockerCode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocker {
     pub code: BlockerCode,
+    /// A sentence naming the field, container or volume, ending with a full stop when it quotes
+    /// the driver table's reason.
     pub message: String,
+    /// The storage driver behind a claim or volume blocker, when one is known (what `report`
+    /// ranks blockers by: `ClaimNotSupported` of NFS is another fix than of CephFS-FUSE).
+    pub driver: Option<String>,
 }
 
 /// The decision for one pod. It mutates only when nothing blocks.
@@ -166,14 +171,18 @@ impl PodDecision {
             return match self.volumes_checked {
                 0 => "no host namespaces, devices or volumes that prevent a user namespace"
                     .to_string(),
+                1 => "no host namespaces or devices, and its one volume supports idmap mounts"
+                    .to_string(),
                 n => format!(
-                    "no host namespaces or devices, and all {n} volume(s) support idmap mounts"
+                    "no host namespaces or devices, and all {n} volumes support idmap mounts"
                 ),
             };
         }
         let mut summary = String::new();
         for (listed, blocker) in self.blockers.iter().enumerate() {
-            let item = format!("{}: {}", blocker.code, blocker.message);
+            // Items are joined with "; ": a message's own full stop would read ".;".
+            let message = blocker.message.trim_end_matches('.');
+            let item = format!("{}: {message}", blocker.code);
             let rest = self.blockers.len() - listed;
             // Room for this item, and for the tail naming what follows it.
             let tail = if rest > 1 { MORE_TAIL_BYTES } else { 0 };
@@ -206,6 +215,7 @@ impl PodDecision {
         self.blockers.push(Blocker {
             code,
             message: message.into(),
+            driver: None,
         });
     }
 
@@ -261,12 +271,12 @@ pub enum ContainerKind {
 }
 
 impl ContainerKind {
-    /// The field of the spec, as the reasons name it.
-    pub fn field(self) -> &'static str {
+    /// What the reasons call a container of this list.
+    pub fn noun(self) -> &'static str {
         match self {
-            ContainerKind::Container => "containers",
-            ContainerKind::Init => "initContainers",
-            ContainerKind::Ephemeral => "ephemeralContainers",
+            ContainerKind::Container => "container",
+            ContainerKind::Init => "init container",
+            ContainerKind::Ephemeral => "ephemeral container",
         }
     }
 }
@@ -507,7 +517,7 @@ fn check_id(field: impl FnOnce() -> String, id: Option<i64>, decision: &mut PodD
 
 fn check_containers(spec: &SpecFacts<'_>, decision: &mut PodDecision) {
     for c in &spec.containers {
-        let (kind, name) = (c.kind.field(), &c.name);
+        let (kind, name) = (c.kind.noun(), &c.name);
         if c.volume_devices {
             decision.block(
                 BlockerCode::VolumeDevices,
@@ -649,7 +659,11 @@ fn record_verdict(
         Some(driver) => format!("{what} (driver {driver}) {state}: {reason}"),
         None => format!("{what} {state}: {reason}"),
     };
-    decision.block(code, message);
+    decision.blockers.push(Blocker {
+        code,
+        message,
+        driver: driver.map(str::to_string),
+    });
 }
 
 /// The namespace a pod is in: its own, else `default`.

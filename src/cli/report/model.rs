@@ -1,0 +1,704 @@
+//! The cluster readiness report: which workloads could run with user namespaces today, what
+//! holds the others back, the claims by label value and the nodes by user-namespace support.
+//!
+//! The pure part: the listed objects in, a [`ClusterReport`] out. Every workload is judged
+//! from its own template (a Deployment's, not its pods', which this webhook may have mutated
+//! already); pods are grouped under their top owner (Deployment, StatefulSet, DaemonSet,
+//! CronJob or Job, ReplicationController); pods without a known owner are judged from their
+//! spec.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::Serialize;
+
+use crate::capability::pod::pod_namespace;
+use crate::capability::{
+    BlockerCode, DriverTable, PodDecision, Snapshot, Verdict, Workload,
+    decide_pod, decide_workload, resolve_claim,
+};
+use crate::cli::explain::ReasonReport;
+use crate::keys::{Keys, decision};
+
+/// Everything the report reads, as listed from the cluster (or built by a test).
+#[derive(Debug, Default)]
+pub struct ClusterObjects {
+    pub pods: Vec<Pod>,
+    pub claims: Vec<PersistentVolumeClaim>,
+    pub volumes: Vec<PersistentVolume>,
+    pub classes: Vec<StorageClass>,
+    /// `None`: the nodes could not be listed (forbidden); the report says so.
+    pub nodes: Option<Vec<Node>>,
+    pub deployments: Vec<Deployment>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub daemon_sets: Vec<DaemonSet>,
+    pub replica_sets: Vec<ReplicaSet>,
+    pub replication_controllers: Vec<ReplicationController>,
+    pub jobs: Vec<Job>,
+    pub cron_jobs: Vec<CronJob>,
+}
+
+/// The driver table the report judges by, as the labeler in the cluster would have it.
+#[derive(Clone, Debug)]
+pub enum TableInForce {
+    /// This table, and where it came from.
+    Table { table: Arc<DriverTable>, source: String },
+    /// None usable (the labeler's ConfigMap is invalid and has no last good copy): the webhook
+    /// skips every pod with `DriverTableInvalid`.
+    Unusable { reason: String },
+}
+
+/// The report. Serialised as `-o json`; keys may be added, none renamed.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterReport {
+    /// `all namespaces`, or `namespace <name>`.
+    pub scope: String,
+    /// Where the driver table came from.
+    pub driver_table: String,
+    pub summary: Summary,
+    /// Every workload, by namespace, kind and name.
+    pub workloads: Vec<WorkloadEntry>,
+    /// Each blocker by the number of workloads it holds back, most first.
+    pub blockers: Vec<BlockerEntry>,
+    /// Workloads per namespace.
+    pub namespaces: Vec<NamespaceEntry>,
+    pub claims: ClaimSummary,
+    pub nodes: NodeSummary,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub workloads: usize,
+    /// Workloads whose every pod the webhook would enable.
+    pub can_run: usize,
+    /// `can_run` of `workloads`, in whole percent (never 100 unless all, never 0 unless none).
+    pub percent: u32,
+    pub top_blocker: Option<TopBlocker>,
+    /// The one-line summary.
+    pub text: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopBlocker {
+    pub label: String,
+    pub workloads: usize,
+}
+
+/// How a workload was judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum JudgedFrom {
+    /// Its pod template (and a StatefulSet's claim templates).
+    Template,
+    /// Its pods' specs: a bare pod, or pods whose owner is not a workload kind listed.
+    Pods,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadEntry {
+    /// `Deployment`, `StatefulSet`, …, `Pod`, or the kind of another owner (`Node` for static
+    /// pods, a custom resource's kind).
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub judged_from: JudgedFrom,
+    /// `enabled` (the webhook would set `hostUsers: false` on its pods) or `skipped`.
+    pub decision: &'static str,
+    pub can_run: bool,
+    pub reasons: Vec<ReasonReport>,
+    /// Its pods now.
+    pub pods: usize,
+    /// Its pods by their `<prefix>/decision` annotation (`enabled`, `skipped`, `reverted`,
+    /// `audit`), and `none` for pods without one.
+    pub pod_decisions: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockerEntry {
+    pub code: &'static str,
+    /// The storage driver, for claim and volume blockers whose driver is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// `Code` or `Code (driver)`.
+    pub label: String,
+    /// Workloads it holds back (each counted once).
+    pub workloads: usize,
+    /// One of its sentences, as an example.
+    pub example: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceEntry {
+    pub namespace: String,
+    pub workloads: usize,
+    pub can_run: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimSummary {
+    pub total: usize,
+    /// Claims by the label the controller writes (`true`, `false`, `unknown`).
+    pub by_label: BTreeMap<&'static str, usize>,
+    /// The drivers behind `false` and `unknown`, most claims first.
+    pub drivers: Vec<DriverEntry>,
+    /// Claims whose label on the object is already this value.
+    pub labelled: usize,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverEntry {
+    pub label: &'static str,
+    /// `null` when no driver could be found.
+    pub driver: Option<String>,
+    pub claims: usize,
+    /// One claim's reason, as an example.
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSummary {
+    /// False when the nodes could not be listed.
+    pub listed: bool,
+    pub total: usize,
+    /// Nodes by support: `supported`, `unsupported`, `unknown`.
+    pub by_support: BTreeMap<&'static str, usize>,
+    pub nodes: Vec<NodeEntry>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEntry {
+    pub name: String,
+    /// `supported`, `unsupported` or `unknown`.
+    pub support: &'static str,
+    pub reason: String,
+    pub kernel: String,
+    pub runtime: String,
+}
+
+/// The scope of a report: one namespace, or all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Namespace(String),
+}
+
+impl Scope {
+    fn describe(&self) -> String {
+        match self {
+            Scope::All => "all namespaces".to_string(),
+            Scope::Namespace(ns) => format!("namespace {ns}"),
+        }
+    }
+
+    fn contains(&self, namespace: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Namespace(ns) => ns == namespace,
+        }
+    }
+}
+
+/// A workload being assembled: what it is judged from, and its pods.
+struct Group {
+    kind: String,
+    namespace: String,
+    name: String,
+    template: Option<Workload>,
+    pods: Vec<Pod>,
+}
+
+/// The owner a controller reference points to, by kind and name.
+type OwnerKey = (String, String, String);
+
+fn key(kind: &str, namespace: &str, name: &str) -> OwnerKey {
+    (kind.to_string(), namespace.to_string(), name.to_string())
+}
+
+fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+fn name_of(meta: &ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+/// Builds the report from the listed objects.
+pub fn build(
+    objects: ClusterObjects,
+    scope: &Scope,
+    table: &TableInForce,
+    keys: &Keys,
+) -> ClusterReport {
+    let mut view = Snapshot::default();
+    for class in objects.classes {
+        view.add_class(class);
+    }
+    for volume in objects.volumes {
+        view.add_volume(volume);
+    }
+    let claims: Vec<PersistentVolumeClaim> = objects
+        .claims
+        .into_iter()
+        .filter(|c| scope.contains(pod_namespace(&c.metadata)))
+        .collect();
+    for claim in &claims {
+        view.add_claim(claim.clone());
+    }
+    let (judging_table, driver_table) = match table {
+        TableInForce::Table { table, source } => (table.clone(), source.clone()),
+        TableInForce::Unusable { reason } => (
+            DriverTable::defaults(),
+            format!(
+                "none usable ({reason}): the webhook skips every pod; claims judged by the built-in table"
+            ),
+        ),
+    };
+
+    let mut groups: BTreeMap<OwnerKey, Group> = BTreeMap::new();
+    let mut add_template = |workload: Workload| {
+        if !scope.contains(&workload.namespace) {
+            return;
+        }
+        let k = key(workload.kind.as_str(), &workload.namespace, &workload.name);
+        groups.insert(
+            k,
+            Group {
+                kind: workload.kind.as_str().to_string(),
+                namespace: workload.namespace.clone(),
+                name: workload.name.clone(),
+                template: Some(workload),
+                pods: Vec::new(),
+            },
+        );
+    };
+
+    // Which ReplicaSets belong to a listed Deployment, and Jobs to a listed CronJob.
+    let uids = |metas: &mut dyn Iterator<Item = &ObjectMeta>| -> HashSet<String> {
+        metas.filter_map(|m| m.uid.clone()).collect()
+    };
+    let deployment_uids = uids(&mut objects.deployments.iter().map(|d| &d.metadata));
+    let cron_job_uids = uids(&mut objects.cron_jobs.iter().map(|c| &c.metadata));
+    fn owned_by<'a>(
+        meta: &'a ObjectMeta,
+        kind: &str,
+        listed: &HashSet<String>,
+    ) -> Option<&'a OwnerReference> {
+        controller_of(meta).filter(|r| r.kind == kind && listed.contains(&r.uid))
+    }
+    // (kind, namespace, name) of a ReplicaSet or Job → the top owner's key.
+    let mut parents: HashMap<OwnerKey, OwnerKey> = HashMap::new();
+    for rs in &objects.replica_sets {
+        let ns = pod_namespace(&rs.metadata);
+        if let Some(owner) = owned_by(&rs.metadata, "Deployment", &deployment_uids) {
+            parents.insert(
+                key("ReplicaSet", ns, &name_of(&rs.metadata)),
+                key("Deployment", ns, &owner.name),
+            );
+        }
+    }
+    for job in &objects.jobs {
+        let ns = pod_namespace(&job.metadata);
+        if let Some(owner) = owned_by(&job.metadata, "CronJob", &cron_job_uids) {
+            parents.insert(
+                key("Job", ns, &name_of(&job.metadata)),
+                key("CronJob", ns, &owner.name),
+            );
+        }
+    }
+
+    for d in objects.deployments {
+        add_template(Workload::of_deployment(d));
+    }
+    for s in objects.stateful_sets {
+        add_template(Workload::of_stateful_set(s));
+    }
+    for d in objects.daemon_sets {
+        add_template(Workload::of_daemon_set(d));
+    }
+    for rc in objects.replication_controllers {
+        add_template(Workload::of_replication_controller(rc));
+    }
+    for c in objects.cron_jobs {
+        add_template(Workload::of_cron_job(c));
+    }
+    for rs in objects.replica_sets {
+        let ns = pod_namespace(&rs.metadata).to_string();
+        if !parents.contains_key(&key("ReplicaSet", &ns, &name_of(&rs.metadata))) {
+            add_template(Workload::of_replica_set(rs));
+        }
+    }
+    for job in objects.jobs {
+        let ns = pod_namespace(&job.metadata).to_string();
+        if !parents.contains_key(&key("Job", &ns, &name_of(&job.metadata))) {
+            add_template(Workload::of_job(job));
+        }
+    }
+
+    for pod in objects.pods {
+        let ns = pod_namespace(&pod.metadata).to_string();
+        if !scope.contains(&ns) {
+            continue;
+        }
+        let group_key = match controller_of(&pod.metadata) {
+            None => key(
+                "Pod",
+                &ns,
+                &pod.metadata
+                    .name
+                    .clone()
+                    .or_else(|| pod.metadata.generate_name.clone())
+                    .unwrap_or_default(),
+            ),
+            Some(owner) => {
+                let direct = key(&owner.kind, &ns, &owner.name);
+                parents.get(&direct).cloned().unwrap_or(direct)
+            }
+        };
+        let group = groups.entry(group_key.clone()).or_insert_with(|| Group {
+            kind: group_key.0.clone(),
+            namespace: group_key.1.clone(),
+            name: group_key.2.clone(),
+            template: None,
+            pods: Vec::new(),
+        });
+        group.pods.push(pod);
+    }
+
+    let mut workloads = Vec::with_capacity(groups.len());
+    for group in groups.into_values() {
+        let (judged_from, decided) = match (&group.template, table) {
+            (_, TableInForce::Unusable { reason }) => (
+                if group.template.is_some() {
+                    JudgedFrom::Template
+                } else {
+                    JudgedFrom::Pods
+                },
+                PodDecision::blocked(
+                    BlockerCode::DriverTableInvalid,
+                    format!("no usable driver table, so no pod is enabled: {reason}"),
+                ),
+            ),
+            (Some(workload), TableInForce::Table { table, .. }) => (
+                JudgedFrom::Template,
+                decide_workload(workload, &view, table, keys),
+            ),
+            (None, TableInForce::Table { table, .. }) => {
+                let mut merged = PodDecision::default();
+                for pod in &group.pods {
+                    let pod = as_written(pod, keys);
+                    let d = decide_pod(&pod, &group.namespace, &view, table, keys);
+                    for blocker in d.blockers {
+                        if !merged.blockers.iter().any(|b| b.message == blocker.message) {
+                            merged.blockers.push(blocker);
+                        }
+                    }
+                }
+                (JudgedFrom::Pods, merged)
+            }
+        };
+        let mut pod_decisions = BTreeMap::new();
+        for pod in &group.pods {
+            let value = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(&keys.decision))
+                .map_or("none", String::as_str);
+            *pod_decisions.entry(value.to_string()).or_insert(0) += 1;
+        }
+        let can_run = decided.mutate();
+        workloads.push(WorkloadEntry {
+            kind: group.kind,
+            namespace: group.namespace,
+            name: group.name,
+            judged_from,
+            decision: decision::of(can_run),
+            can_run,
+            reasons: ReasonReport::of_decision(decided),
+            pods: group.pods.len(),
+            pod_decisions,
+        });
+    }
+    workloads.sort_by(|a, b| {
+        (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name))
+    });
+
+    let blockers = rank_blockers(&workloads);
+    let namespaces = by_namespace(&workloads);
+    let claims = claim_summary(&claims, &view, &judging_table, keys);
+    let nodes = node_summary(objects.nodes.as_deref());
+    let summary = summarise(&workloads, &blockers, scope);
+    ClusterReport {
+        scope: scope.describe(),
+        driver_table,
+        summary,
+        workloads,
+        blockers,
+        namespaces,
+        claims,
+        nodes,
+    }
+}
+
+/// The pod as its author wrote it: `hostUsers: false` that this webhook set (recorded by its
+/// `enabled` annotation) is taken back before judging, as the webhook does on reinvocation.
+fn as_written(pod: &Pod, keys: &Keys) -> Pod {
+    let mut pod = pod.clone();
+    let ours = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(&keys.decision))
+        .is_some_and(|v| v == decision::ENABLED);
+    if let Some(spec) = pod.spec.as_mut()
+        && ours
+        && spec.host_users == Some(false)
+    {
+        spec.host_users = None;
+    }
+    pod
+}
+
+/// Each (code, driver) by the number of workloads it holds back, most first, ties by label.
+fn rank_blockers(workloads: &[WorkloadEntry]) -> Vec<BlockerEntry> {
+    let mut counts: HashMap<(&'static str, Option<String>), (usize, String)> = HashMap::new();
+    for workload in workloads {
+        let mut seen = HashSet::new();
+        for reason in &workload.reasons {
+            let k = (reason.code, reason.driver.clone());
+            if seen.insert(k.clone()) {
+                let entry = counts.entry(k).or_insert((0, reason.message.clone()));
+                entry.0 += 1;
+            }
+        }
+    }
+    let mut ranked: Vec<BlockerEntry> = counts
+        .into_iter()
+        .map(|((code, driver), (workloads, example))| BlockerEntry {
+            label: match &driver {
+                Some(d) => format!("{code} ({d})"),
+                None => code.to_string(),
+            },
+            code,
+            driver,
+            workloads,
+            example,
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.workloads.cmp(&a.workloads).then_with(|| a.label.cmp(&b.label)));
+    ranked
+}
+
+fn by_namespace(workloads: &[WorkloadEntry]) -> Vec<NamespaceEntry> {
+    let mut map: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for w in workloads {
+        let entry = map.entry(&w.namespace).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(w.can_run);
+    }
+    map.into_iter()
+        .map(|(namespace, (workloads, can_run))| NamespaceEntry {
+            namespace: namespace.to_string(),
+            workloads,
+            can_run,
+        })
+        .collect()
+}
+
+/// `part` of `whole` in whole percent, rounded, but 100 only when all and 0 only when none.
+pub fn percent(part: usize, whole: usize) -> u32 {
+    if whole == 0 {
+        return 0;
+    }
+    let rounded = ((part * 100 + whole / 2) / whole) as u32;
+    match (part, rounded) {
+        (p, 100) if p < whole => 99,
+        (p, 0) if p > 0 => 1,
+        _ => rounded,
+    }
+}
+
+fn summarise(workloads: &[WorkloadEntry], blockers: &[BlockerEntry], scope: &Scope) -> Summary {
+    let total = workloads.len();
+    let can_run = workloads.iter().filter(|w| w.can_run).count();
+    let percent = percent(can_run, total);
+    let top_blocker = blockers.first().map(|b| TopBlocker {
+        label: b.label.clone(),
+        workloads: b.workloads,
+    });
+    let text = if total == 0 {
+        format!("No workloads found in {}.", scope.describe())
+    } else {
+        let noun = if total == 1 { "workload" } else { "workloads" };
+        let head = format!(
+            "{can_run} of {total} {noun} ({percent} %) can run with user namespaces"
+        );
+        match &top_blocker {
+            Some(top) => format!(
+                "{head}; the top blocker is {} ({}).",
+                top.label, top.workloads
+            ),
+            None => format!("{head}."),
+        }
+    };
+    Summary {
+        workloads: total,
+        can_run,
+        percent,
+        top_blocker,
+        text,
+    }
+}
+
+fn claim_summary(
+    claims: &[PersistentVolumeClaim],
+    view: &Snapshot,
+    table: &DriverTable,
+    keys: &Keys,
+) -> ClaimSummary {
+    let mut summary = ClaimSummary {
+        total: claims.len(),
+        ..ClaimSummary::default()
+    };
+    for verdict in [Verdict::True, Verdict::False, Verdict::Unknown] {
+        summary.by_label.insert(verdict.as_str(), 0);
+    }
+    let mut drivers: BTreeMap<(&'static str, Option<String>), (usize, String)> = BTreeMap::new();
+    for claim in claims {
+        let v = resolve_claim(claim, view, table, keys);
+        let label = v.verdict.as_str();
+        *summary.by_label.entry(label).or_insert(0) += 1;
+        let current = claim
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(&keys.supported));
+        if current.is_some_and(|c| c == label) {
+            summary.labelled += 1;
+        }
+        if v.verdict != Verdict::True {
+            let entry = drivers.entry((label, v.driver)).or_insert((0, v.reason));
+            entry.0 += 1;
+        }
+    }
+    summary.drivers = drivers
+        .into_iter()
+        .map(|((label, driver), (claims, reason))| DriverEntry {
+            label,
+            driver,
+            claims,
+            reason,
+        })
+        .collect();
+    summary
+        .drivers
+        .sort_by(|a, b| b.claims.cmp(&a.claims).then_with(|| a.driver.cmp(&b.driver)));
+    summary
+}
+
+/// The oldest kernel a user-namespaced pod runs on in practice (idmapped tmpfs, for the
+/// service-account token and other kubelet-managed volumes).
+pub const MIN_KERNEL: (u32, u32) = (6, 3);
+
+/// Whether a node can run user-namespaced pods, as far as its status says.
+pub fn node_support(node: &Node) -> (&'static str, String) {
+    let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
+    if let Some(info) = info {
+        if info.operating_system.eq_ignore_ascii_case("windows") {
+            return ("unsupported", "a Windows node".to_string());
+        }
+        if let Some(version) = kernel_version(&info.kernel_version)
+            && version < MIN_KERNEL
+        {
+            return (
+                "unsupported",
+                format!(
+                    "kernel {} is older than {}.{}",
+                    info.kernel_version, MIN_KERNEL.0, MIN_KERNEL.1
+                ),
+            );
+        }
+    }
+    let handlers = node.status.as_ref().and_then(|s| s.runtime_handlers.as_ref());
+    let default_handler = handlers.and_then(|hs| {
+        hs.iter()
+            .find(|h| h.name.as_deref().unwrap_or_default().is_empty())
+    });
+    match default_handler
+        .and_then(|h| h.features.as_ref())
+        .and_then(|f| f.user_namespaces)
+    {
+        Some(true) => (
+            "supported",
+            "the container runtime reports user-namespace support".to_string(),
+        ),
+        Some(false) => (
+            "unsupported",
+            "the container runtime reports no user-namespace support".to_string(),
+        ),
+        None => (
+            "unknown",
+            "the kubelet does not report its runtime's features (status.runtimeHandlers)"
+                .to_string(),
+        ),
+    }
+}
+
+/// `6.8.0-45-generic` → (6, 8).
+fn kernel_version(text: &str) -> Option<(u32, u32)> {
+    let mut parts = text.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn node_summary(nodes: Option<&[Node]>) -> NodeSummary {
+    let Some(nodes) = nodes else {
+        return NodeSummary::default();
+    };
+    let mut summary = NodeSummary {
+        listed: true,
+        total: nodes.len(),
+        ..NodeSummary::default()
+    };
+    for support in ["supported", "unsupported", "unknown"] {
+        summary.by_support.insert(support, 0);
+    }
+    for node in nodes {
+        let (support, reason) = node_support(node);
+        *summary.by_support.entry(support).or_insert(0) += 1;
+        let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
+        summary.nodes.push(NodeEntry {
+            name: name_of(&node.metadata),
+            support,
+            reason,
+            kernel: info.map(|i| i.kernel_version.clone()).unwrap_or_default(),
+            runtime: info
+                .map(|i| i.container_runtime_version.clone())
+                .unwrap_or_default(),
+        });
+    }
+    summary.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    summary
+}
+
