@@ -4,6 +4,7 @@
 //! create. Pure: objects in, decisions out. Used by `explain` (manifests) and `report` (a
 //! cluster).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -11,13 +12,13 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod,
-    PodTemplate, PodTemplateSpec, ReplicationController, Volume,
+    PersistentVolume, PersistentVolumeClaim, Pod, PodTemplate, PodTemplateSpec,
+    ReplicationController,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::pod::{PodDecision, decide_pod, pod_namespace};
+use super::pod::{PodDecision, PodFacts, PodVolume, SpecFacts, VolumeSource, decide, pod_namespace};
 use super::resolve::ClusterView;
 use super::table::DriverTable;
 use crate::keys::Keys;
@@ -97,8 +98,9 @@ pub struct Workload {
     pub namespace: String,
     /// The object's name (a pod with only `generateName` is named by it).
     pub name: String,
-    /// The pod: the pod itself, or the pod the template makes, in the workload's namespace.
-    pub pod: Pod,
+    /// What the decision reads of the pod itself, or of the pod the template makes (which has
+    /// no name: it is generated).
+    pub pod: PodFacts<'static>,
     /// A StatefulSet's `volumeClaimTemplates`, each in the StatefulSet's namespace and named as
     /// the template (`data`), not as the claims made from it (`data-web-0`).
     pub claim_templates: Vec<PersistentVolumeClaim>,
@@ -120,7 +122,7 @@ impl Workload {
             kind: WorkloadKind::Pod,
             namespace,
             name,
-            pod,
+            pod: PodFacts::of(&pod).into_owned(),
             claim_templates: Vec::new(),
             replicas: 1,
         }
@@ -139,21 +141,16 @@ impl Workload {
             .clone()
             .or_else(|| meta.generate_name.clone())
             .unwrap_or_else(|| "<unnamed>".to_string());
-        let template = template.unwrap_or_default();
-        let mut pod_meta = template.metadata.unwrap_or_default();
         // A template's own namespace and name are ignored by the controllers: the pod is made
         // in the workload's namespace, under a generated name.
-        pod_meta.namespace = Some(namespace.clone());
-        pod_meta.name = None;
-        pod_meta.generate_name = Some(format!("{name}-"));
+        let spec = template.as_ref().and_then(|t| t.spec.as_ref());
         Workload {
             kind,
             namespace,
             name,
-            pod: Pod {
-                metadata: pod_meta,
-                spec: template.spec,
-                status: None,
+            pod: PodFacts {
+                name: None,
+                spec: spec.map(|s| SpecFacts::of(s).into_owned()),
             },
             claim_templates: Vec::new(),
             replicas: 1,
@@ -247,26 +244,22 @@ impl Workload {
     /// The pod a StatefulSet makes for `ordinal`: named `<statefulset>-<ordinal>`, each claim
     /// template mounted as its ordinal's claim (replacing a pod volume of the same name, as the
     /// StatefulSet controller does).
-    fn pod_for_ordinal(&self, ordinal: i32) -> Pod {
+    fn pod_for_ordinal(&self, ordinal: i32) -> PodFacts<'static> {
         let mut pod = self.pod.clone();
-        pod.metadata.name = Some(format!("{}-{ordinal}", self.name));
-        pod.metadata.generate_name = None;
+        pod.name = Some(Cow::Owned(format!("{}-{ordinal}", self.name)));
         if let Some(spec) = pod.spec.as_mut() {
-            let volumes = spec.volumes.get_or_insert_with(Vec::new);
             for template in &self.claim_templates {
                 let name = template.metadata.name.clone().unwrap_or_default();
                 let claim = self.claim_for_ordinal(template, ordinal);
-                let volume = Volume {
-                    name: name.clone(),
-                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: claim.metadata.name.unwrap_or_default(),
-                        read_only: None,
-                    }),
-                    ..Volume::default()
+                let volume = PodVolume {
+                    name: Cow::Owned(name.clone()),
+                    source: VolumeSource::Claim(Cow::Owned(
+                        claim.metadata.name.unwrap_or_default(),
+                    )),
                 };
-                match volumes.iter_mut().find(|v| v.name == name) {
+                match spec.volumes.iter_mut().find(|v| v.name == name) {
                     Some(existing) => *existing = volume,
-                    None => volumes.push(volume),
+                    None => spec.volumes.push(volume),
                 }
             }
         }
@@ -288,7 +281,7 @@ pub fn decide_workload<V: ClusterView + ?Sized>(
     keys: &Keys,
 ) -> PodDecision {
     if workload.kind != WorkloadKind::StatefulSet || workload.claim_templates.is_empty() {
-        return decide_pod(&workload.pod, &workload.namespace, view, table, keys);
+        return decide(&workload.pod, &workload.namespace, view, table, keys);
     }
     let mut merged = PodDecision::default();
     for ordinal in 0..workload.replicas.max(1) {
@@ -312,7 +305,7 @@ pub fn decide_workload<V: ClusterView + ?Sized>(
             planned,
         };
         let pod = workload.pod_for_ordinal(ordinal);
-        let decision = decide_pod(&pod, &workload.namespace, &view, table, keys);
+        let decision = decide(&pod, &workload.namespace, &view, table, keys);
         merged.volumes_checked = merged.volumes_checked.max(decision.volumes_checked);
         for blocker in decision.blockers {
             if !merged.blockers.iter().any(|b| b.message == blocker.message) {

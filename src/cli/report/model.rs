@@ -19,10 +19,10 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Serialize;
 
-use crate::capability::pod::pod_namespace;
+use crate::capability::pod::{PodFacts, decide, pod_namespace};
 use crate::capability::{
-    BlockerCode, DriverTable, PodDecision, Snapshot, Verdict, Workload,
-    decide_pod, decide_workload, resolve_claim,
+    BlockerCode, DriverTable, PodDecision, Snapshot, Verdict, Workload, decide_workload,
+    resolve_claim,
 };
 use crate::cli::explain::ReasonReport;
 use crate::keys::{Keys, decision};
@@ -221,7 +221,10 @@ struct Group {
     namespace: String,
     name: String,
     template: Option<Workload>,
-    pods: Vec<Pod>,
+    /// Its pods as their authors wrote them (kept only when there is no template).
+    pods: Vec<PodFacts<'static>>,
+    pod_count: usize,
+    pod_decisions: BTreeMap<String, usize>,
 }
 
 /// The owner a controller reference points to, by kind and name.
@@ -288,6 +291,8 @@ pub fn build(
                 name: workload.name.clone(),
                 template: Some(workload),
                 pods: Vec::new(),
+                pod_count: 0,
+                pod_decisions: BTreeMap::new(),
             },
         );
     };
@@ -380,8 +385,20 @@ pub fn build(
             name: group_key.2.clone(),
             template: None,
             pods: Vec::new(),
+            pod_count: 0,
+            pod_decisions: BTreeMap::new(),
         });
-        group.pods.push(pod);
+        let recorded = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(&keys.decision))
+            .map_or("none", String::as_str);
+        *group.pod_decisions.entry(recorded.to_string()).or_insert(0) += 1;
+        group.pod_count += 1;
+        if group.template.is_none() {
+            group.pods.push(as_written(&pod, keys));
+        }
     }
 
     let mut workloads = Vec::with_capacity(groups.len());
@@ -405,8 +422,7 @@ pub fn build(
             (None, TableInForce::Table { table, .. }) => {
                 let mut merged = PodDecision::default();
                 for pod in &group.pods {
-                    let pod = as_written(pod, keys);
-                    let d = decide_pod(&pod, &group.namespace, &view, table, keys);
+                    let d = decide(pod, &group.namespace, &view, table, keys);
                     for blocker in d.blockers {
                         if !merged.blockers.iter().any(|b| b.message == blocker.message) {
                             merged.blockers.push(blocker);
@@ -416,16 +432,6 @@ pub fn build(
                 (JudgedFrom::Pods, merged)
             }
         };
-        let mut pod_decisions = BTreeMap::new();
-        for pod in &group.pods {
-            let value = pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(&keys.decision))
-                .map_or("none", String::as_str);
-            *pod_decisions.entry(value.to_string()).or_insert(0) += 1;
-        }
         let can_run = decided.mutate();
         workloads.push(WorkloadEntry {
             kind: group.kind,
@@ -435,8 +441,8 @@ pub fn build(
             decision: decision::of(can_run),
             can_run,
             reasons: ReasonReport::of_decision(decided),
-            pods: group.pods.len(),
-            pod_decisions,
+            pods: group.pod_count,
+            pod_decisions: group.pod_decisions,
         });
     }
     workloads.sort_by(|a, b| {
@@ -460,23 +466,24 @@ pub fn build(
     }
 }
 
-/// The pod as its author wrote it: `hostUsers: false` that this webhook set (recorded by its
-/// `enabled` annotation) is taken back before judging, as the webhook does on reinvocation.
-fn as_written(pod: &Pod, keys: &Keys) -> Pod {
-    let mut pod = pod.clone();
+/// What the decision reads of a pod as its author wrote it: a `hostUsers: false` that this
+/// webhook set (recorded by its `enabled` annotation) is taken back, as the webhook does on
+/// reinvocation.
+fn as_written(pod: &Pod, keys: &Keys) -> PodFacts<'static> {
+    let mut facts = PodFacts::of(pod).into_owned();
     let ours = pod
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(&keys.decision))
         .is_some_and(|v| v == decision::ENABLED);
-    if let Some(spec) = pod.spec.as_mut()
+    if let Some(spec) = facts.spec.as_mut()
         && ours
         && spec.host_users == Some(false)
     {
         spec.host_users = None;
     }
-    pod
+    facts
 }
 
 /// Each (code, driver) by the number of workloads it holds back, most first, ties by label.
