@@ -4,6 +4,7 @@
 #                        and integration tests (the one command CI runs)
 #   make control-plane   build/cached kube-apiserver, kubectl, etcd for the tests
 #   make tools           build/cached helm, the Kyverno CLI and third-party CRDs for the tests
+#   make browser         install Debian's chromium for the HTML report test, if missing
 #   make lint            rustfmt check + clippy with warnings as errors
 #   make manifests       re-render deploy/manifests from the Helm chart (a test checks drift)
 #
@@ -14,7 +15,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all test unit-test control-plane tools lint fmt clean-control-plane manifests
+.PHONY: all test unit-test control-plane tools browser lint fmt clean-control-plane manifests
 
 all: lint test
 
@@ -25,9 +26,13 @@ control-plane:
 tools:
 	tests/tools/build.sh
 
+# Debian's chromium for the HTML report test (scripts/install-browser.sh installs it if missing).
+browser:
+	scripts/install-browser.sh
+
 # With USERNS_TEST_KUBECONFIG no local control plane is needed; the tools always are.
 # --workspace: also the test-support crate (crates/test-support) and its doc examples.
-test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane) tools
+test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane) tools browser
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
