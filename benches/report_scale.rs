@@ -22,9 +22,16 @@ const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const CONCURRENCY: usize = 64;
 const PODS_PER_DEPLOYMENT: usize = 5;
 
-fn api(client: &Client, api_version: &str, kind: &str, plural: &str, ns: Option<&str>) -> Api<DynamicObject> {
+fn api(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    ns: Option<&str>,
+) -> Api<DynamicObject> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
     match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
@@ -32,13 +39,24 @@ fn api(client: &Client, api_version: &str, kind: &str, plural: &str, ns: Option<
 }
 
 /// Creates the objects, `CONCURRENCY` at a time; returns them as created (with their uids).
-async fn create_all(client: &Client, objects: Vec<Value>, kind: &str, plural: &str) -> Vec<DynamicObject> {
+async fn create_all(
+    client: &Client,
+    objects: Vec<Value>,
+    kind: &str,
+    plural: &str,
+) -> Vec<DynamicObject> {
     futures::stream::iter(objects)
         .map(|object| {
             let client = client.clone();
             async move {
                 let ns = object["metadata"]["namespace"].as_str().map(str::to_string);
-                let api = api(&client, object["apiVersion"].as_str().unwrap(), kind, plural, ns.as_deref());
+                let api = api(
+                    &client,
+                    object["apiVersion"].as_str().unwrap(),
+                    kind,
+                    plural,
+                    ns.as_deref(),
+                );
                 let object: DynamicObject = serde_json::from_value(object).unwrap();
                 api.create(&PostParams::default(), &object).await
             }
@@ -50,7 +68,12 @@ async fn create_all(client: &Client, objects: Vec<Value>, kind: &str, plural: &s
 }
 
 /// Runs the report; returns the time and the peak resident memory (MiB), checking the answer.
-fn report(kubeconfig: &std::path::Path, format: &str, expected_can_run: usize, deployments: usize) -> (Duration, f64) {
+fn report(
+    kubeconfig: &std::path::Path,
+    format: &str,
+    expected_can_run: usize,
+    deployments: usize,
+) -> (Duration, f64) {
     let out = tempfile::NamedTempFile::new().unwrap();
     let start = Instant::now();
     let mut child = Command::new(USERNS_LABELER)
@@ -62,7 +85,8 @@ fn report(kubeconfig: &std::path::Path, format: &str, expected_can_run: usize, d
         .unwrap();
     let mut peak_kib = 0u64;
     let status = loop {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
         if let Some(kib) = status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
@@ -78,7 +102,8 @@ fn report(kubeconfig: &std::path::Path, format: &str, expected_can_run: usize, d
     let elapsed = start.elapsed();
     assert!(status.success(), "report failed: {status}");
     if format == "json" {
-        let report: Value = serde_json::from_reader(std::fs::File::open(out.path()).unwrap()).unwrap();
+        let report: Value =
+            serde_json::from_reader(std::fs::File::open(out.path()).unwrap()).unwrap();
         let deployments_can_run = report["workloads"]
             .as_array()
             .unwrap()
@@ -106,7 +131,9 @@ fn main() {
     control_plane::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cp = control_plane::shared();
-    let expected_can_run = (0..deployments).filter(|&d| generate::expected_enabled(d)).count();
+    let expected_can_run = (0..deployments)
+        .filter(|&d| generate::expected_enabled(d))
+        .count();
     rt.block_on(async {
         let client = cp.client().await;
         let t = Instant::now();

@@ -85,9 +85,7 @@ pub enum ManifestError {
         item: String,
         message: String,
     },
-    #[error(
-        "{path}: over a safety limit, not malformed: {message}"
-    )]
+    #[error("{path}: over a safety limit, not malformed: {message}")]
     Limit { path: PathBuf, message: String },
     #[error("{path}: no YAML or JSON files found")]
     Empty { path: PathBuf },
@@ -529,7 +527,11 @@ const NOT_AN_OBJECT: &str = "not a Kubernetes object: it has no string field \"k
 
 /// An item of a nested List, from its value.
 fn entry_object(entry: Value) -> Result<Option<Object>, String> {
-    let Some(kind) = entry.get("kind").and_then(Value::as_str).map(str::to_string) else {
+    let Some(kind) = entry
+        .get("kind")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
         return Err(NOT_AN_OBJECT.to_string());
     };
     if !is_kept(&kind) {
@@ -551,9 +553,9 @@ fn typed(kind: &str, value: Value) -> Result<Object, String> {
         "PersistentVolume" => Object::Volume(decode(value).map_err(fail)?),
         "StorageClass" => Object::Class(decode(value).map_err(fail)?),
         _ => match WorkloadKind::parse(kind) {
-            Some(WorkloadKind::Pod) => workload(Workload::of_pod(
-                decode::<Pod>(value).map_err(fail)?,
-            )),
+            Some(WorkloadKind::Pod) => {
+                workload(Workload::of_pod(decode::<Pod>(value).map_err(fail)?))
+            }
             Some(WorkloadKind::Deployment) => workload(Workload::of_deployment(
                 decode::<Deployment>(value).map_err(fail)?,
             )),
@@ -995,7 +997,11 @@ mod tests {
             matches!(err, ManifestError::Limit { .. }),
             "{err} ({err:?})"
         );
-        assert!(err.to_string().contains("over a safety limit, not malformed"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("over a safety limit, not malformed"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1003,9 +1009,13 @@ mod tests {
         let limits = ReadLimits {
             max_input_bytes: 10,
         };
-        let err = read_limited(Path::new("big.yaml"), &mut "x".repeat(11).as_bytes(), limits)
-            .unwrap_err()
-            .to_string();
+        let err = read_limited(
+            Path::new("big.yaml"),
+            &mut "x".repeat(11).as_bytes(),
+            limits,
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             "big.yaml: over a safety limit, not malformed: the input is larger than 10 bytes \

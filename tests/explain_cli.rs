@@ -548,7 +548,10 @@ fn each_workload_kind_is_decided_as_its_pod_would_be(
         .map(|r| r["code"].as_str().unwrap())
         .collect();
     assert_eq!(codes, ["HostNetwork", "ClaimNotSupported"]);
-    assert_eq!(blocked["reasons"], entry(&report, "Pod", "blocked")["reasons"]);
+    assert_eq!(
+        blocked["reasons"],
+        entry(&report, "Pod", "blocked")["reasons"]
+    );
     let safe = entry(&report, kind, "safe");
     assert_eq!(safe["decision"], "enabled");
     assert_eq!(safe["reasons"], json!([]));
@@ -560,7 +563,11 @@ fn each_workload_kind_is_decided_as_its_pod_would_be(
 fn a_stream_on_standard_input_mixing_every_kind_decides_each() {
     let mut objects = storage();
     for (i, kind) in WORKLOAD_KINDS.iter().chain(&["Pod"]).enumerate() {
-        let spec = if i % 2 == 0 { blocked_spec() } else { safe_spec() };
+        let spec = if i % 2 == 0 {
+            blocked_spec()
+        } else {
+            safe_spec()
+        };
         objects.push(workload(kind, &format!("w{i}"), spec));
     }
     // Kinds explain does not judge are read past.
@@ -570,7 +577,11 @@ fn a_stream_on_standard_input_mixing_every_kind_decides_each() {
     assert_eq!(pods.len(), 9);
     for (i, kind) in WORKLOAD_KINDS.iter().chain(&["Pod"]).enumerate() {
         let expected = if i % 2 == 0 { "skipped" } else { "enabled" };
-        assert_eq!(entry(&report, kind, &format!("w{i}"))["decision"], expected, "{kind}");
+        assert_eq!(
+            entry(&report, kind, &format!("w{i}"))["decision"],
+            expected,
+            "{kind}"
+        );
     }
 }
 
@@ -600,7 +611,12 @@ fn statefulset_claim_templates_are_judged_as_the_claims_they_create() {
                "metadata": {"name": "data-on-ebs-1", "namespace": "apps"},
                "spec": {"storageClassName": "nfs", "accessModes": ["ReadWriteOnce"]}}),
         // The controller mounts the claim in place of a pod volume of the template's name.
-        sts("shadowed", "nfs", 1, json!([{"name": "data", "emptyDir": {}}])),
+        sts(
+            "shadowed",
+            "nfs",
+            1,
+            json!([{"name": "data", "emptyDir": {}}]),
+        ),
         sts("fresh", "ebs", 1, json!([])),
     ]);
     let report = explain_stdin(&stream(&objects), &[]);
@@ -610,20 +626,33 @@ fn statefulset_claim_templates_are_judged_as_the_claims_they_create() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| format!("{}: {}", r["code"].as_str().unwrap(), r["message"].as_str().unwrap()))
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r["code"].as_str().unwrap(),
+                    r["message"].as_str().unwrap()
+                )
+            })
             .collect()
     };
     assert_eq!(
         messages("on-nfs"),
-        ["ClaimNotSupported: volume data: claim data-on-nfs-0 (driver nfs.csi.k8s.io) cannot be idmap-mounted: NFS volumes cannot be idmapped."]
+        [
+            "ClaimNotSupported: volume data: claim data-on-nfs-0 (driver nfs.csi.k8s.io) cannot be idmap-mounted: NFS volumes cannot be idmapped."
+        ]
     );
     assert_eq!(
         messages("on-ebs"),
-        ["ClaimNotSupported: volume data: claim data-on-ebs-1 (driver nfs.csi.k8s.io) cannot be idmap-mounted: NFS volumes cannot be idmapped."]
+        [
+            "ClaimNotSupported: volume data: claim data-on-ebs-1 (driver nfs.csi.k8s.io) cannot be idmap-mounted: NFS volumes cannot be idmapped."
+        ]
     );
     assert_eq!(messages("shadowed").len(), 1, "{:?}", messages("shadowed"));
     assert!(messages("shadowed")[0].contains("claim data-shadowed-0"));
-    assert_eq!(entry(&report, "StatefulSet", "fresh")["decision"], "enabled");
+    assert_eq!(
+        entry(&report, "StatefulSet", "fresh")["decision"],
+        "enabled"
+    );
 
     let templates: Vec<(String, String, String)> = report["volumes"]
         .as_array()
@@ -673,7 +702,11 @@ fn helm_template_of_the_chart_is_explained_from_standard_input(
         .args(values)
         .output()
         .unwrap();
-    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
     let report = explain_stdin(&String::from_utf8(rendered.stdout).unwrap(), &[]);
     let pods = report["pods"].as_array().unwrap();
     assert_eq!(pods.len(), 1, "the chart has one workload: {report}");
@@ -726,10 +759,18 @@ fn help_documents_the_columns_and_the_exit_codes() {
         .arg("--help")
         .assert()
         .success()
-        .stdout(predicate::str::contains("DECISION (what the webhook in enforce mode"))
-        .stdout(predicate::str::contains("enabled = sets spec.hostUsers: false"))
-        .stdout(predicate::str::contains("BLOCKERS (each blocker on its own line"))
-        .stdout(predicate::str::contains("Exit status: 0 done; 2 bad input or usage"));
+        .stdout(predicate::str::contains(
+            "DECISION (what the webhook in enforce mode",
+        ))
+        .stdout(predicate::str::contains(
+            "enabled = sets spec.hostUsers: false",
+        ))
+        .stdout(predicate::str::contains(
+            "BLOCKERS (each blocker on its own line",
+        ))
+        .stdout(predicate::str::contains(
+            "Exit status: 0 done; 2 bad input or usage",
+        ));
 }
 
 #[rstest::rstest]
@@ -790,7 +831,10 @@ fn a_stream_of_thousands_of_documents_and_a_list_of_20000_objects_are_read() {
     let report = explain_stdin(&documents, &[]);
     let pods = report["pods"].as_array().unwrap();
     assert_eq!(pods.len(), 2_000);
-    assert_eq!(pods.iter().filter(|p| p["decision"] == "enabled").count(), 1_000);
+    assert_eq!(
+        pods.iter().filter(|p| p["decision"] == "enabled").count(),
+        1_000
+    );
 
     let mut list = String::from("apiVersion: v1\nkind: List\nitems:\n");
     for i in 0..20_000 {
@@ -802,5 +846,8 @@ fn a_stream_of_thousands_of_documents_and_a_list_of_20000_objects_are_read() {
     let report = explain_stdin(&list, &[]);
     let volumes = report["volumes"].as_array().unwrap();
     assert_eq!(volumes.len(), 20_000);
-    assert_eq!(volumes.iter().filter(|v| v["label"] == "false").count(), 5_000);
+    assert_eq!(
+        volumes.iter().filter(|v| v["label"] == "false").count(),
+        5_000
+    );
 }

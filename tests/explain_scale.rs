@@ -78,14 +78,21 @@ fn check(report: &Value, pods: usize) {
     for entry in entries {
         let name = entry["name"].as_str().unwrap();
         let i: usize = name.strip_prefix("app-").unwrap().parse().unwrap();
-        let expected = if generate::expected_enabled(i) { "enabled" } else { "skipped" };
+        let expected = if generate::expected_enabled(i) {
+            "enabled"
+        } else {
+            "skipped"
+        };
         assert_eq!(entry["decision"], expected, "{entry}");
     }
     let volumes = report["volumes"].as_array().unwrap();
     assert_eq!(volumes.len(), 2 * pods, "a claim and a volume per pod");
     for volume in volumes {
         let driver = volume["driver"].as_str().unwrap();
-        let (_, supported) = generate::DRIVERS.iter().find(|(d, _)| *d == driver).unwrap();
+        let (_, supported) = generate::DRIVERS
+            .iter()
+            .find(|(d, _)| *d == driver)
+            .unwrap();
         let expected = match (*supported, driver) {
             (true, _) => "true",
             (false, "nfs.csi.k8s.io") => "false",

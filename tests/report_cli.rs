@@ -55,7 +55,10 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn create(client: &Client, object: Value) -> DynamicObject {
     let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
         Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (String::new(), object["apiVersion"].as_str().unwrap().to_string()),
+        None => (
+            String::new(),
+            object["apiVersion"].as_str().unwrap().to_string(),
+        ),
     };
     let kind = object["kind"].as_str().unwrap().to_string();
     let plural = match kind.as_str() {
@@ -63,13 +66,22 @@ async fn create(client: &Client, object: Value) -> DynamicObject {
         "PersistentVolume" | "PersistentVolumeClaim" => format!("{}s", kind.to_lowercase()),
         other => format!("{}s", other.to_lowercase()),
     };
-    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, &version, &kind), &plural);
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, &version, &kind), &plural);
     let namespaced = !matches!(
         kind.as_str(),
-        "Namespace" | "PersistentVolume" | "StorageClass" | "Node" | "ClusterRole" | "ClusterRoleBinding"
+        "Namespace"
+            | "PersistentVolume"
+            | "StorageClass"
+            | "Node"
+            | "ClusterRole"
+            | "ClusterRoleBinding"
     );
     let api: Api<DynamicObject> = if namespaced {
-        let ns = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
         Api::namespaced_with(client.clone(), &ns, &resource)
     } else {
         Api::all_with(client.clone(), &resource)
@@ -139,7 +151,11 @@ fn pod(name: &str, spec: Value, owners: Value, annotations: Value) -> Value {
 
 /// The generated namespace `shop`, its workloads with their owner chains, and nodes.
 async fn create_generated(client: &Client) {
-    create(client, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})).await;
+    create(
+        client,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    )
+    .await;
     create(client, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "shop"}})).await;
     let claim = |name: &str, class: &str, label: Option<&str>| {
         let mut claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -183,8 +199,16 @@ async fn create_generated(client: &Client) {
     let rs = create(client, json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
         "metadata": {"name": "catalog-7f8e", "namespace": "shop", "ownerReferences": owner("apps/v1", "Deployment", &catalog)},
         "spec": {"selector": {"matchLabels": {"app": "catalog"}}, "template": template("catalog", claim_spec("catalog-data"))}})).await;
-    create(client, pod("catalog-7f8e-0", claim_spec("catalog-data"), owner("apps/v1", "ReplicaSet", &rs),
-        json!({"userns.io/decision": "audit"}))).await;
+    create(
+        client,
+        pod(
+            "catalog-7f8e-0",
+            claim_spec("catalog-data"),
+            owner("apps/v1", "ReplicaSet", &rs),
+            json!({"userns.io/decision": "audit"}),
+        ),
+    )
+    .await;
 
     // CronJob → Job → Pod.
     let cron = create(client, json!({"apiVersion": "batch/v1", "kind": "CronJob",
@@ -198,12 +222,25 @@ async fn create_generated(client: &Client) {
 
     // A Job of its own, privileged; its pod was skipped.
     let privileged = json!({"restartPolicy": "Never", "containers": [{"name": "app", "image": "app", "securityContext": {"privileged": true}}]});
-    let migrate = create(client, json!({"apiVersion": "batch/v1", "kind": "Job",
+    let migrate = create(
+        client,
+        json!({"apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": "migrate", "namespace": "shop"},
-        "spec": {"template": template("migrate", privileged.clone())}})).await;
+        "spec": {"template": template("migrate", privileged.clone())}}),
+    )
+    .await;
     let mut spec = privileged;
     spec["serviceAccountName"] = json!("default");
-    create(client, pod("migrate-q", spec, owner("batch/v1", "Job", &migrate), json!({"userns.io/decision": "skipped"}))).await;
+    create(
+        client,
+        pod(
+            "migrate-q",
+            spec,
+            owner("batch/v1", "Job", &migrate),
+            json!({"userns.io/decision": "skipped"}),
+        ),
+    )
+    .await;
 
     // DaemonSet in the host's PID namespace, no pods yet.
     create(client, json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
@@ -216,7 +253,16 @@ async fn create_generated(client: &Client) {
         "spec": {"replicas": 2, "serviceName": "cart-db", "selector": {"matchLabels": {"app": "cart-db"}},
                  "template": template("cart-db", json!({"containers": [{"name": "db", "image": "db", "volumeMounts": [{"name": "data", "mountPath": "/d"}]}]})),
                  "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"storageClassName": "ebs-gp3", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}})).await;
-    create(client, pod("cart-db-0", json!({"serviceAccountName": "default", "containers": [container()]}), owner("apps/v1", "StatefulSet", &sts), json!({}))).await;
+    create(
+        client,
+        pod(
+            "cart-db-0",
+            json!({"serviceAccountName": "default", "containers": [container()]}),
+            owner("apps/v1", "StatefulSet", &sts),
+            json!({}),
+        ),
+    )
+    .await;
 
     // A pod owned by a custom resource (an operator's database cluster): judged from the pod.
     create(client, pod("orders-1", claim_spec("orders-1"),
@@ -227,7 +273,16 @@ async fn create_generated(client: &Client) {
     // set hostUsers: false.
     let mut enabled = safe_spec();
     enabled["hostUsers"] = json!(false);
-    create(client, pod("debug", enabled, json!([]), json!({"userns.io/decision": "enabled"}))).await;
+    create(
+        client,
+        pod(
+            "debug",
+            enabled,
+            json!([]),
+            json!({"userns.io/decision": "enabled"}),
+        ),
+    )
+    .await;
     let mut pinned = safe_spec();
     pinned["hostUsers"] = json!(false);
     create(client, pod("pinned", pinned, json!([]), json!({}))).await;
@@ -254,11 +309,21 @@ async fn create_generated(client: &Client) {
     let userns = |on: bool| json!([{"name": "", "features": {"recursiveReadOnlyMounts": true, "userNamespaces": on}}]);
     for (name, status) in [
         ("node-new", node_status("6.12.38+deb13-amd64", userns(true))),
-        ("node-old-kernel", node_status("5.15.0-139-generic", userns(true))),
-        ("node-no-userns", node_status("6.8.0-60-generic", userns(false))),
+        (
+            "node-old-kernel",
+            node_status("5.15.0-139-generic", userns(true)),
+        ),
+        (
+            "node-no-userns",
+            node_status("6.8.0-60-generic", userns(false)),
+        ),
         ("node-quiet", node_status("6.6.87", Value::Null)),
     ] {
-        create(client, json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})).await;
+        create(
+            client,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}),
+        )
+        .await;
         nodes
             .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
             .await
@@ -324,48 +389,264 @@ struct Expected {
 /// annotation: no webhook ran), the objects built in [`create_generated`] for `shop`.
 fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Expected> {
     let none = vec![("none", 1)];
-    let rows: Vec<(&str, &str, &str, bool, Vec<&'static str>, usize, Vec<(&'static str, usize)>)> = vec![
-        ("Pod", "paperless", "paperless", false, vec!["ClaimNotSupported (driver.longhorn.io)"], 1, none.clone()),
+    let rows: Vec<(
+        &str,
+        &str,
+        &str,
+        bool,
+        Vec<&'static str>,
+        usize,
+        Vec<(&'static str, usize)>,
+    )> = vec![
+        (
+            "Pod",
+            "paperless",
+            "paperless",
+            false,
+            vec!["ClaimNotSupported (driver.longhorn.io)"],
+            1,
+            none.clone(),
+        ),
         ("Pod", "home", "homepage", true, vec![], 1, none.clone()),
-        ("Pod", "home", "home-assistant", false, vec!["HostPathForbidden"], 1, none.clone()),
-        ("Pod", "home", "matter-server", false, vec!["HostNetwork"], 1, none.clone()),
+        (
+            "Pod",
+            "home",
+            "home-assistant",
+            false,
+            vec!["HostPathForbidden"],
+            1,
+            none.clone(),
+        ),
+        (
+            "Pod",
+            "home",
+            "matter-server",
+            false,
+            vec!["HostNetwork"],
+            1,
+            none.clone(),
+        ),
         ("Pod", "home", "mosquitto", true, vec![], 1, none.clone()),
         ("Pod", "home", "vaultwarden", true, vec![], 1, none.clone()),
         ("Pod", "home", "node-red", true, vec![], 1, none.clone()),
-        ("Pod", "media", "jellyfin", false, vec!["ClaimNotSupported (nfs.csi.k8s.io)", "ClaimNotSupported (rancher.io/local-path)"], 1, none.clone()),
-        ("Pod", "media", "navidrome", false, vec!["ClaimNotSupported (kubernetes.io/nfs)"], 1, none.clone()),
-        ("Pod", "media", "qbittorrent", false, vec!["HostUsersSet", "ClaimNotSupported (driver.longhorn.io)"], 1, none.clone()),
-        ("Pod", "media", "ffmpeg-transcode", true, vec![], 1, none.clone()),
-        ("Pod", "media", "sonarr", false, vec!["ClaimNotFound"], 1, none.clone()),
-        ("Pod", "db", "fio-block-bench", false, vec!["VolumeDevices", "ClaimNotSupported (driver.longhorn.io)"], 1, none.clone()),
-        ("Pod", "db", "pgbouncer", false, vec!["IDOutOfRange"], 1, none.clone()),
+        (
+            "Pod",
+            "media",
+            "jellyfin",
+            false,
+            vec![
+                "ClaimNotSupported (nfs.csi.k8s.io)",
+                "ClaimNotSupported (rancher.io/local-path)",
+            ],
+            1,
+            none.clone(),
+        ),
+        (
+            "Pod",
+            "media",
+            "navidrome",
+            false,
+            vec!["ClaimNotSupported (kubernetes.io/nfs)"],
+            1,
+            none.clone(),
+        ),
+        (
+            "Pod",
+            "media",
+            "qbittorrent",
+            false,
+            vec!["HostUsersSet", "ClaimNotSupported (driver.longhorn.io)"],
+            1,
+            none.clone(),
+        ),
+        (
+            "Pod",
+            "media",
+            "ffmpeg-transcode",
+            true,
+            vec![],
+            1,
+            none.clone(),
+        ),
+        (
+            "Pod",
+            "media",
+            "sonarr",
+            false,
+            vec!["ClaimNotFound"],
+            1,
+            none.clone(),
+        ),
+        (
+            "Pod",
+            "db",
+            "fio-block-bench",
+            false,
+            vec!["VolumeDevices", "ClaimNotSupported (driver.longhorn.io)"],
+            1,
+            none.clone(),
+        ),
+        (
+            "Pod",
+            "db",
+            "pgbouncer",
+            false,
+            vec!["IDOutOfRange"],
+            1,
+            none.clone(),
+        ),
         ("Pod", "db", "postgres-0", true, vec![], 1, none.clone()),
         ("Pod", "db", "postgres-1", true, vec![], 1, none.clone()),
         ("Pod", "db", pg_backup, true, vec![], 1, none.clone()),
-        ("Deployment", "media", "immich-server", false, vec!["ClaimNotSupported (nfs.csi.k8s.io)"], 0, vec![]),
+        (
+            "Deployment",
+            "media",
+            "immich-server",
+            false,
+            vec!["ClaimNotSupported (nfs.csi.k8s.io)"],
+            0,
+            vec![],
+        ),
         ("StatefulSet", "db", "redis", true, vec![], 0, vec![]),
-        ("StatefulSet", "media", "minio", false, vec!["ClaimNotSupported (nfs.csi.k8s.io)"], 0, vec![]),
-        ("DaemonSet", "home", "node-exporter", false, vec!["HostNetwork", "HostPID", "HostPathForbidden"], 0, vec![]),
+        (
+            "StatefulSet",
+            "media",
+            "minio",
+            false,
+            vec!["ClaimNotSupported (nfs.csi.k8s.io)"],
+            0,
+            vec![],
+        ),
+        (
+            "DaemonSet",
+            "home",
+            "node-exporter",
+            false,
+            vec!["HostNetwork", "HostPID", "HostPathForbidden"],
+            0,
+            vec![],
+        ),
         ("CronJob", "db", "pg-dump-nightly", true, vec![], 0, vec![]),
-        ("Job", "media", "library-scan", false, vec!["ClaimNotSupported (kubernetes.io/nfs)"], 0, vec![]),
+        (
+            "Job",
+            "media",
+            "library-scan",
+            false,
+            vec!["ClaimNotSupported (kubernetes.io/nfs)"],
+            0,
+            vec![],
+        ),
         // shop
-        ("Deployment", "shop", "web", true, vec![], 2, vec![("enabled", 2)]),
-        ("Deployment", "shop", "catalog", false, vec!["ClaimNotSupported (nfs.csi.k8s.io)"], 1, vec![("audit", 1)]),
-        ("CronJob", "shop", "report-mailer", true, vec![], 1, none.clone()),
-        ("Job", "shop", "migrate", false, vec!["PrivilegedContainer"], 1, vec![("skipped", 1)]),
-        ("DaemonSet", "shop", "log-shipper", false, vec!["HostPID"], 0, vec![]),
-        ("StatefulSet", "shop", "cart-db", false, vec!["ClaimNotSupported (driver.longhorn.io)"], 1, none.clone()),
-        ("Cluster", "shop", "orders", false, vec!["ClaimNotSupported (nfs.csi.k8s.io)"], 1, none.clone()),
-        ("Pod", "shop", "debug", true, vec![], 1, vec![("enabled", 1)]),
-        ("Pod", "shop", "pinned", false, vec!["HostUsersSet"], 1, none.clone()),
-        ("ReplicationController", "shop", "legacy", true, vec![], 0, vec![]),
-        ("ReplicaSet", "shop", "batch-rs", false, vec!["IDOutOfRange"], 0, vec![]),
+        (
+            "Deployment",
+            "shop",
+            "web",
+            true,
+            vec![],
+            2,
+            vec![("enabled", 2)],
+        ),
+        (
+            "Deployment",
+            "shop",
+            "catalog",
+            false,
+            vec!["ClaimNotSupported (nfs.csi.k8s.io)"],
+            1,
+            vec![("audit", 1)],
+        ),
+        (
+            "CronJob",
+            "shop",
+            "report-mailer",
+            true,
+            vec![],
+            1,
+            none.clone(),
+        ),
+        (
+            "Job",
+            "shop",
+            "migrate",
+            false,
+            vec!["PrivilegedContainer"],
+            1,
+            vec![("skipped", 1)],
+        ),
+        (
+            "DaemonSet",
+            "shop",
+            "log-shipper",
+            false,
+            vec!["HostPID"],
+            0,
+            vec![],
+        ),
+        (
+            "StatefulSet",
+            "shop",
+            "cart-db",
+            false,
+            vec!["ClaimNotSupported (driver.longhorn.io)"],
+            1,
+            none.clone(),
+        ),
+        (
+            "Cluster",
+            "shop",
+            "orders",
+            false,
+            vec!["ClaimNotSupported (nfs.csi.k8s.io)"],
+            1,
+            none.clone(),
+        ),
+        (
+            "Pod",
+            "shop",
+            "debug",
+            true,
+            vec![],
+            1,
+            vec![("enabled", 1)],
+        ),
+        (
+            "Pod",
+            "shop",
+            "pinned",
+            false,
+            vec!["HostUsersSet"],
+            1,
+            none.clone(),
+        ),
+        (
+            "ReplicationController",
+            "shop",
+            "legacy",
+            true,
+            vec![],
+            0,
+            vec![],
+        ),
+        (
+            "ReplicaSet",
+            "shop",
+            "batch-rs",
+            false,
+            vec!["IDOutOfRange"],
+            0,
+            vec![],
+        ),
     ];
     rows.into_iter()
         .map(|(kind, ns, name, can_run, blockers, pods, decisions)| {
             (
                 (kind.to_string(), ns.to_string(), name.to_string()),
-                Expected { can_run, blockers, pods, decisions },
+                Expected {
+                    can_run,
+                    blockers,
+                    pods,
+                    decisions,
+                },
             )
         })
         .collect()
@@ -381,7 +662,11 @@ fn expected_claims() -> Vec<(&'static str, &'static str, &'static str)> {
         ("home-assistant-config", "true", "driver.longhorn.io"),
         ("vaultwarden-data", "true", "driver.longhorn.io"),
         ("mosquitto-data", "true", "driver.longhorn.io"),
-        ("node-red-data", "true", "org.democratic-csi.zfs-local-dataset"),
+        (
+            "node-red-data",
+            "true",
+            "org.democratic-csi.zfs-local-dataset",
+        ),
         ("jellyfin-config", "true", "driver.longhorn.io"),
         ("media-library", "false", "nfs.csi.k8s.io"),
         ("music-library", "false", "kubernetes.io/nfs"),
@@ -455,7 +740,12 @@ fn report_over_all_namespaces_matches_the_objects() {
             w["namespace"].as_str().unwrap().to_string(),
             w["name"].as_str().unwrap().to_string(),
         );
-        let labels: BTreeSet<String> = w["reasons"].as_array().unwrap().iter().map(label_of).collect();
+        let labels: BTreeSet<String> = w["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(label_of)
+            .collect();
         let decisions: BTreeMap<String, usize> = w["podDecisions"]
             .as_object()
             .unwrap()
@@ -464,19 +754,39 @@ fn report_over_all_namespaces_matches_the_objects() {
             .collect();
         let judged = w["judgedFrom"].as_str().unwrap().to_string();
         let decision = w["decision"].as_str().unwrap().to_string();
-        seen.insert(key, (w["canRun"].as_bool().unwrap(), labels, w["pods"].as_u64().unwrap() as usize, decisions, judged, decision));
+        seen.insert(
+            key,
+            (
+                w["canRun"].as_bool().unwrap(),
+                labels,
+                w["pods"].as_u64().unwrap() as usize,
+                decisions,
+                judged,
+                decision,
+            ),
+        );
     }
     let expected_view: BTreeMap<_, _> = expected
         .iter()
         .map(|(key, e)| {
-            let judged = if matches!(key.0.as_str(), "Pod" | "Cluster") { "pods" } else { "template" };
+            let judged = if matches!(key.0.as_str(), "Pod" | "Cluster") {
+                "pods"
+            } else {
+                "template"
+            };
             (
                 key.clone(),
                 (
                     e.can_run,
-                    e.blockers.iter().map(|b| b.to_string()).collect::<BTreeSet<_>>(),
+                    e.blockers
+                        .iter()
+                        .map(|b| b.to_string())
+                        .collect::<BTreeSet<_>>(),
                     e.pods,
-                    e.decisions.iter().map(|(k, n)| (k.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+                    e.decisions
+                        .iter()
+                        .map(|(k, n)| (k.to_string(), *n))
+                        .collect::<BTreeMap<_, _>>(),
                     judged.to_string(),
                     if e.can_run { "enabled" } else { "skipped" }.to_string(),
                 ),
@@ -514,9 +824,17 @@ fn report_over_all_namespaces_matches_the_objects() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (b["label"].as_str().unwrap().to_string(), b["workloads"].as_u64().unwrap() as usize))
+        .map(|b| {
+            (
+                b["label"].as_str().unwrap().to_string(),
+                b["workloads"].as_u64().unwrap() as usize,
+            )
+        })
         .collect();
-    let ranked: Vec<(String, usize)> = ranked.into_iter().map(|(l, n)| (l.to_string(), n)).collect();
+    let ranked: Vec<(String, usize)> = ranked
+        .into_iter()
+        .map(|(l, n)| (l.to_string(), n))
+        .collect();
     assert_eq!(blockers, ranked);
 
     // Namespaces.
@@ -533,7 +851,10 @@ fn report_over_all_namespaces_matches_the_objects() {
         .map(|n| {
             (
                 n["namespace"].as_str().unwrap().to_string(),
-                (n["workloads"].as_u64().unwrap() as usize, n["canRun"].as_u64().unwrap() as usize),
+                (
+                    n["workloads"].as_u64().unwrap() as usize,
+                    n["canRun"].as_u64().unwrap() as usize,
+                ),
             )
         })
         .collect();
@@ -544,30 +865,47 @@ fn report_over_all_namespaces_matches_the_objects() {
     let count = |label: &str| claims.iter().filter(|c| c.1 == label).count();
     let c = &report["claims"];
     assert_eq!(c["total"], claims.len());
-    assert_eq!(c["byLabel"], json!({"true": count("true"), "false": count("false"), "unknown": count("unknown")}));
-    assert_eq!(c["labelled"], 1, "catalog-data is labelled false, as judged; vaultwarden-data is not");
+    assert_eq!(
+        c["byLabel"],
+        json!({"true": count("true"), "false": count("false"), "unknown": count("unknown")})
+    );
+    assert_eq!(
+        c["labelled"], 1,
+        "catalog-data is labelled false, as judged; vaultwarden-data is not"
+    );
     let mut drivers: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (_, label, driver) in claims.iter().filter(|c| c.1 != "true") {
-        *drivers.entry((label.to_string(), driver.to_string())).or_default() += 1;
+        *drivers
+            .entry((label.to_string(), driver.to_string()))
+            .or_default() += 1;
     }
-    let got: BTreeMap<(String, String), usize> = c["drivers"]
+    // Rows are by driver and reason: Longhorn's `false` has three (NFS for RWX, nfsOptions, a
+    // raw block volume).
+    let mut got: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for d in c["drivers"].as_array().unwrap() {
+        *got.entry((
+            d["label"].as_str().unwrap().to_string(),
+            d["driver"].as_str().unwrap().to_string(),
+        ))
+        .or_default() += d["claims"].as_u64().unwrap() as usize;
+    }
+    assert_eq!(got, drivers);
+    let longhorn_reasons = c["drivers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| {
-            (
-                (d["label"].as_str().unwrap().to_string(), d["driver"].as_str().unwrap().to_string()),
-                d["claims"].as_u64().unwrap() as usize,
-            )
-        })
-        .collect();
-    assert_eq!(got, drivers);
+        .filter(|d| d["driver"] == "driver.longhorn.io")
+        .count();
+    assert_eq!(longhorn_reasons, 3);
 
     // Nodes: a kernel of 6.3 or later and a runtime that says so; an old kernel; a runtime that
     // says no; a kubelet that says nothing.
     let n = &report["nodes"];
     assert_eq!(n["listed"], true);
-    assert_eq!(n["bySupport"], json!({"supported": 1, "unsupported": 2, "unknown": 1}));
+    assert_eq!(
+        n["bySupport"],
+        json!({"supported": 1, "unsupported": 2, "unknown": 1})
+    );
     let support: BTreeMap<&str, &str> = n["nodes"]
         .as_array()
         .unwrap()
@@ -603,7 +941,10 @@ fn the_report_makes_get_and_list_calls_only() {
             .map(|e| {
                 (
                     e["verb"].as_str().unwrap_or_default().to_string(),
-                    e["objectRef"]["resource"].as_str().unwrap_or_default().to_string(),
+                    e["objectRef"]["resource"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
             .collect();
@@ -619,9 +960,19 @@ fn the_report_makes_get_and_list_calls_only() {
     assert_eq!(
         resources,
         BTreeSet::from([
-            "configmaps", "cronjobs", "daemonsets", "deployments", "jobs", "nodes",
-            "persistentvolumeclaims", "persistentvolumes", "pods", "replicasets",
-            "replicationcontrollers", "statefulsets", "storageclasses",
+            "configmaps",
+            "cronjobs",
+            "daemonsets",
+            "deployments",
+            "jobs",
+            "nodes",
+            "persistentvolumeclaims",
+            "persistentvolumes",
+            "pods",
+            "replicasets",
+            "replicationcontrollers",
+            "statefulsets",
+            "storageclasses",
         ])
     );
 }
@@ -636,7 +987,12 @@ fn one_namespace_is_reported_with_n_and_the_contexts_namespace_by_default() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| (w["kind"].as_str().unwrap().to_string(), w["name"].as_str().unwrap().to_string()))
+        .map(|w| {
+            (
+                w["kind"].as_str().unwrap().to_string(),
+                w["name"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let expected: BTreeSet<(String, String)> = expected_workloads(pg_backup)
         .into_keys()
@@ -652,7 +1008,10 @@ fn one_namespace_is_reported_with_n_and_the_contexts_namespace_by_default() {
     // The test kubeconfig's context names no namespace: `default`, which holds no workload.
     let report = report_json(reader_kubeconfig(), &[]);
     assert_eq!(report["scope"], "namespace default");
-    assert_eq!(report["summary"]["text"], "No workloads found in namespace default.");
+    assert_eq!(
+        report["summary"]["text"],
+        "No workloads found in namespace default."
+    );
 }
 
 #[test]
@@ -660,12 +1019,19 @@ fn the_table_output_leads_with_the_summary_and_names_each_blocker() {
     let _turn = turn();
     world();
     let output = run_report(reader_kubeconfig(), &["-n", "shop"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8(output.stdout).unwrap();
     let json = report_json(reader_kubeconfig(), &["-n", "shop"]);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[2], json["summary"]["text"].as_str().unwrap());
-    assert!(text.contains("\nBLOCKERS (by the workloads they hold back)\nWORKLOADS   BLOCKER"), "{text}");
+    assert!(
+        text.contains("\nBLOCKERS (by the workloads they hold back)\nWORKLOADS   BLOCKER"),
+        "{text}"
+    );
     let cells = |workload: &str| -> Vec<String> {
         let line = lines
             .iter()
@@ -687,9 +1053,15 @@ fn the_table_output_leads_with_the_summary_and_names_each_blocker() {
             "ClaimNotSupported: volume data: claim catalog-data (driver nfs.csi.k8s.io) cannot be idmap-mounted: NFS volumes cannot be idmapped."
         ]
     );
-    assert_eq!(cells(" deployment/web "), ["shop", "deployment/web", "2 (enabled 2)", "enabled", "-"]);
+    assert_eq!(
+        cells(" deployment/web "),
+        ["shop", "deployment/web", "2 (enabled 2)", "enabled", "-"]
+    );
     assert!(text.contains("Cluster/orders"), "{text}");
-    assert!(text.contains("\nNODES: 4 (1 supported, 2 unsupported, 1 unknown)\n"), "{text}");
+    assert!(
+        text.contains("\nNODES: 4 (1 supported, 2 unsupported, 1 unknown)\n"),
+        "{text}"
+    );
 }
 
 /// The driver table in force is the labeler's: its ConfigMap, else the last good copy; with
@@ -700,34 +1072,67 @@ fn the_labelers_driver_table_is_the_one_judged_by() {
     world();
     let cp = cp();
     let admin = cp.kubeconfig_path();
-    let trust_nfs = "rules:\n- driver: nfs.csi.k8s.io\n  verdict: true\n  reason: our NFS is a test double\n";
+    let trust_nfs =
+        "rules:\n- driver: nfs.csi.k8s.io\n  verdict: true\n  reason: our NFS is a test double\n";
     let config_map = |name: &str, table: &str| {
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "report-config"},
                "data": {"drivers.yaml": table}})
     };
-    let args = ["-n", "shop", "--labeler-namespace", "report-config", "--config-map", "drivers"];
+    let args = [
+        "-n",
+        "shop",
+        "--labeler-namespace",
+        "report-config",
+        "--config-map",
+        "drivers",
+    ];
     let can_run = |report: &Value, name: &str| {
-        report["workloads"].as_array().unwrap().iter().find(|w| w["name"] == name).unwrap()["canRun"].as_bool().unwrap()
+        report["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .unwrap()["canRun"]
+            .as_bool()
+            .unwrap()
     };
     runtime().block_on(async {
         let client = cp.client().await;
-        create(&client, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "report-config"}})).await;
+        create(
+            &client,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "report-config"}}),
+        )
+        .await;
         create(&client, config_map("drivers", trust_nfs)).await;
     });
     let report = report_json(admin, &args);
     assert_eq!(report["driverTable"], "ConfigMap report-config/drivers");
-    assert!(can_run(&report, "catalog"), "the operator's rule trusts NFS");
+    assert!(
+        can_run(&report, "catalog"),
+        "the operator's rule trusts NFS"
+    );
 
     runtime().block_on(async {
         let client = cp.client().await;
-        let configs: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "report-config");
+        let configs: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(client.clone(), "report-config");
         configs
-            .patch("drivers", &PatchParams::default(), &Patch::Merge(json!({"data": {"drivers.yaml": "rules: [\n"}})))
+            .patch(
+                "drivers",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"drivers.yaml": "rules: [\n"}})),
+            )
             .await
             .unwrap();
     });
     let report = report_json(admin, &args);
-    assert!(report["workloads"].as_array().unwrap().iter().all(|w| w["reasons"][0]["code"] == "DriverTableInvalid"));
+    assert!(
+        report["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["reasons"][0]["code"] == "DriverTableInvalid")
+    );
     assert_eq!(report["summary"]["canRun"], 0);
 
     runtime().block_on(async {
@@ -759,10 +1164,18 @@ fn a_refused_or_unreachable_cluster_exits_3() {
     let unreachable = dir.path().join("kubeconfig");
     let text = std::fs::read_to_string(cp().kubeconfig_path())
         .unwrap()
-        .replace(cp().server_url(), &format!("https://127.0.0.1:{}", free_port()));
+        .replace(
+            cp().server_url(),
+            &format!("https://127.0.0.1:{}", free_port()),
+        );
     std::fs::write(&unreachable, text).unwrap();
     let output = run_report(&unreachable, &["-A"]);
-    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: listing "));
 
     let output = run_report(&dir.path().join("missing"), &["-A"]);
@@ -780,7 +1193,9 @@ fn a_refused_or_unreachable_cluster_exits_3() {
 /// with the reason, never skips.
 fn chromium() -> PathBuf {
     let script = repo_root().join("scripts/install-browser.sh");
-    let output = Command::new(&script).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let output = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(
         output.status.success(),
         "the HTML report test needs a headless Chromium, and {} could not provide one: {}\n\
@@ -813,7 +1228,10 @@ const BROWSER_FLAGS: [&str; 14] = [
 /// Loads `page` and returns its rendered DOM and the URLs the page itself requested (requests
 /// the browser makes for itself carry no initiator origin and are left out).
 fn load(browser: &Path, page: &Path, dir: &Path) -> (String, Vec<String>) {
-    let netlog = dir.join(format!("{}.netlog.json", page.file_name().unwrap().to_string_lossy()));
+    let netlog = dir.join(format!(
+        "{}.netlog.json",
+        page.file_name().unwrap().to_string_lossy()
+    ));
     let output = Command::new(browser)
         .args(BROWSER_FLAGS)
         .arg(format!("--user-data-dir={}", dir.join("profile").display()))
@@ -822,9 +1240,16 @@ fn load(browser: &Path, page: &Path, dir: &Path) -> (String, Vec<String>) {
         .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
-    assert!(output.status.success(), "chromium: {}", String::from_utf8_lossy(&output.stderr));
-    let log: Value = serde_json::from_str(&std::fs::read_to_string(&netlog).unwrap()).expect("the network log is JSON");
-    let start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"].as_u64().unwrap();
+    assert!(
+        output.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let log: Value = serde_json::from_str(&std::fs::read_to_string(&netlog).unwrap())
+        .expect("the network log is JSON");
+    let start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+        .as_u64()
+        .unwrap();
     let requests = log["events"]
         .as_array()
         .unwrap()
@@ -847,7 +1272,11 @@ fn attributes(dom: &str, class: &str, attribute: &str) -> Vec<String> {
             let element = &element[..element.find('>')?];
             let start = element.find(&format!("{attribute}=\""))? + attribute.len() + 2;
             let end = element[start..].find('"')? + start;
-            Some(element[start..end].replace("&amp;", "&").replace("&quot;", "\""))
+            Some(
+                element[start..end]
+                    .replace("&amp;", "&")
+                    .replace("&quot;", "\""),
+            )
         })
         .collect()
 }
@@ -866,13 +1295,24 @@ fn the_html_report_renders_in_a_headless_browser_without_a_request() {
         free_port()
     )).unwrap();
     let (_, requests) = load(&browser, &control, dir.path());
-    assert_eq!(requests.len(), 2, "the control page's requests are seen: {requests:?}");
+    assert_eq!(
+        requests.len(),
+        2,
+        "the control page's requests are seen: {requests:?}"
+    );
 
     let output = run_report(reader_kubeconfig(), &["-A", "-o", "html"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let html = String::from_utf8(output.stdout).unwrap();
     for attribute in ["src=", "href=", "<script", "url("] {
-        assert!(!html.contains(attribute), "the page has no external reference or script: {attribute}");
+        assert!(
+            !html.contains(attribute),
+            "the page has no external reference or script: {attribute}"
+        );
     }
     let page = dir.path().join("report.html");
     std::fs::write(&page, &html).unwrap();
@@ -881,7 +1321,13 @@ fn the_html_report_renders_in_a_headless_browser_without_a_request() {
     let (dom, requests) = load(&browser, &page, dir.path());
     assert_eq!(requests, Vec::<String>::new(), "the report made requests");
     let summary = json["summary"]["text"].as_str().unwrap();
-    assert!(dom.contains(&format!("<p id=\"summary\">{}</p>", summary.replace('&', "&amp;"))), "summary missing");
+    assert!(
+        dom.contains(&format!(
+            "<p id=\"summary\">{}</p>",
+            summary.replace('&', "&amp;")
+        )),
+        "summary missing"
+    );
 
     let blockers = json["blockers"].as_array().unwrap();
     let labels = attributes(&dom, "bar", "data-label");
@@ -892,13 +1338,29 @@ fn the_html_report_renders_in_a_headless_browser_without_a_request() {
         assert_eq!(count, &blocker["workloads"].to_string());
     }
     let namespaces = attributes(&dom, "namespace-bar", "data-namespace");
-    let expected: Vec<String> = json["namespaces"].as_array().unwrap().iter().map(|n| n["namespace"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> = json["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["namespace"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(namespaces, expected);
     let can_run = attributes(&dom, "namespace-bar", "data-can-run");
-    assert_eq!(can_run, json["namespaces"].as_array().unwrap().iter().map(|n| n["canRun"].to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        can_run,
+        json["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["canRun"].to_string())
+            .collect::<Vec<_>>()
+    );
     let rows = attributes(&dom, "workload", "data-decision");
     assert_eq!(rows.len(), json["workloads"].as_array().unwrap().len());
-    assert_eq!(rows.iter().filter(|d| *d == "enabled").count(), json["summary"]["canRun"].as_u64().unwrap() as usize);
+    assert_eq!(
+        rows.iter().filter(|d| *d == "enabled").count(),
+        json["summary"]["canRun"].as_u64().unwrap() as usize
+    );
 
     // A screenshot, kept as the test's artifact.
     let artifacts = std::env::var_os("USERNS_TEST_ARTIFACTS")
@@ -909,15 +1371,26 @@ fn the_html_report_renders_in_a_headless_browser_without_a_request() {
     let _ = std::fs::remove_file(&screenshot);
     let output = Command::new(&browser)
         .args(BROWSER_FLAGS)
-        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
         .arg(format!("--screenshot={}", screenshot.display()))
         .arg("--window-size=1280,2600")
         .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let png = std::fs::read(&screenshot).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot of {} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a screenshot of {} bytes",
+        png.len()
+    );
     std::fs::copy(&page, artifacts.join("report.html")).unwrap();
     eprintln!("HTML report and screenshot: {}", artifacts.display());
 }
@@ -931,7 +1404,11 @@ fn kubectl_runs_it_as_the_userns_plugin() {
     let cp = cp();
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(BINARY, dir.path().join("kubectl-userns")).unwrap();
-    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let kubectl = |args: &[&str]| {
         Command::new(cp.kubectl_path())
             .args(args)
@@ -942,11 +1419,26 @@ fn kubectl_runs_it_as_the_userns_plugin() {
     };
 
     let listed = kubectl(&["plugin", "list"]);
-    assert!(String::from_utf8_lossy(&listed.stdout).contains("kubectl-userns"), "{listed:?}");
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("kubectl-userns"),
+        "{listed:?}"
+    );
 
     // kubectl's usual flags: the kubeconfig from KUBECONFIG, --context, -n, -A, -o.
-    let output = kubectl(&["userns", "report", "--context", "userns-test", "-A", "-o", "json"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = kubectl(&[
+        "userns",
+        "report",
+        "--context",
+        "userns-test",
+        "-A",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let via_kubectl: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(via_kubectl, report_json(reader_kubeconfig(), &["-A"]));
     let output = kubectl(&["userns", "report", "-n", "shop"]);
@@ -954,14 +1446,28 @@ fn kubectl_runs_it_as_the_userns_plugin() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("Scope: namespace shop."));
 
     let workloads = repo_root().join("examples/16-workloads.yaml");
-    let output = kubectl(&["userns", "explain", "-f", workloads.to_str().unwrap(), "-o", "json"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = kubectl(&[
+        "userns",
+        "explain",
+        "-f",
+        workloads.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["pods"].as_array().unwrap().len(), 6);
 
     // Help and errors name the command as typed.
     let output = kubectl(&["userns", "--help"]);
-    assert!(String::from_utf8_lossy(&output.stdout).contains("Usage: kubectl userns [OPTIONS] <COMMAND>"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("Usage: kubectl userns [OPTIONS] <COMMAND>")
+    );
     let output = kubectl(&["userns", "report", "--no-such-flag"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("kubectl userns report"));

@@ -391,9 +391,9 @@ impl VolumeSource<'_> {
         match self {
             VolumeSource::NodeLocal => VolumeSource::NodeLocal,
             VolumeSource::Claim(name) => VolumeSource::Claim(owned(name)),
-            VolumeSource::Ephemeral(template) => VolumeSource::Ephemeral(
-                template.map(|t| Box::new(Cow::Owned((*t).into_owned()))),
-            ),
+            VolumeSource::Ephemeral(template) => {
+                VolumeSource::Ephemeral(template.map(|t| Box::new(Cow::Owned((*t).into_owned()))))
+            }
             VolumeSource::HostPath(path) => VolumeSource::HostPath(owned(path)),
             VolumeSource::Driver {
                 driver,

@@ -18,7 +18,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::pod::{PodDecision, PodFacts, PodVolume, SpecFacts, VolumeSource, decide, pod_namespace};
+use super::pod::{
+    PodDecision, PodFacts, PodVolume, SpecFacts, VolumeSource, decide, pod_namespace,
+};
 use super::resolve::ClusterView;
 use super::table::DriverTable;
 use crate::keys::Keys;

@@ -249,7 +249,8 @@ pub fn build_report(manifests: &Manifests, table: &DriverTable, keys: &Keys) -> 
             )
         })
         .collect();
-    templates.sort_by(|a, b| (&a.namespace, &a.owner, &a.name).cmp(&(&b.namespace, &b.owner, &b.name)));
+    templates
+        .sort_by(|a, b| (&a.namespace, &a.owner, &a.name).cmp(&(&b.namespace, &b.owner, &b.name)));
     volumes.extend(templates);
     volumes.extend(manifests.volumes().into_iter().map(|volume| {
         volume_report(

@@ -92,12 +92,10 @@ pub fn claim(i: usize, shape: Shape) -> Value {
         meta["annotations"]["pv.kubernetes.io/bound-by-controller"] = json!("yes");
         meta["annotations"]["volume.kubernetes.io/selected-node"] =
             json!(format!("node-{}.eu-west-1.compute.internal", i % 50));
-        meta["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json!(
-            format!(
-                "{{\"apiVersion\":\"v1\",\"kind\":\"PersistentVolumeClaim\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{}\"}},\"spec\":{{\"accessModes\":[\"ReadWriteOnce\"],\"resources\":{{\"requests\":{{\"storage\":\"10Gi\"}}}}}}}}\n",
-                namespace(i)
-            )
-        );
+        meta["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json!(format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"PersistentVolumeClaim\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{}\"}},\"spec\":{{\"accessModes\":[\"ReadWriteOnce\"],\"resources\":{{\"requests\":{{\"storage\":\"10Gi\"}}}}}}}}\n",
+            namespace(i)
+        ));
         meta["managedFields"] = managed_fields(
             "kube-controller-manager",
             json!({"f:metadata": {"f:annotations": {"f:pv.kubernetes.io/bind-completed": {}, "f:pv.kubernetes.io/bound-by-controller": {}, "f:volume.beta.kubernetes.io/storage-provisioner": {}, "f:volume.kubernetes.io/storage-provisioner": {}}},
@@ -258,7 +256,10 @@ pub fn objects(pods: usize, shape: Shape) -> impl Iterator<Item = Value> {
 }
 
 /// Writes the objects as `kubectl get -o yaml` does: a `kind: List`, keys as given.
-pub fn write_list_yaml(out: &mut impl Write, objects: impl Iterator<Item = Value>) -> io::Result<()> {
+pub fn write_list_yaml(
+    out: &mut impl Write,
+    objects: impl Iterator<Item = Value>,
+) -> io::Result<()> {
     writeln!(out, "apiVersion: v1\nitems:")?;
     for object in objects {
         let text = serde_saphyr::to_string(&object).map_err(io::Error::other)?;
@@ -271,7 +272,10 @@ pub fn write_list_yaml(out: &mut impl Write, objects: impl Iterator<Item = Value
 }
 
 /// Writes the objects as `kubectl get -o json` does: a `kind: List`.
-pub fn write_list_json(out: &mut impl Write, objects: impl Iterator<Item = Value>) -> io::Result<()> {
+pub fn write_list_json(
+    out: &mut impl Write,
+    objects: impl Iterator<Item = Value>,
+) -> io::Result<()> {
     write!(out, "{{\n    \"apiVersion\": \"v1\",\n    \"items\": [")?;
     for (n, object) in objects.enumerate() {
         if n > 0 {

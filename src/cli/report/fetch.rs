@@ -15,8 +15,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::model::{ClusterObjects, Scope, TableInForce};
-use crate::config::{LastGood, ReloadOutcome, TableTracker};
 use crate::config::TableState;
+use crate::config::{LastGood, ReloadOutcome, TableTracker};
 
 /// Objects per list page: the API server's answers stay a few MB each.
 const PAGE_SIZE: u32 = 500;
@@ -57,10 +57,13 @@ where
     let mut params = ListParams::default().limit(PAGE_SIZE);
     let mut items = Vec::new();
     loop {
-        let page = api.list(&params).await.map_err(|source| match refused(&source) {
-            Some(message) => FetchError::Forbidden { what, message },
-            None => FetchError::Api { what, source },
-        })?;
+        let page = api
+            .list(&params)
+            .await
+            .map_err(|source| match refused(&source) {
+                Some(message) => FetchError::Forbidden { what, message },
+                None => FetchError::Api { what, source },
+            })?;
         items.extend(page.items.into_iter().map(|mut item| {
             item.managed_fields_mut().clear();
             item

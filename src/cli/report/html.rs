@@ -20,6 +20,7 @@ table { border-collapse: collapse; width: 100%; font-size: 0.85rem; }
 th, td { text-align: left; vertical-align: top; padding: 0.3rem 0.5rem; border-bottom: 1px solid #eaeef2; }
 th { background: #f6f8fa; }
 td.reasons div { margin-bottom: 0.2rem; }
+td.pods { white-space: nowrap; }
 .enabled { color: #1a7f37; font-weight: 600; }
 .skipped { color: #cf222e; font-weight: 600; }
 svg text { font-size: 12px; fill: #1d232a; }
@@ -179,7 +180,7 @@ fn workload_table(report: &ClusterReport, out: &mut String) {
         };
         let _ = writeln!(
             out,
-            "<tr class=\"workload\" data-decision=\"{d}\"><td>{ns}</td><td>{name}</td><td>{pods}</td>\
+            "<tr class=\"workload\" data-decision=\"{d}\"><td>{ns}</td><td>{name}</td><td class=\"pods\">{pods}</td>\
              <td class=\"{d}\">{d}</td><td class=\"reasons\">{reasons}</td></tr>",
             d = w.decision,
             ns = escape(&w.namespace),

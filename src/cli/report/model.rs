@@ -49,7 +49,10 @@ pub struct ClusterObjects {
 #[derive(Clone, Debug)]
 pub enum TableInForce {
     /// This table, and where it came from.
-    Table { table: Arc<DriverTable>, source: String },
+    Table {
+        table: Arc<DriverTable>,
+        source: String,
+    },
     /// None usable (the labeler's ConfigMap is invalid and has no last good copy): the webhook
     /// skips every pod with `DriverTableInvalid`.
     Unusable { reason: String },
@@ -153,7 +156,7 @@ pub struct ClaimSummary {
     pub total: usize,
     /// Claims by the label the controller writes (`true`, `false`, `unknown`).
     pub by_label: BTreeMap<&'static str, usize>,
-    /// The drivers behind `false` and `unknown`, most claims first.
+    /// The drivers behind `false` and `unknown`, by driver and reason, most claims first.
     pub drivers: Vec<DriverEntry>,
     /// Claims whose label on the object is already this value.
     pub labelled: usize,
@@ -166,7 +169,7 @@ pub struct DriverEntry {
     /// `null` when no driver could be found.
     pub driver: Option<String>,
     pub claims: usize,
-    /// One claim's reason, as an example.
+    /// Why these claims have this label.
     pub reason: String,
 }
 
@@ -445,9 +448,8 @@ pub fn build(
             pod_decisions: group.pod_decisions,
         });
     }
-    workloads.sort_by(|a, b| {
-        (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name))
-    });
+    workloads
+        .sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
 
     let blockers = rank_blockers(&workloads);
     let namespaces = by_namespace(&workloads);
@@ -512,7 +514,11 @@ fn rank_blockers(workloads: &[WorkloadEntry]) -> Vec<BlockerEntry> {
             example,
         })
         .collect();
-    ranked.sort_by(|a, b| b.workloads.cmp(&a.workloads).then_with(|| a.label.cmp(&b.label)));
+    ranked.sort_by(|a, b| {
+        b.workloads
+            .cmp(&a.workloads)
+            .then_with(|| a.label.cmp(&b.label))
+    });
     ranked
 }
 
@@ -557,9 +563,8 @@ fn summarise(workloads: &[WorkloadEntry], blockers: &[BlockerEntry], scope: &Sco
         format!("No workloads found in {}.", scope.describe())
     } else {
         let noun = if total == 1 { "workload" } else { "workloads" };
-        let head = format!(
-            "{can_run} of {total} {noun} ({percent} %) can run with user namespaces"
-        );
+        let head =
+            format!("{can_run} of {total} {noun} ({percent} %) can run with user namespaces");
         match &top_blocker {
             Some(top) => format!(
                 "{head}; the top blocker is {} ({}).",
@@ -590,7 +595,7 @@ fn claim_summary(
     for verdict in [Verdict::True, Verdict::False, Verdict::Unknown] {
         summary.by_label.insert(verdict.as_str(), 0);
     }
-    let mut drivers: BTreeMap<(&'static str, Option<String>), (usize, String)> = BTreeMap::new();
+    let mut drivers: BTreeMap<(&'static str, Option<String>, String), usize> = BTreeMap::new();
     for claim in claims {
         let v = resolve_claim(claim, view, table, keys);
         let label = v.verdict.as_str();
@@ -604,22 +609,23 @@ fn claim_summary(
             summary.labelled += 1;
         }
         if v.verdict != Verdict::True {
-            let entry = drivers.entry((label, v.driver)).or_insert((0, v.reason));
-            entry.0 += 1;
+            *drivers.entry((label, v.driver, v.reason)).or_insert(0) += 1;
         }
     }
     summary.drivers = drivers
         .into_iter()
-        .map(|((label, driver), (claims, reason))| DriverEntry {
+        .map(|((label, driver, reason), claims)| DriverEntry {
             label,
             driver,
             claims,
             reason,
         })
         .collect();
-    summary
-        .drivers
-        .sort_by(|a, b| b.claims.cmp(&a.claims).then_with(|| a.driver.cmp(&b.driver)));
+    summary.drivers.sort_by(|a, b| {
+        b.claims
+            .cmp(&a.claims)
+            .then_with(|| a.driver.cmp(&b.driver))
+    });
     summary
 }
 
@@ -646,7 +652,10 @@ pub fn node_support(node: &Node) -> (&'static str, String) {
             );
         }
     }
-    let handlers = node.status.as_ref().and_then(|s| s.runtime_handlers.as_ref());
+    let handlers = node
+        .status
+        .as_ref()
+        .and_then(|s| s.runtime_handlers.as_ref());
     let default_handler = handlers.and_then(|hs| {
         hs.iter()
             .find(|h| h.name.as_deref().unwrap_or_default().is_empty())
@@ -709,3 +718,229 @@ fn node_summary(nodes: Option<&[Node]>) -> NodeSummary {
     summary
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+    use serde_json::json;
+
+    fn from<T: DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).expect("a valid object")
+    }
+
+    fn built_in() -> TableInForce {
+        TableInForce::Table {
+            table: DriverTable::defaults(),
+            source: "the built-in table".to_string(),
+        }
+    }
+
+    #[rstest::rstest]
+    #[case(312, 418, 75)]
+    #[case(0, 5, 0)]
+    #[case(5, 5, 100)]
+    #[case(999, 1000, 99)]
+    #[case(1, 1000, 1)]
+    #[case(0, 0, 0)]
+    fn percent_is_rounded_but_never_claims_all_or_none_wrongly(
+        #[case] part: usize,
+        #[case] whole: usize,
+        #[case] expected: u32,
+    ) {
+        assert_eq!(percent(part, whole), expected);
+    }
+
+    fn node(kernel: &str, os: &str, handlers: serde_json::Value) -> Node {
+        let mut status = json!({"nodeInfo": {"kernelVersion": kernel, "operatingSystem": os,
+            "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://2.1.0",
+            "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "osImage": "", "systemUUID": ""}});
+        if !handlers.is_null() {
+            status["runtimeHandlers"] = handlers;
+        }
+        from(json!({"metadata": {"name": "n"}, "status": status}))
+    }
+
+    #[rstest::rstest]
+    #[case::runtime_says_yes("6.8.0-45-generic", "linux", json!([{"name": "", "features": {"userNamespaces": true}}]), "supported")]
+    #[case::runtime_says_no("6.8.0", "linux", json!([{"name": "", "features": {"userNamespaces": false}}]), "unsupported")]
+    #[case::old_kernel_whatever_the_runtime_says("6.2.16", "linux", json!([{"name": "", "features": {"userNamespaces": true}}]), "unsupported")]
+    #[case::kernel_6_3_is_enough("6.3.0", "linux", json!([{"name": "", "features": {"userNamespaces": true}}]), "supported")]
+    #[case::windows("10.0.20348", "windows", serde_json::Value::Null, "unsupported")]
+    #[case::kubelet_silent("6.8.0", "linux", serde_json::Value::Null, "unknown")]
+    #[case::only_another_handler("6.8.0", "linux", json!([{"name": "kata", "features": {"userNamespaces": true}}]), "unknown")]
+    fn node_support_follows_the_kernel_and_the_runtime(
+        #[case] kernel: &str,
+        #[case] os: &str,
+        #[case] handlers: serde_json::Value,
+        #[case] expected: &str,
+    ) {
+        assert_eq!(node_support(&node(kernel, os, handlers)).0, expected);
+    }
+
+    fn spec(extra: serde_json::Value) -> serde_json::Value {
+        let mut spec = json!({"containers": [{"name": "c", "image": "c"}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec
+    }
+
+    fn owned(kind: &str, name: &str, uid: &str) -> serde_json::Value {
+        json!([{"apiVersion": "v1", "kind": kind, "name": name, "uid": uid, "controller": true}])
+    }
+
+    /// Pods are grouped under their top owner and the owner is judged from its template, not
+    /// from its pods: here the pods carry a hostNetwork their template does not have.
+    #[test]
+    fn pods_are_grouped_under_their_top_owner_and_judged_by_its_template() {
+        let template = json!({"metadata": {}, "spec": spec(json!({}))});
+        let objects = ClusterObjects {
+            deployments: vec![from(
+                json!({"metadata": {"name": "web", "namespace": "a", "uid": "d1"},
+                "spec": {"selector": {}, "template": template}}),
+            )],
+            replica_sets: vec![
+                from(
+                    json!({"metadata": {"name": "web-1", "namespace": "a", "uid": "r1", "ownerReferences": owned("Deployment", "web", "d1")},
+                    "spec": {"selector": {}, "template": template}}),
+                ),
+                // Its Deployment is not listed: the ReplicaSet is the top owner.
+                from(
+                    json!({"metadata": {"name": "lone", "namespace": "a", "uid": "r2", "ownerReferences": owned("Deployment", "gone", "d9")},
+                    "spec": {"selector": {}, "template": template}}),
+                ),
+            ],
+            cron_jobs: vec![from(
+                json!({"metadata": {"name": "nightly", "namespace": "a", "uid": "c1"},
+                "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": template}}}}),
+            )],
+            jobs: vec![from(
+                json!({"metadata": {"name": "nightly-1", "namespace": "a", "uid": "j1", "ownerReferences": owned("CronJob", "nightly", "c1")},
+                "spec": {"template": template}}),
+            )],
+            pods: vec![
+                from(
+                    json!({"metadata": {"name": "web-1-x", "namespace": "a", "ownerReferences": owned("ReplicaSet", "web-1", "r1")},
+                    "spec": spec(json!({"hostNetwork": true}))}),
+                ),
+                from(
+                    json!({"metadata": {"name": "nightly-1-y", "namespace": "a", "ownerReferences": owned("Job", "nightly-1", "j1"),
+                    "annotations": {"userns.io/decision": "audit"}}, "spec": spec(json!({}))}),
+                ),
+                from(
+                    json!({"metadata": {"name": "mirror", "namespace": "a", "ownerReferences": owned("Node", "node-1", "n1")},
+                    "spec": spec(json!({"hostNetwork": true}))}),
+                ),
+                // Out of scope.
+                from(
+                    json!({"metadata": {"name": "other", "namespace": "b"}, "spec": spec(json!({}))}),
+                ),
+            ],
+            ..ClusterObjects::default()
+        };
+        let report = build(
+            objects,
+            &Scope::Namespace("a".into()),
+            &built_in(),
+            &Keys::default(),
+        );
+        let got: Vec<(&str, &str, usize, bool, JudgedFrom)> = report
+            .workloads
+            .iter()
+            .map(|w| {
+                (
+                    w.kind.as_str(),
+                    w.name.as_str(),
+                    w.pods,
+                    w.can_run,
+                    w.judged_from,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("CronJob", "nightly", 1, true, JudgedFrom::Template),
+                ("Deployment", "web", 1, true, JudgedFrom::Template),
+                ("Node", "node-1", 1, false, JudgedFrom::Pods),
+                ("ReplicaSet", "lone", 0, true, JudgedFrom::Template),
+            ]
+        );
+        assert_eq!(
+            report.workloads[0].pod_decisions,
+            BTreeMap::from([("audit".to_string(), 1)])
+        );
+        assert_eq!(
+            report.summary.text,
+            "3 of 4 workloads (75 %) can run with user namespaces; the top blocker is HostNetwork (1)."
+        );
+    }
+
+    /// A pod this webhook enabled is judged as its author wrote it; a pod whose author set
+    /// hostUsers is not.
+    #[test]
+    fn a_bare_pod_is_judged_without_this_webhooks_own_mutation() {
+        let pod = |name: &str, decision: Option<&str>| -> Pod {
+            let mut pod = json!({"metadata": {"name": name, "namespace": "a"}, "spec": spec(json!({"hostUsers": false}))});
+            if let Some(d) = decision {
+                pod["metadata"]["annotations"] = json!({"userns.io/decision": d});
+            }
+            from(pod)
+        };
+        let objects = ClusterObjects {
+            pods: vec![pod("ours", Some("enabled")), pod("theirs", None)],
+            ..ClusterObjects::default()
+        };
+        let report = build(objects, &Scope::All, &built_in(), &Keys::default());
+        let can_run: Vec<(&str, bool)> = report
+            .workloads
+            .iter()
+            .map(|w| (w.name.as_str(), w.can_run))
+            .collect();
+        assert_eq!(can_run, [("ours", true), ("theirs", false)]);
+        assert_eq!(report.workloads[1].reasons[0].code, "HostUsersSet");
+    }
+
+    #[test]
+    fn no_usable_table_skips_every_workload_as_the_webhook_would() {
+        let objects = ClusterObjects {
+            pods: vec![from(
+                json!({"metadata": {"name": "p", "namespace": "a"}, "spec": spec(json!({}))}),
+            )],
+            ..ClusterObjects::default()
+        };
+        let table = TableInForce::Unusable {
+            reason: "rules[0]: bad".to_string(),
+        };
+        let report = build(objects, &Scope::All, &table, &Keys::default());
+        assert_eq!(report.workloads[0].reasons[0].code, "DriverTableInvalid");
+        assert_eq!(report.summary.can_run, 0);
+        assert!(
+            report
+                .driver_table
+                .starts_with("none usable (rules[0]: bad)")
+        );
+    }
+
+    #[test]
+    fn one_workload_reads_in_the_singular_and_none_says_where() {
+        let objects = ClusterObjects {
+            pods: vec![from(
+                json!({"metadata": {"name": "p", "namespace": "a"}, "spec": spec(json!({}))}),
+            )],
+            ..ClusterObjects::default()
+        };
+        let report = build(objects, &Scope::All, &built_in(), &Keys::default());
+        assert_eq!(
+            report.summary.text,
+            "1 of 1 workload (100 %) can run with user namespaces."
+        );
+        let report = build(
+            ClusterObjects::default(),
+            &Scope::Namespace("x".into()),
+            &built_in(),
+            &Keys::default(),
+        );
+        assert_eq!(report.summary.text, "No workloads found in namespace x.");
+    }
+}

@@ -1,9 +1,9 @@
 //! The report as text: the summary, then one table per section.
 
 use super::model::{ClusterReport, WorkloadEntry};
+use crate::capability::WorkloadKind;
 use crate::cli::explain::blocker_lines;
 use crate::cli::output::columns;
-use crate::capability::WorkloadKind;
 
 /// `deployment/web`, or `Kind/name` for owners that are not workload kinds.
 pub fn workload_reference(w: &WorkloadEntry) -> String {
