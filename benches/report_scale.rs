@@ -177,7 +177,7 @@ fn main() {
         let mut runs: Vec<(Duration, f64)> = (0..3)
             .map(|_| report(cp.kubeconfig_path(), format, expected_can_run, deployments))
             .collect();
-        runs.sort_by(|a, b| a.0.cmp(&b.0));
+        runs.sort_by_key(|a| a.0);
         eprintln!(
             "report -A -o {format}: {pods} pods, {pods} claims, {deployments} workloads: best {:.2?}, median {:.2?}; peak RSS {:.0} MiB",
             runs[0].0,

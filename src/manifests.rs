@@ -458,7 +458,7 @@ impl<'de> Visitor<'de> for ObjectVisitor {
                     }
                     fields.insert(key, value);
                 }
-                "items" if self.top && !kind.as_deref().is_some_and(|k| !is_list(k)) => {
+                "items" if self.top && kind.as_deref().is_none_or(is_list) => {
                     let item_kind = kind.as_deref().and_then(|k| {
                         k.strip_suffix("List")
                             .filter(|k| !k.is_empty())

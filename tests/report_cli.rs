@@ -385,19 +385,22 @@ struct Expected {
     decisions: Vec<(&'static str, usize)>,
 }
 
+/// (kind, namespace, name, can run, blockers, pods, their decision annotations).
+type ExpectedRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    bool,
+    Vec<&'static str>,
+    usize,
+    Vec<(&'static str, usize)>,
+);
+
 /// Every workload, from the facts: `examples/README.md` for the examples (bare pods have no
 /// annotation: no webhook ran), the objects built in [`create_generated`] for `shop`.
 fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Expected> {
     let none = vec![("none", 1)];
-    let rows: Vec<(
-        &str,
-        &str,
-        &str,
-        bool,
-        Vec<&'static str>,
-        usize,
-        Vec<(&'static str, usize)>,
-    )> = vec![
+    let rows: Vec<ExpectedRow> = vec![
         (
             "Pod",
             "paperless",
