@@ -14,9 +14,10 @@ use kube::api::{Api, ListParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::model::{ClusterObjects, Scope, TableInForce};
+use super::model::{ClusterObjects, ListedPod, ListedWorkload, Scope, TableInForce};
 use crate::config::TableState;
 use crate::config::{LastGood, ReloadOutcome, TableTracker};
+use crate::keys::Keys;
 
 /// Objects per list page: the API server's answers stay a few MB each.
 const PAGE_SIZE: u32 = 500;
@@ -54,6 +55,19 @@ async fn list<K>(api: Api<K>, what: &'static str) -> Result<Vec<K>, FetchError>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
+    list_map(api, what, |item| item).await
+}
+
+/// [`list`], each object turned into what is kept of it as its page arrives: a page's typed
+/// objects are dropped before the next page is read.
+async fn list_map<K, T>(
+    api: Api<K>,
+    what: &'static str,
+    keep: impl Fn(K) -> T,
+) -> Result<Vec<T>, FetchError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
     let mut params = ListParams::default().limit(PAGE_SIZE);
     let mut items = Vec::new();
     loop {
@@ -66,7 +80,7 @@ where
             })?;
         items.extend(page.items.into_iter().map(|mut item| {
             item.managed_fields_mut().clear();
-            item
+            keep(item)
         }));
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
@@ -87,7 +101,11 @@ where
 }
 
 /// Lists everything the report reads, all kinds at once.
-pub async fn list_objects(client: &Client, scope: &Scope) -> Result<ClusterObjects, FetchError> {
+pub async fn list_objects(
+    client: &Client,
+    scope: &Scope,
+    keys: &Keys,
+) -> Result<ClusterObjects, FetchError> {
     let nodes = async {
         match list(Api::<Node>::all(client.clone()), "nodes").await {
             Ok(nodes) => Ok(Some(nodes)),
@@ -110,7 +128,9 @@ pub async fn list_objects(client: &Client, scope: &Scope) -> Result<ClusterObjec
         jobs,
         cron_jobs,
     ) = try_join!(
-        list(scoped::<Pod>(client, scope), "pods"),
+        list_map(scoped::<Pod>(client, scope), "pods", |p| ListedPod::of(
+            &p, keys
+        )),
         list(
             scoped::<PersistentVolumeClaim>(client, scope),
             "persistentvolumeclaims"
@@ -121,23 +141,39 @@ pub async fn list_objects(client: &Client, scope: &Scope) -> Result<ClusterObjec
         ),
         list(Api::<StorageClass>::all(client.clone()), "storageclasses"),
         nodes,
-        list(scoped::<Deployment>(client, scope), "deployments"),
-        list(scoped::<StatefulSet>(client, scope), "statefulsets"),
-        list(scoped::<DaemonSet>(client, scope), "daemonsets"),
-        list(scoped::<ReplicaSet>(client, scope), "replicasets"),
-        list(
-            scoped::<ReplicationController>(client, scope),
-            "replicationcontrollers"
+        list_map(
+            scoped::<Deployment>(client, scope),
+            "deployments",
+            ListedWorkload::of_deployment
         ),
-        list(scoped::<Job>(client, scope), "jobs"),
-        list(scoped::<CronJob>(client, scope), "cronjobs"),
+        list_map(
+            scoped::<StatefulSet>(client, scope),
+            "statefulsets",
+            ListedWorkload::of_stateful_set
+        ),
+        list_map(
+            scoped::<DaemonSet>(client, scope),
+            "daemonsets",
+            ListedWorkload::of_daemon_set
+        ),
+        list_map(
+            scoped::<ReplicaSet>(client, scope),
+            "replicasets",
+            ListedWorkload::of_replica_set
+        ),
+        list_map(
+            scoped::<ReplicationController>(client, scope),
+            "replicationcontrollers",
+            ListedWorkload::of_replication_controller
+        ),
+        list_map(scoped::<Job>(client, scope), "jobs", ListedWorkload::of_job),
+        list_map(
+            scoped::<CronJob>(client, scope),
+            "cronjobs",
+            ListedWorkload::of_cron_job
+        ),
     )?;
-    Ok(ClusterObjects {
-        pods,
-        claims,
-        volumes,
-        classes,
-        nodes,
+    let workloads = [
         deployments,
         stateful_sets,
         daemon_sets,
@@ -145,6 +181,17 @@ pub async fn list_objects(client: &Client, scope: &Scope) -> Result<ClusterObjec
         replication_controllers,
         jobs,
         cron_jobs,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    Ok(ClusterObjects {
+        pods,
+        claims,
+        volumes,
+        classes,
+        nodes,
+        workloads,
     })
 }
 

@@ -160,7 +160,7 @@ pub async fn run(args: &ReportArgs) -> Result<String, ReportError> {
             .await?
         }
     };
-    let objects = fetch::list_objects(&client, &scope).await?;
+    let objects = fetch::list_objects(&client, &scope, &keys).await?;
     let report = model::build(objects, &scope, &table, &keys);
     Ok(match args.output {
         ReportFormat::Table => table::render(&report),

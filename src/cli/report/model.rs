@@ -21,28 +21,126 @@ use serde::Serialize;
 
 use crate::capability::pod::{PodFacts, decide, pod_namespace};
 use crate::capability::{
-    BlockerCode, DriverTable, PodDecision, Snapshot, Verdict, Workload, decide_workload,
-    resolve_claim,
+    BlockerCode, DriverTable, PodDecision, Snapshot, Verdict, Workload, WorkloadKind,
+    decide_workload, resolve_claim,
 };
 use crate::cli::explain::ReasonReport;
 use crate::keys::{Keys, decision};
 
-/// Everything the report reads, as listed from the cluster (or built by a test).
+/// Everything the report reads, as listed from the cluster (or built by a test). Pods and
+/// workloads are reduced as they are listed to what the report reads of them, a few hundred
+/// bytes each.
 #[derive(Debug, Default)]
 pub struct ClusterObjects {
-    pub pods: Vec<Pod>,
+    pub pods: Vec<ListedPod>,
     pub claims: Vec<PersistentVolumeClaim>,
     pub volumes: Vec<PersistentVolume>,
     pub classes: Vec<StorageClass>,
     /// `None`: the nodes could not be listed (forbidden); the report says so.
     pub nodes: Option<Vec<Node>>,
-    pub deployments: Vec<Deployment>,
-    pub stateful_sets: Vec<StatefulSet>,
-    pub daemon_sets: Vec<DaemonSet>,
-    pub replica_sets: Vec<ReplicaSet>,
-    pub replication_controllers: Vec<ReplicationController>,
-    pub jobs: Vec<Job>,
-    pub cron_jobs: Vec<CronJob>,
+    /// Deployments, StatefulSets, DaemonSets, ReplicaSets, ReplicationControllers, Jobs and
+    /// CronJobs.
+    pub workloads: Vec<ListedWorkload>,
+}
+
+/// An object's controller: the owner reference marked `controller: true`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Controller {
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl Controller {
+    pub fn of(meta: &ObjectMeta) -> Option<Controller> {
+        controller_of(meta).map(|r| Controller {
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            uid: r.uid.clone(),
+        })
+    }
+}
+
+/// A workload as listed: what is judged, and its identity in the owner chain.
+#[derive(Debug)]
+pub struct ListedWorkload {
+    pub uid: Option<String>,
+    pub controller: Option<Controller>,
+    pub workload: Workload,
+}
+
+impl ListedWorkload {
+    fn new(meta: &ObjectMeta) -> impl FnOnce(Workload) -> ListedWorkload + use<> {
+        let (uid, controller) = (meta.uid.clone(), Controller::of(meta));
+        move |workload| ListedWorkload {
+            uid,
+            controller,
+            workload,
+        }
+    }
+
+    pub fn of_deployment(o: Deployment) -> ListedWorkload {
+        ListedWorkload::new(&o.metadata)(Workload::of_deployment(o))
+    }
+
+    pub fn of_stateful_set(o: StatefulSet) -> ListedWorkload {
+        ListedWorkload::new(&o.metadata)(Workload::of_stateful_set(o))
+    }
+
+    pub fn of_daemon_set(o: DaemonSet) -> ListedWorkload {
+        ListedWorkload::new(&o.metadata)(Workload::of_daemon_set(o))
+    }
+
+    pub fn of_replica_set(o: ReplicaSet) -> ListedWorkload {
+        ListedWorkload::new(&o.metadata)(Workload::of_replica_set(o))
+    }
+
+    pub fn of_replication_controller(o: ReplicationController) -> ListedWorkload {
+        ListedWorkload::new(&o.metadata)(Workload::of_replication_controller(o))
+    }
+
+    pub fn of_job(o: Job) -> ListedWorkload {
+        ListedWorkload::new(&o.metadata)(Workload::of_job(o))
+    }
+
+    pub fn of_cron_job(o: CronJob) -> ListedWorkload {
+        ListedWorkload::new(&o.metadata)(Workload::of_cron_job(o))
+    }
+}
+
+/// A pod as listed: where it belongs, the decision recorded on it, and what the decision reads
+/// of it as its author wrote it.
+#[derive(Debug)]
+pub struct ListedPod {
+    pub namespace: String,
+    /// Its name (or `generateName`).
+    pub name: String,
+    pub controller: Option<Controller>,
+    /// The value of its `<prefix>/decision` annotation.
+    pub decision: Option<String>,
+    pub facts: PodFacts<'static>,
+}
+
+impl ListedPod {
+    pub fn of(pod: &Pod, keys: &Keys) -> ListedPod {
+        ListedPod {
+            namespace: pod_namespace(&pod.metadata).to_string(),
+            name: pod
+                .metadata
+                .name
+                .clone()
+                .or_else(|| pod.metadata.generate_name.clone())
+                .unwrap_or_default(),
+            controller: Controller::of(&pod.metadata),
+            decision: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(&keys.decision))
+                .cloned(),
+            facts: as_written(pod, keys),
+        }
+    }
 }
 
 /// The driver table the report judges by, as the labeler in the cluster would have it.
@@ -230,7 +328,7 @@ struct Group {
     pod_decisions: BTreeMap<String, usize>,
 }
 
-/// The owner a controller reference points to, by kind and name.
+/// A workload's key: kind, namespace, name.
 type OwnerKey = (String, String, String);
 
 fn key(kind: &str, namespace: &str, name: &str) -> OwnerKey {
@@ -246,6 +344,39 @@ fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
 
 fn name_of(meta: &ObjectMeta) -> String {
     meta.name.clone().unwrap_or_default()
+}
+
+/// Which ReplicaSets belong to a listed Deployment, and Jobs to a listed CronJob: the key of
+/// each such child, and its top owner's.
+fn parents(workloads: &[ListedWorkload]) -> HashMap<OwnerKey, OwnerKey> {
+    let uids = |kind: WorkloadKind| -> HashSet<&str> {
+        workloads
+            .iter()
+            .filter(|w| w.workload.kind == kind)
+            .filter_map(|w| w.uid.as_deref())
+            .collect()
+    };
+    let deployments = uids(WorkloadKind::Deployment);
+    let cron_jobs = uids(WorkloadKind::CronJob);
+    let mut parents = HashMap::new();
+    for listed in workloads {
+        let w = &listed.workload;
+        let (parent_kind, parent_uids) = match w.kind {
+            WorkloadKind::ReplicaSet => ("Deployment", &deployments),
+            WorkloadKind::Job => ("CronJob", &cron_jobs),
+            _ => continue,
+        };
+        if let Some(c) = &listed.controller
+            && c.kind == parent_kind
+            && parent_uids.contains(c.uid.as_str())
+        {
+            parents.insert(
+                key(w.kind.as_str(), &w.namespace, &w.name),
+                key(parent_kind, &w.namespace, &c.name),
+            );
+        }
+    }
+    parents
 }
 
 /// Builds the report from the listed objects.
@@ -300,85 +431,22 @@ pub fn build(
         );
     };
 
-    // Which ReplicaSets belong to a listed Deployment, and Jobs to a listed CronJob.
-    let uids = |metas: &mut dyn Iterator<Item = &ObjectMeta>| -> HashSet<String> {
-        metas.filter_map(|m| m.uid.clone()).collect()
-    };
-    let deployment_uids = uids(&mut objects.deployments.iter().map(|d| &d.metadata));
-    let cron_job_uids = uids(&mut objects.cron_jobs.iter().map(|c| &c.metadata));
-    fn owned_by<'a>(
-        meta: &'a ObjectMeta,
-        kind: &str,
-        listed: &HashSet<String>,
-    ) -> Option<&'a OwnerReference> {
-        controller_of(meta).filter(|r| r.kind == kind && listed.contains(&r.uid))
-    }
-    // (kind, namespace, name) of a ReplicaSet or Job → the top owner's key.
-    let mut parents: HashMap<OwnerKey, OwnerKey> = HashMap::new();
-    for rs in &objects.replica_sets {
-        let ns = pod_namespace(&rs.metadata);
-        if let Some(owner) = owned_by(&rs.metadata, "Deployment", &deployment_uids) {
-            parents.insert(
-                key("ReplicaSet", ns, &name_of(&rs.metadata)),
-                key("Deployment", ns, &owner.name),
-            );
-        }
-    }
-    for job in &objects.jobs {
-        let ns = pod_namespace(&job.metadata);
-        if let Some(owner) = owned_by(&job.metadata, "CronJob", &cron_job_uids) {
-            parents.insert(
-                key("Job", ns, &name_of(&job.metadata)),
-                key("CronJob", ns, &owner.name),
-            );
-        }
-    }
-
-    for d in objects.deployments {
-        add_template(Workload::of_deployment(d));
-    }
-    for s in objects.stateful_sets {
-        add_template(Workload::of_stateful_set(s));
-    }
-    for d in objects.daemon_sets {
-        add_template(Workload::of_daemon_set(d));
-    }
-    for rc in objects.replication_controllers {
-        add_template(Workload::of_replication_controller(rc));
-    }
-    for c in objects.cron_jobs {
-        add_template(Workload::of_cron_job(c));
-    }
-    for rs in objects.replica_sets {
-        let ns = pod_namespace(&rs.metadata).to_string();
-        if !parents.contains_key(&key("ReplicaSet", &ns, &name_of(&rs.metadata))) {
-            add_template(Workload::of_replica_set(rs));
-        }
-    }
-    for job in objects.jobs {
-        let ns = pod_namespace(&job.metadata).to_string();
-        if !parents.contains_key(&key("Job", &ns, &name_of(&job.metadata))) {
-            add_template(Workload::of_job(job));
+    let parents = parents(&objects.workloads);
+    for listed in objects.workloads {
+        let w = &listed.workload;
+        if !parents.contains_key(&key(w.kind.as_str(), &w.namespace, &w.name)) {
+            add_template(listed.workload);
         }
     }
 
     for pod in objects.pods {
-        let ns = pod_namespace(&pod.metadata).to_string();
-        if !scope.contains(&ns) {
+        if !scope.contains(&pod.namespace) {
             continue;
         }
-        let group_key = match controller_of(&pod.metadata) {
-            None => key(
-                "Pod",
-                &ns,
-                &pod.metadata
-                    .name
-                    .clone()
-                    .or_else(|| pod.metadata.generate_name.clone())
-                    .unwrap_or_default(),
-            ),
+        let group_key = match &pod.controller {
+            None => key("Pod", &pod.namespace, &pod.name),
             Some(owner) => {
-                let direct = key(&owner.kind, &ns, &owner.name);
+                let direct = key(&owner.kind, &pod.namespace, &owner.name);
                 parents.get(&direct).cloned().unwrap_or(direct)
             }
         };
@@ -391,16 +459,11 @@ pub fn build(
             pod_count: 0,
             pod_decisions: BTreeMap::new(),
         });
-        let recorded = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(&keys.decision))
-            .map_or("none", String::as_str);
-        *group.pod_decisions.entry(recorded.to_string()).or_insert(0) += 1;
+        let recorded = pod.decision.unwrap_or_else(|| "none".to_string());
+        *group.pod_decisions.entry(recorded).or_insert(0) += 1;
         group.pod_count += 1;
         if group.template.is_none() {
-            group.pods.push(as_written(&pod, keys));
+            group.pods.push(pod.facts);
         }
     }
 
@@ -794,56 +857,51 @@ mod tests {
     #[test]
     fn pods_are_grouped_under_their_top_owner_and_judged_by_its_template() {
         let template = json!({"metadata": {}, "spec": spec(json!({}))});
+        let keys = Keys::default();
+        let pods: Vec<Pod> = vec![
+            from(
+                json!({"metadata": {"name": "web-1-x", "namespace": "a", "ownerReferences": owned("ReplicaSet", "web-1", "r1")},
+                "spec": spec(json!({"hostNetwork": true}))}),
+            ),
+            from(
+                json!({"metadata": {"name": "nightly-1-y", "namespace": "a", "ownerReferences": owned("Job", "nightly-1", "j1"),
+                "annotations": {"userns.io/decision": "audit"}}, "spec": spec(json!({}))}),
+            ),
+            from(
+                json!({"metadata": {"name": "mirror", "namespace": "a", "ownerReferences": owned("Node", "node-1", "n1")},
+                "spec": spec(json!({"hostNetwork": true}))}),
+            ),
+            // Out of scope.
+            from(json!({"metadata": {"name": "other", "namespace": "b"}, "spec": spec(json!({}))})),
+        ];
         let objects = ClusterObjects {
-            deployments: vec![from(
-                json!({"metadata": {"name": "web", "namespace": "a", "uid": "d1"},
-                "spec": {"selector": {}, "template": template}}),
-            )],
-            replica_sets: vec![
-                from(
+            workloads: vec![
+                ListedWorkload::of_deployment(from(
+                    json!({"metadata": {"name": "web", "namespace": "a", "uid": "d1"},
+                    "spec": {"selector": {}, "template": template}}),
+                )),
+                ListedWorkload::of_replica_set(from(
                     json!({"metadata": {"name": "web-1", "namespace": "a", "uid": "r1", "ownerReferences": owned("Deployment", "web", "d1")},
                     "spec": {"selector": {}, "template": template}}),
-                ),
+                )),
                 // Its Deployment is not listed: the ReplicaSet is the top owner.
-                from(
+                ListedWorkload::of_replica_set(from(
                     json!({"metadata": {"name": "lone", "namespace": "a", "uid": "r2", "ownerReferences": owned("Deployment", "gone", "d9")},
                     "spec": {"selector": {}, "template": template}}),
-                ),
+                )),
+                ListedWorkload::of_cron_job(from(
+                    json!({"metadata": {"name": "nightly", "namespace": "a", "uid": "c1"},
+                    "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": template}}}}),
+                )),
+                ListedWorkload::of_job(from(
+                    json!({"metadata": {"name": "nightly-1", "namespace": "a", "uid": "j1", "ownerReferences": owned("CronJob", "nightly", "c1")},
+                    "spec": {"template": template}}),
+                )),
             ],
-            cron_jobs: vec![from(
-                json!({"metadata": {"name": "nightly", "namespace": "a", "uid": "c1"},
-                "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": template}}}}),
-            )],
-            jobs: vec![from(
-                json!({"metadata": {"name": "nightly-1", "namespace": "a", "uid": "j1", "ownerReferences": owned("CronJob", "nightly", "c1")},
-                "spec": {"template": template}}),
-            )],
-            pods: vec![
-                from(
-                    json!({"metadata": {"name": "web-1-x", "namespace": "a", "ownerReferences": owned("ReplicaSet", "web-1", "r1")},
-                    "spec": spec(json!({"hostNetwork": true}))}),
-                ),
-                from(
-                    json!({"metadata": {"name": "nightly-1-y", "namespace": "a", "ownerReferences": owned("Job", "nightly-1", "j1"),
-                    "annotations": {"userns.io/decision": "audit"}}, "spec": spec(json!({}))}),
-                ),
-                from(
-                    json!({"metadata": {"name": "mirror", "namespace": "a", "ownerReferences": owned("Node", "node-1", "n1")},
-                    "spec": spec(json!({"hostNetwork": true}))}),
-                ),
-                // Out of scope.
-                from(
-                    json!({"metadata": {"name": "other", "namespace": "b"}, "spec": spec(json!({}))}),
-                ),
-            ],
+            pods: pods.iter().map(|p| ListedPod::of(p, &keys)).collect(),
             ..ClusterObjects::default()
         };
-        let report = build(
-            objects,
-            &Scope::Namespace("a".into()),
-            &built_in(),
-            &Keys::default(),
-        );
+        let report = build(objects, &Scope::Namespace("a".into()), &built_in(), &keys);
         let got: Vec<(&str, &str, usize, bool, JudgedFrom)> = report
             .workloads
             .iter()
@@ -887,8 +945,12 @@ mod tests {
             }
             from(pod)
         };
+        let keys = Keys::default();
         let objects = ClusterObjects {
-            pods: vec![pod("ours", Some("enabled")), pod("theirs", None)],
+            pods: vec![
+                ListedPod::of(&pod("ours", Some("enabled")), &keys),
+                ListedPod::of(&pod("theirs", None), &keys),
+            ],
             ..ClusterObjects::default()
         };
         let report = build(objects, &Scope::All, &built_in(), &Keys::default());
@@ -904,8 +966,11 @@ mod tests {
     #[test]
     fn no_usable_table_skips_every_workload_as_the_webhook_would() {
         let objects = ClusterObjects {
-            pods: vec![from(
-                json!({"metadata": {"name": "p", "namespace": "a"}, "spec": spec(json!({}))}),
+            pods: vec![ListedPod::of(
+                &from(
+                    json!({"metadata": {"name": "p", "namespace": "a"}, "spec": spec(json!({}))}),
+                ),
+                &Keys::default(),
             )],
             ..ClusterObjects::default()
         };
@@ -925,8 +990,11 @@ mod tests {
     #[test]
     fn one_workload_reads_in_the_singular_and_none_says_where() {
         let objects = ClusterObjects {
-            pods: vec![from(
-                json!({"metadata": {"name": "p", "namespace": "a"}, "spec": spec(json!({}))}),
+            pods: vec![ListedPod::of(
+                &from(
+                    json!({"metadata": {"name": "p", "namespace": "a"}, "spec": spec(json!({}))}),
+                ),
+                &Keys::default(),
             )],
             ..ClusterObjects::default()
         };
