@@ -13,19 +13,22 @@
 #   2. run `userns-labeler run --self-signed-tls` against it;
 #   3. register the webhook by URL (https://127.0.0.1:<port>/mutate/pods); `run` writes its
 #      generated CA into the configuration's caBundle;
-#   4. apply examples/ and print each claim's label and each pod's hostUsers and decision.
+#   4. apply examples/ and print each claim's label and each pod's hostUsers and decision;
+#   5. print `userns-labeler report -A`, the cluster's readiness for user namespaces.
 # Everything it started is stopped on exit, on Ctrl-C and on SIGTERM.
 #
 # Environment: DEMO_NODE=0 forces the API-server demo, DEMO_NODE=1 the real node (failing
 # when this machine cannot run it), unset: the real node when possible. DEMO_WAIT=1 keeps the
 # cluster running after the report until Ctrl-C (the default when stdin is a terminal),
-# DEMO_WAIT=0 stops at once; DEMO_KEEP_LOGS=1 keeps the log directory; CARGO (default cargo);
-# MAKE (default make); RUST_LOG for the labeler (default info).
+# DEMO_WAIT=0 stops at once; DEMO_MODE=audit runs the webhook in audit mode (default enforce;
+# API-server demo); DEMO_KEEP_LOGS=1 keeps the log directory; CARGO (default cargo); MAKE
+# (default make); RUST_LOG for the labeler (default info).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 PREFIX=userns.io
+DEMO_MODE=${DEMO_MODE:-enforce}
 CONFIG_NAME=userns-labeler-demo
 CONTROLLER_NS=userns-labeler
 
@@ -162,12 +165,13 @@ export KUBECONFIG
 k() { "$KUBECTL" "$@"; }
 grep '^control plane:' "$work/control-plane.log" || true
 
-say "Running userns-labeler run --self-signed-tls (webhook https://127.0.0.1:$WEBHOOK_PORT, admin http://127.0.0.1:$ADMIN_PORT)"
+say "Running userns-labeler run --self-signed-tls --webhook-mode $DEMO_MODE (webhook https://127.0.0.1:$WEBHOOK_PORT, admin http://127.0.0.1:$ADMIN_PORT)"
 k create namespace "$CONTROLLER_NS" >/dev/null
 RUST_LOG=${RUST_LOG:-info} "$labeler_bin" run \
     --kubeconfig "$KUBECONFIG" \
     --namespace "$CONTROLLER_NS" \
     --self-signed-tls \
+    --webhook-mode "$DEMO_MODE" \
     --webhook-config-name "$CONFIG_NAME" \
     --webhook-addr "127.0.0.1:$WEBHOOK_PORT" \
     --admin-addr "127.0.0.1:$ADMIN_PORT" \
@@ -282,6 +286,9 @@ say "Why (the $PREFIX/decision-reason annotation)"
 k get pods -A --sort-by .metadata.namespace -o \
     "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}: {.metadata.annotations.userns\.io/decision-reason}{\"\n\"}{end}"
 
+say "The cluster's readiness: userns-labeler report -A (read-only; also -o json, -o html)"
+"$labeler_bin" report -A --kubeconfig "$KUBECONFIG" --labeler-namespace "$CONTROLLER_NS"
+
 wait_for_interrupt=${DEMO_WAIT:-}
 if [[ -z $wait_for_interrupt ]]; then
     if [[ -t 0 ]]; then wait_for_interrupt=1; else wait_for_interrupt=0; fi
@@ -290,6 +297,7 @@ if [[ $wait_for_interrupt == 1 ]]; then
     say "The cluster keeps running; in another shell:"
     echo "  export KUBECONFIG=$KUBECONFIG"
     echo "  $KUBECTL get pods -A"
+    echo "  $labeler_bin report -A -o html > report.html"
     echo "  curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep webhook_admissions"
     echo "Press Ctrl-C to stop everything."
     set +e

@@ -17,7 +17,7 @@ pub struct Keys {
     pub driver: String,
     /// Annotation on a PVC or PV set by the operator: `"true"` or `"false"` overrides the table.
     pub idmap_override: String,
-    /// Annotation on pods: `enabled` / `skipped` / `audit`.
+    /// Annotation on pods: one of the [`decision`] values.
     pub decision: String,
     /// Annotation on pods: why.
     pub decision_reason: String,
@@ -31,6 +31,24 @@ pub struct Keys {
     pub user_namespaces: String,
     /// Annotation on Nodes: why the node is labelled so.
     pub user_namespaces_reason: String,
+}
+
+/// The values of the pod annotation `<prefix>/decision`: the one vocabulary of decisions. The
+/// webhook writes them; `explain`, `report`, the README and the examples use the same words.
+pub mod decision {
+    /// `spec.hostUsers: false` was set (or, in `explain` and `report`, would be): nothing blocks.
+    pub const ENABLED: &str = "enabled";
+    /// Left as written: something blocks (the decision reason lists every blocker).
+    pub const SKIPPED: &str = "skipped";
+    /// Audit mode: nothing changed; the reason says what enforce mode would do.
+    pub const AUDIT: &str = "audit";
+    /// A reinvocation found a pod this webhook enabled no longer safe: `hostUsers` removed.
+    pub const REVERTED: &str = "reverted";
+
+    /// What enforce mode does with a pod: [`ENABLED`] when nothing blocks, else [`SKIPPED`].
+    pub fn of(mutate: bool) -> &'static str {
+        if mutate { ENABLED } else { SKIPPED }
+    }
 }
 
 static DEFAULT_KEYS: LazyLock<Keys> =

@@ -6,6 +6,7 @@ pub mod pod;
 pub mod resolve;
 pub mod sources;
 pub mod table;
+pub mod workload;
 
 pub use evidence::{Evidence, HostPathEvidence};
 pub use pod::{Awaited, Blocker, BlockerCode, PodDecision, decide_pod};
@@ -15,6 +16,7 @@ pub use resolve::{
 pub use table::{
     AccessMode, DriverTable, Evaluation, StorageQuery, TableError, Verdict, VolumeMode,
 };
+pub use workload::{Workload, WorkloadKind, decide_workload};
 
 #[cfg(test)]
 mod tests;

@@ -548,8 +548,44 @@ fn the_summary_of_an_enabled_pod_counts_its_volumes() {
     let d = decide(&pod("ns", "p").claim_volume("data", "safe").build());
     assert_eq!(
         d.summary(),
-        "no host namespaces or devices, and all 1 volume(s) support idmap mounts"
+        "no host namespaces or devices, and its one volume supports idmap mounts"
     );
+    let d = decide(
+        &pod("ns", "p")
+            .claim_volume("data", "safe")
+            .claim_volume("more", "safe")
+            .build(),
+    );
+    assert_eq!(
+        d.summary(),
+        "no host namespaces or devices, and all 2 volumes support idmap mounts"
+    );
+}
+
+#[test]
+fn the_summary_joins_blockers_without_doubled_punctuation() {
+    // The built-in table's reasons are sentences with their own full stop.
+    let mut s = Snapshot::default();
+    s.add_class(class("nfs-csi", "nfs.csi.k8s.io").build());
+    s.add_claim(claim("ns", "media").class("nfs-csi").build());
+    s.add_claim(claim("ns", "more").class("nfs-csi").build());
+    let p = pod("ns", "p")
+        .claim_volume("media", "media")
+        .claim_volume("more", "more")
+        .build();
+    let d = decide_pod(&p, "ns", &s, &DriverTable::defaults(), &keys());
+    assert_eq!(d.blockers.len(), 2);
+    assert!(d.blockers.iter().all(|b| b.message.ends_with('.')));
+    let summary = d.summary();
+    assert!(!summary.contains(".;"), "{summary}");
+    assert!(!summary.ends_with('.'), "{summary}");
+    assert_eq!(
+        summary.matches("; ClaimNotSupported: volume more").count(),
+        1,
+        "{summary}"
+    );
+    // The driver behind a claim blocker is kept for ranking.
+    assert_eq!(d.blockers[0].driver.as_deref(), Some("nfs.csi.k8s.io"));
 }
 
 // ---- property: never mutate when a blocker applies ----------------------------------------

@@ -16,15 +16,15 @@ use super::{Mode, WebhookState};
 use crate::capability::pod::{PodFacts, decide};
 use crate::capability::{Awaited, BlockerCode, PodDecision};
 use crate::config::TableState;
-use crate::keys::Keys;
+use crate::keys::{self, Keys};
 
-/// Values of the `<prefix>/decision` annotation.
-pub const DECISION_ENABLED: &str = "enabled";
-pub const DECISION_SKIPPED: &str = "skipped";
-pub const DECISION_AUDIT: &str = "audit";
+/// Values of the `<prefix>/decision` annotation (defined once, in [`crate::keys::decision`]).
+pub const DECISION_ENABLED: &str = keys::decision::ENABLED;
+pub const DECISION_SKIPPED: &str = keys::decision::SKIPPED;
+pub const DECISION_AUDIT: &str = keys::decision::AUDIT;
 /// A reinvocation found a pod we enabled no longer safe (a later webhook changed it): our
 /// `hostUsers: false` was removed.
-pub const DECISION_REVERTED: &str = "reverted";
+pub const DECISION_REVERTED: &str = keys::decision::REVERTED;
 
 /// The result of one admission: the response to send, and what to count.
 #[derive(Clone, Debug)]

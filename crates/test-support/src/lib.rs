@@ -10,6 +10,7 @@
 //! - [`webhook`]: webhook state without an API server, AdmissionReview builders and decoding,
 //!   a small HTTPS client;
 //! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
+//! - [`generate`]: generated clusters (pods, claims, volumes) for scale tests and benchmarks;
 //! - [`tool`]: helm, the Kyverno CLI and third-party CRDs built by `make tools`.
 //!
 //! Paths into the repository (`tests/control-plane/versions.env`, `tests/tools/build.sh`,
@@ -19,6 +20,7 @@
 
 pub mod control_plane;
 pub mod fixtures;
+pub mod generate;
 pub mod labeler;
 pub mod node;
 pub mod webhook;
