@@ -433,6 +433,8 @@ impl SpecFacts<'_> {
                     source: v.source.into_owned(),
                 })
                 .collect(),
+            node_name: self.node_name.map(owned),
+            node_affinity: self.node_affinity,
         }
     }
 }
