@@ -61,12 +61,15 @@ fmt:
 clean-control-plane:
 	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/userns-labeler/control-plane"
 
-# The one-command demo (scripts/demo.sh): a local control plane, `userns-labeler run
-# --self-signed-tls`, the webhook registered by URL, examples/ applied, then each claim's label
-# and each pod's hostUsers and decision. Ctrl-C stops everything it started.
+# The one-command demo (scripts/demo.sh). Where `tests/node/cluster.sh preflight` passes (root,
+# Linux >= 6.3) it builds `node image test-images` and helm itself and runs on a real node
+# (scripts/demo-node.sh: the chart installed, examples/ decided, pods of its own running in user
+# namespaces); elsewhere, or with DEMO_NODE=0, a local control plane, `userns-labeler run
+# --self-signed-tls`, the webhook registered by URL, examples/ applied. Either way each claim's
+# label and each pod's hostUsers and decision. Ctrl-C stops everything it started.
 .PHONY: demo
 demo: control-plane
-	scripts/demo.sh
+	CARGO="$(CARGO)" scripts/demo.sh
 
 # deploy/manifests/userns-labeler.yaml is the chart rendered with its defaults; commit the result.
 manifests:

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -33,7 +33,8 @@ pub struct RunArgs {
     /// Kubeconfig context to use.
     #[arg(long, env = "USERNS_KUBE_CONTEXT")]
     pub context: Option<String>,
-    /// The namespace of the driver ConfigMap and the leader-election Lease.
+    /// The namespace of the driver ConfigMap, the leader-election Lease and the shared
+    /// self-signed CA's Secret (--self-signed-ca-secret).
     #[arg(long, env = "POD_NAMESPACE", default_value = "userns-labeler")]
     pub namespace: String,
     /// Name of the driver ConfigMap (key `drivers.yaml`).
@@ -161,9 +162,11 @@ pub async fn client(
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), or until a component fails.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let keys = Keys::new(&args.label_prefix)?;
-    let listeners = Listeners::bind(&args).await?;
+    // The client only reads its configuration here; the listeners may need it for the shared
+    // self-signed CA.
     let client = client(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let listeners = Listeners::bind(&args, &client).await?;
+    let identity = holder_identity(&args.identity.clone().unwrap_or_else(default_identity));
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
     let mut registry = metrics::registry();
     let recorder = recorder(&client, &identity);
@@ -255,22 +258,24 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     result
 }
 
-/// The admin and webhook ports, bound, with the webhook's certificate checked against its key:
-/// before anything else starts, so that each failure ends the process with its cause.
+/// The admin and webhook ports, bound, with the webhook's certificate checked against its key
+/// (or issued from the self-signed CA, shared through its Secret): before anything else
+/// starts, so that each failure ends the process with its cause.
 struct Listeners {
     admin: tokio::net::TcpListener,
     webhook: webhook::WebhookListener,
 }
 
 impl Listeners {
-    async fn bind(args: &RunArgs) -> Result<Listeners, RunError> {
+    async fn bind(args: &RunArgs, client: &Client) -> Result<Listeners, RunError> {
         let admin = tokio::net::TcpListener::bind(args.admin_addr)
             .await
             .map_err(|source| RunError::Admin {
                 addr: args.admin_addr,
                 source,
             })?;
-        let webhook = webhook::WebhookListener::bind(&args.webhook).await?;
+        let webhook =
+            webhook::WebhookListener::bind(&args.webhook, client, &args.namespace).await?;
         Ok(Listeners { admin, webhook })
     }
 
@@ -364,6 +369,16 @@ async fn until(shutdown: CancellationToken, task: impl Future<Output = ()>) {
     }
 }
 
+/// This process's name in the Lease: the replica's identity (the pod name) and a suffix new on
+/// every start (`<identity>_<8 hex digits>`), as client-go's controllers do. A container
+/// restarted after a crash is then a new candidate: it does not resume a lease its previous
+/// process held, and the standby replica, whose expiry clock started earlier, takes over.
+fn holder_identity(replica: &str) -> String {
+    use std::hash::BuildHasher as _;
+    let nonce = std::hash::RandomState::new().hash_one((std::process::id(), Instant::now()));
+    format!("{replica}_{:08x}", nonce as u32)
+}
+
 fn default_identity() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -375,4 +390,22 @@ fn default_identity() -> String {
         })
         .unwrap_or_else(|| COMPONENT.to_string());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holder_identity;
+
+    #[test]
+    fn each_start_holds_the_lease_under_the_replica_name_and_a_new_suffix() {
+        let first = holder_identity("userns-labeler-7f7d978c5d-p8f7k");
+        let second = holder_identity("userns-labeler-7f7d978c5d-p8f7k");
+        for id in [&first, &second] {
+            let (replica, suffix) = id.rsplit_once('_').expect("a suffix");
+            assert_eq!(replica, "userns-labeler-7f7d978c5d-p8f7k");
+            assert_eq!(suffix.len(), 8);
+            assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+        assert_ne!(first, second, "a restarted process is a new candidate");
+    }
 }
