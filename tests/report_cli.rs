@@ -377,7 +377,7 @@ fn world() -> &'static str {
 }
 
 /// One workload as expected: (kind, namespace, name) → can it run, its blockers as
-/// `Code` or `Code (driver)`, its pods and their decision annotations.
+/// `Code` or `Code on driver`, its pods and their decision annotations.
 struct Expected {
     can_run: bool,
     blockers: Vec<&'static str>,
@@ -406,7 +406,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "paperless",
             "paperless",
             false,
-            vec!["ClaimNotSupported (driver.longhorn.io)"],
+            vec!["ClaimNotSupported on driver.longhorn.io"],
             1,
             none.clone(),
         ),
@@ -438,8 +438,8 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "jellyfin",
             false,
             vec![
-                "ClaimNotSupported (nfs.csi.k8s.io)",
-                "ClaimNotSupported (rancher.io/local-path)",
+                "ClaimNotSupported on nfs.csi.k8s.io",
+                "ClaimNotSupported on rancher.io/local-path",
             ],
             1,
             none.clone(),
@@ -449,7 +449,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "media",
             "navidrome",
             false,
-            vec!["ClaimNotSupported (kubernetes.io/nfs)"],
+            vec!["ClaimNotSupported on kubernetes.io/nfs"],
             1,
             none.clone(),
         ),
@@ -458,7 +458,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "media",
             "qbittorrent",
             false,
-            vec!["HostUsersSet", "ClaimNotSupported (driver.longhorn.io)"],
+            vec!["HostUsersSet", "ClaimNotSupported on driver.longhorn.io"],
             1,
             none.clone(),
         ),
@@ -485,7 +485,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "db",
             "fio-block-bench",
             false,
-            vec!["VolumeDevices", "ClaimNotSupported (driver.longhorn.io)"],
+            vec!["VolumeDevices", "ClaimNotSupported on driver.longhorn.io"],
             1,
             none.clone(),
         ),
@@ -506,7 +506,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "media",
             "immich-server",
             false,
-            vec!["ClaimNotSupported (nfs.csi.k8s.io)"],
+            vec!["ClaimNotSupported on nfs.csi.k8s.io"],
             0,
             vec![],
         ),
@@ -516,7 +516,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "media",
             "minio",
             false,
-            vec!["ClaimNotSupported (nfs.csi.k8s.io)"],
+            vec!["ClaimNotSupported on nfs.csi.k8s.io"],
             0,
             vec![],
         ),
@@ -535,7 +535,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "media",
             "library-scan",
             false,
-            vec!["ClaimNotSupported (kubernetes.io/nfs)"],
+            vec!["ClaimNotSupported on kubernetes.io/nfs"],
             0,
             vec![],
         ),
@@ -554,7 +554,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "shop",
             "catalog",
             false,
-            vec!["ClaimNotSupported (nfs.csi.k8s.io)"],
+            vec!["ClaimNotSupported on nfs.csi.k8s.io"],
             1,
             vec![("audit", 1)],
         ),
@@ -590,7 +590,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "shop",
             "cart-db",
             false,
-            vec!["ClaimNotSupported (driver.longhorn.io)"],
+            vec!["ClaimNotSupported on driver.longhorn.io"],
             1,
             none.clone(),
         ),
@@ -599,7 +599,7 @@ fn expected_workloads(pg_backup: &str) -> BTreeMap<(String, String, String), Exp
             "shop",
             "orders",
             false,
-            vec!["ClaimNotSupported (nfs.csi.k8s.io)"],
+            vec!["ClaimNotSupported on nfs.csi.k8s.io"],
             1,
             none.clone(),
         ),
@@ -715,7 +715,7 @@ fn reader_kubeconfig() -> &'static Path {
 
 fn label_of(reason: &Value) -> String {
     match reason["driver"].as_str() {
-        Some(driver) => format!("{} ({driver})", reason["code"].as_str().unwrap()),
+        Some(driver) => format!("{} on {driver}", reason["code"].as_str().unwrap()),
         None => reason["code"].as_str().unwrap().to_string(),
     }
 }

@@ -232,7 +232,7 @@ pub struct BlockerEntry {
     /// The storage driver, for claim and volume blockers whose driver is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
-    /// `Code` or `Code (driver)`.
+    /// `Code`, or `Code on driver`.
     pub label: String,
     /// Workloads it holds back (each counted once).
     pub workloads: usize,
@@ -568,7 +568,7 @@ fn rank_blockers(workloads: &[WorkloadEntry]) -> Vec<BlockerEntry> {
         .into_iter()
         .map(|((code, driver), (workloads, example))| BlockerEntry {
             label: match &driver {
-                Some(d) => format!("{code} ({d})"),
+                Some(d) => format!("{code} on {d}"),
                 None => code.to_string(),
             },
             code,

@@ -107,7 +107,9 @@ pub fn render(report: &ClusterReport) -> String {
     }
 
     let nodes = &report.nodes;
-    if nodes.listed {
+    if nodes.listed && nodes.total == 0 {
+        out.push_str("\nNODES: none\n");
+    } else if nodes.listed {
         out.push_str(&format!(
             "\nNODES: {} ({} supported, {} unsupported, {} unknown)\n",
             nodes.total,
