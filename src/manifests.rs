@@ -1043,10 +1043,15 @@ mod tests {
         };
         let err = load(name, &text).unwrap_err().to_string();
         assert!(
-            err.starts_with(&format!("{name}: over a safety limit, not malformed: document 1 (line ")),
+            err.starts_with(&format!(
+                "{name}: over a safety limit, not malformed: document 1 (line "
+            )),
             "{err}"
         );
-        assert!(err.contains(&format!("the {format} reader's limit")), "{err}");
+        assert!(
+            err.contains(&format!("the {format} reader's limit")),
+            "{err}"
+        );
     }
 
     #[test]
