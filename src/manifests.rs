@@ -152,10 +152,19 @@ impl Manifests {
                     None => return Ok(()),
                     Some(Ok(read)) => self.add_document(path, document, read)?,
                     Some(Err(e)) => {
+                        let location = format!(" (line {}, column {})", e.line(), e.column());
+                        if is_nesting_limit(&e.to_string()) {
+                            return Err(ManifestError::Limit {
+                                path: path.to_path_buf(),
+                                message: format!(
+                                    "document {document}{location}: nested deeper than the JSON reader's limit of 128 levels"
+                                ),
+                            });
+                        }
                         return Err(ManifestError::Syntax {
                             path: path.to_path_buf(),
                             document,
-                            location: format!(" (line {}, column {})", e.line(), e.column()),
+                            location,
                             format: "JSON",
                             message: e.to_string(),
                         });
@@ -299,11 +308,19 @@ fn yaml_options(input_len: usize) -> serde_saphyr::Options {
     budget.max_events = room.saturating_mul(4);
     budget.max_reader_input_bytes = None;
     // Deeply nested CRD schemas exceed the default of 64.
-    budget.max_depth = 256;
+    budget.max_depth = YAML_MAX_DEPTH;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.with_snippet = false;
     options
+}
+
+/// How deep YAML may nest.
+const YAML_MAX_DEPTH: usize = 256;
+
+/// The readers' guard against nesting that would exhaust the stack: a limit, not bad syntax.
+fn is_nesting_limit(message: &str) -> bool {
+    message.contains("recursion limit exceeded")
 }
 
 /// A YAML error, located by document and line; a budget breach is called a limit.
@@ -319,6 +336,14 @@ fn yaml_error(path: &Path, text: &str, error: &serde_saphyr::Error) -> ManifestE
     let location = located
         .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
         .unwrap_or_default();
+    if is_nesting_limit(&error.to_string()) {
+        return ManifestError::Limit {
+            path: path.to_path_buf(),
+            message: format!(
+                "document {document}{location}: nested deeper than the YAML reader's limit of {YAML_MAX_DEPTH} levels"
+            ),
+        };
+    }
     if let serde_saphyr::Error::Budget { breach, .. } = inner {
         return ManifestError::Limit {
             path: path.to_path_buf(),
@@ -1000,6 +1025,31 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("over a safety limit, not malformed"),
+            "{err}"
+        );
+    }
+
+    #[rstest::rstest]
+    #[case::yaml("deep.yaml", "YAML")]
+    #[case::json("deep.json", "JSON")]
+    fn nesting_past_the_readers_depth_is_refused_as_a_limit(
+        #[case] name: &str,
+        #[case] format: &str,
+    ) {
+        let nested = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
+        let text = match format {
+            "JSON" => format!("{{\"kind\": \"Pod\", \"spec\": {{\"x\": {nested}}}}}"),
+            _ => format!("kind: Pod\nspec:\n  x: {nested}\n"),
+        };
+        let err = load(name, &text).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{name}: over a safety limit, not malformed: document 1 (line "
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("the {format} reader's limit")),
             "{err}"
         );
     }

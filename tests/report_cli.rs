@@ -1475,3 +1475,107 @@ fn kubectl_runs_it_as_the_userns_plugin() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("kubectl userns report"));
 }
+
+/// The `-o json` schema as the README documents it: every key, with its type. Keys may be
+/// added later; none may be renamed.
+#[test]
+fn the_json_output_has_the_documented_keys() {
+    let _turn = turn();
+    world();
+    let report = report_json(reader_kubeconfig(), &["-A"]);
+    let keys = |value: &Value| -> BTreeSet<String> {
+        value
+            .as_object()
+            .unwrap_or_else(|| panic!("an object: {value}"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let set =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
+    assert_eq!(
+        keys(&report),
+        set(&[
+            "scope",
+            "driverTable",
+            "summary",
+            "workloads",
+            "blockers",
+            "namespaces",
+            "claims",
+            "nodes"
+        ])
+    );
+    assert_eq!(
+        keys(&report["summary"]),
+        set(&["workloads", "canRun", "percent", "topBlocker", "text"])
+    );
+    assert_eq!(
+        keys(&report["summary"]["topBlocker"]),
+        set(&["label", "workloads"])
+    );
+    for w in report["workloads"].as_array().unwrap() {
+        assert_eq!(
+            keys(w),
+            set(&[
+                "kind",
+                "namespace",
+                "name",
+                "judgedFrom",
+                "decision",
+                "canRun",
+                "reasons",
+                "pods",
+                "podDecisions"
+            ])
+        );
+        for r in w["reasons"].as_array().unwrap() {
+            let expected: &[&str] = if r.get("driver").is_some() {
+                &["code", "message", "driver"]
+            } else {
+                &["code", "message"]
+            };
+            assert_eq!(keys(r), set(expected));
+        }
+    }
+    for b in report["blockers"].as_array().unwrap() {
+        let expected: &[&str] = if b.get("driver").is_some() {
+            &["code", "driver", "label", "workloads", "example"]
+        } else {
+            &["code", "label", "workloads", "example"]
+        };
+        assert_eq!(keys(b), set(expected));
+    }
+    for n in report["namespaces"].as_array().unwrap() {
+        assert_eq!(keys(n), set(&["namespace", "workloads", "canRun"]));
+    }
+    assert_eq!(
+        keys(&report["claims"]),
+        set(&["total", "byLabel", "drivers", "labelled"])
+    );
+    assert_eq!(
+        keys(&report["claims"]["byLabel"]),
+        set(&["true", "false", "unknown"])
+    );
+    for d in report["claims"]["drivers"].as_array().unwrap() {
+        assert_eq!(keys(d), set(&["label", "driver", "claims", "reason"]));
+    }
+    assert_eq!(
+        keys(&report["nodes"]),
+        set(&["listed", "total", "bySupport", "nodes"])
+    );
+    assert_eq!(
+        keys(&report["nodes"]["bySupport"]),
+        set(&["supported", "unsupported", "unknown"])
+    );
+    for n in report["nodes"]["nodes"].as_array().unwrap() {
+        assert_eq!(
+            keys(n),
+            set(&["name", "support", "reason", "kernel", "runtime"])
+        );
+    }
+    assert!(report["summary"]["percent"].is_u64() && report["summary"]["text"].is_string());
+    assert!(
+        report["workloads"][0]["canRun"].is_boolean() && report["workloads"][0]["pods"].is_u64()
+    );
+}

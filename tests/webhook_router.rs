@@ -403,7 +403,7 @@ async fn the_decision_reason_is_deterministic() {
         Some(
             "HostNetwork: host namespaces (spec.hostNetwork: true) cannot be combined with a user namespace; \
              ClaimNotSupported: volume media: claim nfs-data (driver nfs.csi.k8s.io) cannot be idmap-mounted: \
-             NFS volumes cannot be idmapped."
+             NFS volumes cannot be idmapped"
         )
     );
 }

@@ -337,11 +337,13 @@ pub fn render_table(report: &Report) -> String {
             &pod_rows,
         ));
         let enabled = report.pods.iter().filter(|p| p.mutate).count();
+        let (noun, verb) = match report.pods.len() {
+            1 => ("pod or workload", "is"),
+            _ => ("pods and workloads", "are"),
+        };
         out.push_str(&format!(
-            "\n{} of {} pods and workloads {} {}, {} {}.\n",
-            enabled,
+            "\n{enabled} of {} {noun} {verb} {}, {} {}.\n",
             report.pods.len(),
-            if report.pods.len() == 1 { "is" } else { "are" },
             decision::ENABLED,
             report.pods.len() - enabled,
             decision::SKIPPED,
