@@ -311,6 +311,11 @@ pub fn leftovers(existed_before: &[&str]) -> Vec<String> {
             if pid == std::process::id() {
                 continue;
             }
+            // A zombie has exited and holds nothing but its pid until its parent (after a
+            // crash: the machine's init, which may reap late or never) collects it.
+            if process_state(pid) == Some('Z') {
+                continue;
+            }
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
@@ -353,6 +358,13 @@ pub fn leftovers(existed_before: &[&str]) -> Vec<String> {
         }
     }
     found
+}
+
+/// The state letter of `/proc/<pid>/stat` (after the parenthesised command name, which may
+/// itself contain spaces and parentheses).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 impl Drop for Cluster {
