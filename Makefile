@@ -6,6 +6,7 @@
 #   make tools           build/cached helm, the Kyverno CLI and third-party CRDs for the tests
 #   make node            build/cached kubelet, containerd, runc and CNI plugins for a real node
 #                        (installs the Debian packages it needs; tests/node/packages.sh)
+#   make browser         install Debian's chromium for the HTML report test, if missing
 #   make lint            rustfmt check + clippy with warnings as errors
 #   make manifests       re-render deploy/manifests from the Helm chart (a test checks drift)
 #   make image           the userns-labeler image as an OCI archive, target/images/userns-labeler.tar
@@ -23,7 +24,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all test unit-test control-plane tools node lint fmt clean-control-plane manifests cluster cluster-down
+.PHONY: all test unit-test control-plane tools node browser lint fmt clean-control-plane manifests cluster cluster-down
 
 all: lint test
 
@@ -39,10 +40,15 @@ tools:
 node:
 	tests/node/build.sh
 
+# Debian's chromium for the HTML report test (scripts/install-browser.sh installs it if missing).
+browser:
+	scripts/install-browser.sh
+
 # With USERNS_TEST_KUBECONFIG no local control plane is needed; the tools always are. The
-# real-node tests (tests/real_node.rs) need the node's components and the images.
+# real-node tests (tests/real_node*.rs) need the node's components and the images; the HTML
+# report test needs chromium.
 # --workspace: also the test-support crate (crates/test-support) and its doc examples.
-test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane) tools node image test-images
+test: $(if $(USERNS_TEST_KUBECONFIG),,control-plane) tools browser node image test-images
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
@@ -61,12 +67,15 @@ fmt:
 clean-control-plane:
 	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/userns-labeler/control-plane"
 
-# The one-command demo (scripts/demo.sh): a local control plane, `userns-labeler run
-# --self-signed-tls`, the webhook registered by URL, examples/ applied, then each claim's label
-# and each pod's hostUsers and decision. Ctrl-C stops everything it started.
+# The one-command demo (scripts/demo.sh). Where `tests/node/cluster.sh preflight` passes (root,
+# Linux >= 6.3) it builds `node image test-images` and helm itself and runs on a real node
+# (scripts/demo-node.sh: the chart installed, examples/ decided, pods of its own running in user
+# namespaces); elsewhere, or with DEMO_NODE=0, a local control plane, `userns-labeler run
+# --self-signed-tls`, the webhook registered by URL, examples/ applied. Either way each claim's
+# label and each pod's hostUsers and decision. Ctrl-C stops everything it started.
 .PHONY: demo
 demo: control-plane
-	scripts/demo.sh
+	CARGO="$(CARGO)" scripts/demo.sh
 
 # deploy/manifests/userns-labeler.yaml is the chart rendered with its defaults; commit the result.
 manifests:

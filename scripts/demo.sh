@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# The one-command demo (`make demo`):
+# The one-command demo (`make demo`), on one of two paths.
+#
+# On a machine that can run a real node (`tests/node/cluster.sh preflight`: root, Linux >= 6.3,
+# cgroups, nftables, a bridge) it first builds what the node needs (`make node image
+# test-images`, helm; cached after the first time) and then hands over to
+# scripts/demo-node.sh: a real single-node cluster with the chart installed, examples/ applied
+# and decided, and pods of its own that really run in user namespaces.
+#
+# Anywhere else (or with DEMO_NODE=0) it says why and runs the API-server demo:
 #   1. start a local control plane (etcd + kube-apiserver on loopback, the integration tests'
 #      harness, binaries from `make control-plane`);
 #   2. run `userns-labeler run --self-signed-tls` against it;
 #   3. register the webhook by URL (https://127.0.0.1:<port>/mutate/pods); `run` writes its
 #      generated CA into the configuration's caBundle;
-#   4. apply examples/ and print each claim's label and each pod's hostUsers and decision.
+#   4. apply examples/ and print each claim's label and each pod's hostUsers and decision;
+#   5. print `userns-labeler report -A`, the cluster's readiness for user namespaces.
 # Everything it started is stopped on exit, on Ctrl-C and on SIGTERM.
 #
-# Environment: DEMO_WAIT=1 keeps the cluster running after the report until Ctrl-C (the
-# default when stdin is a terminal), DEMO_WAIT=0 stops at once; DEMO_KEEP_LOGS=1 keeps the
-# log directory; CARGO (default cargo); RUST_LOG for the labeler (default info).
+# Environment: DEMO_NODE=0 forces the API-server demo, DEMO_NODE=1 the real node (failing
+# when this machine cannot run it), unset: the real node when possible. DEMO_WAIT=1 keeps the
+# cluster running after the report until Ctrl-C (the default when stdin is a terminal),
+# DEMO_WAIT=0 stops at once; DEMO_MODE=audit runs the webhook in audit mode (default enforce;
+# API-server demo); DEMO_KEEP_LOGS=1 keeps the log directory; CARGO (default cargo); MAKE
+# (default make); RUST_LOG for the labeler (default info).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 PREFIX=userns.io
+DEMO_MODE=${DEMO_MODE:-enforce}
 CONFIG_NAME=userns-labeler-demo
 CONTROLLER_NS=userns-labeler
-
-work=$(mktemp -d -t userns-labeler-demo.XXXXXX)
-cp_pid=""
-labeler_pid=""
 
 # One line per step, with the seconds since the demo started; bold only on a terminal.
 if [[ -t 1 ]]; then
@@ -30,6 +39,47 @@ else
     bold="" plain=""
 fi
 say() { printf '\n%s== [%3ds] %s%s\n' "$bold" "$SECONDS" "$*" "$plain"; }
+
+# --- which path ---------------------------------------------------------------------------
+# fallback_or_fail REASON: with DEMO_NODE=1 the reason is an error; otherwise it is said and
+# the API-server demo follows.
+fallback_or_fail() {
+    if [[ ${DEMO_NODE:-} == 1 ]]; then
+        echo "DEMO_NODE=1, but $1" >&2
+        exit 1
+    fi
+    say "No real node: $1"
+    echo "Falling back to the API-server demo (etcd + kube-apiserver on loopback: pods are decided, never run)."
+}
+
+case ${DEMO_NODE:-} in
+0) say "DEMO_NODE=0: the API-server demo (etcd + kube-apiserver on loopback: pods are decided, never run)" ;;
+"" | 1)
+    say "Checking whether this machine can run a real node (tests/node/cluster.sh preflight)"
+    if reason=$(tests/node/cluster.sh preflight 2>&1 >/dev/null); then
+        echo "it can"
+        say "Building the node's components and images (make node image test-images; helm): cached after the first time"
+        build_start=$SECONDS
+        if "${MAKE:-make}" --no-print-directory node image test-images CARGO="$CARGO" &&
+            tests/tools/build.sh path helm >/dev/null; then
+            echo "built in $((SECONDS - build_start))s"
+            DEMO_SECONDS=$SECONDS CARGO=$CARGO exec scripts/demo-node.sh
+        fi
+        fallback_or_fail "the real node's components or images could not be built (output above)"
+    else
+        fallback_or_fail "${reason#this machine cannot run the real node: }"
+    fi
+    ;;
+*)
+    echo "DEMO_NODE must be 0, 1 or unset, not '$DEMO_NODE'" >&2
+    exit 2
+    ;;
+esac
+
+# --- the API-server demo ------------------------------------------------------------------
+work=$(mktemp -d -t userns-labeler-demo.XXXXXX)
+cp_pid=""
+labeler_pid=""
 
 stop() {
     local pid=$1 name=$2
@@ -115,12 +165,13 @@ export KUBECONFIG
 k() { "$KUBECTL" "$@"; }
 grep '^control plane:' "$work/control-plane.log" || true
 
-say "Running userns-labeler run --self-signed-tls (webhook https://127.0.0.1:$WEBHOOK_PORT, admin http://127.0.0.1:$ADMIN_PORT)"
+say "Running userns-labeler run --self-signed-tls --webhook-mode $DEMO_MODE (webhook https://127.0.0.1:$WEBHOOK_PORT, admin http://127.0.0.1:$ADMIN_PORT)"
 k create namespace "$CONTROLLER_NS" >/dev/null
 RUST_LOG=${RUST_LOG:-info} "$labeler_bin" run \
     --kubeconfig "$KUBECONFIG" \
     --namespace "$CONTROLLER_NS" \
     --self-signed-tls \
+    --webhook-mode "$DEMO_MODE" \
     --webhook-config-name "$CONFIG_NAME" \
     --webhook-addr "127.0.0.1:$WEBHOOK_PORT" \
     --admin-addr "127.0.0.1:$ADMIN_PORT" \
@@ -235,6 +286,9 @@ say "Why (the $PREFIX/decision-reason annotation)"
 k get pods -A --sort-by .metadata.namespace -o \
     "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}: {.metadata.annotations.userns\.io/decision-reason}{\"\n\"}{end}"
 
+say "The cluster's readiness: userns-labeler report -A (read-only; also -o json, -o html)"
+"$labeler_bin" report -A --kubeconfig "$KUBECONFIG" --labeler-namespace "$CONTROLLER_NS"
+
 wait_for_interrupt=${DEMO_WAIT:-}
 if [[ -z $wait_for_interrupt ]]; then
     if [[ -t 0 ]]; then wait_for_interrupt=1; else wait_for_interrupt=0; fi
@@ -243,6 +297,7 @@ if [[ $wait_for_interrupt == 1 ]]; then
     say "The cluster keeps running; in another shell:"
     echo "  export KUBECONFIG=$KUBECONFIG"
     echo "  $KUBECTL get pods -A"
+    echo "  $labeler_bin report -A -o html > report.html"
     echo "  curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep webhook_admissions"
     echo "Press Ctrl-C to stop everything."
     set +e

@@ -12,6 +12,7 @@ pub mod names {
     pub const REASON: &str = "idmap-reason";
     pub const DRIVER: &str = "driver";
     pub const OVERRIDE: &str = "idmap-override";
+    pub const EVIDENCE: &str = "idmap-evidence";
 }
 
 /// Every key this project reads or writes.
@@ -26,12 +27,38 @@ pub struct Keys {
     pub driver: String,
     /// Annotation on a PVC or PV set by the operator: `"true"` or `"false"` overrides the table.
     pub idmap_override: String,
-    /// Annotation on pods: `enabled` / `skipped` / `audit`.
+    /// Annotation on pods: one of the [`decision`] values.
     pub decision: String,
     /// Annotation on pods: why.
     pub decision_reason: String,
     /// Label on a namespace or pod: `"true"` opts out of the webhook.
     pub opt_out: String,
+    /// Annotation on PVCs, PVs and Nodes: what a node's runtime reported when an idmapped mount
+    /// failed (JSON: pod, node, time, runtime, error). It makes the label `false`; the operator
+    /// clears it by removing the annotation.
+    pub idmap_evidence: String,
+    /// Label on Nodes: `true` / `false`, whether the node's runtime can run user-namespaced pods.
+    pub user_namespaces: String,
+    /// Annotation on Nodes: why the node is labelled so.
+    pub user_namespaces_reason: String,
+}
+
+/// The values of the pod annotation `<prefix>/decision`: the one vocabulary of decisions. The
+/// webhook writes them; `explain`, `report`, the README and the examples use the same words.
+pub mod decision {
+    /// `spec.hostUsers: false` was set (or, in `explain` and `report`, would be): nothing blocks.
+    pub const ENABLED: &str = "enabled";
+    /// Left as written: something blocks (the decision reason lists every blocker).
+    pub const SKIPPED: &str = "skipped";
+    /// Audit mode: nothing changed; the reason says what enforce mode would do.
+    pub const AUDIT: &str = "audit";
+    /// A reinvocation found a pod this webhook enabled no longer safe: `hostUsers` removed.
+    pub const REVERTED: &str = "reverted";
+
+    /// What enforce mode does with a pod: [`ENABLED`] when nothing blocks, else [`SKIPPED`].
+    pub fn of(mutate: bool) -> &'static str {
+        if mutate { ENABLED } else { SKIPPED }
+    }
 }
 
 static DEFAULT_KEYS: LazyLock<Keys> =
@@ -65,6 +92,9 @@ impl Keys {
             decision: key("decision"),
             decision_reason: key("decision-reason"),
             opt_out: key("opt-out"),
+            idmap_evidence: key(names::EVIDENCE),
+            user_namespaces: key("user-namespaces"),
+            user_namespaces_reason: key("user-namespaces-reason"),
         })
     }
 
@@ -97,6 +127,8 @@ mod tests {
         assert_eq!(keys.supported, "userns.io/idmap-supported");
         assert_eq!(keys.idmap_override, "userns.io/idmap-override");
         assert_eq!(keys.decision_reason, "userns.io/decision-reason");
+        assert_eq!(keys.idmap_evidence, "userns.io/idmap-evidence");
+        assert_eq!(keys.user_namespaces, "userns.io/user-namespaces");
     }
 
     #[test]

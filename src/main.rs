@@ -1,25 +1,44 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use userns_labeler::cli::{Cli, Command, explain};
+use userns_labeler::cli::{Cli, Command, explain, report};
 use userns_labeler::{runtime, telemetry};
 
+/// Prints a command's output; a closed stdout (e.g. `| head`) is not an error worth a panic.
+fn print(output: &str) -> ExitCode {
+    let _ = std::io::stdout().write_all(output.as_bytes());
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Installed as `kubectl-userns`, the binary is the kubectl plugin `kubectl userns`.
+    let cli = Cli::parse_as(std::env::args_os());
     match cli.command {
         Command::Explain(args) => match explain::run(&args) {
-            Ok(output) => {
-                // A closed stdout (e.g. `| head`) is not an error worth a panic.
-                let _ = std::io::stdout().write_all(output.as_bytes());
-                ExitCode::SUCCESS
-            }
+            Ok(output) => print(&output),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
             }
         },
+        Command::Report(args) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(report::run(&args)) {
+                Ok(output) => print(&output),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Command::Run(args) => {
             telemetry::init(cli.log_format);
             // One TLS crypto provider for the whole process (kube client and webhook server).

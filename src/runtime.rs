@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -17,8 +17,9 @@ use crate::controller::{self, Context};
 use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::limits::Limits;
+use crate::nodes::{self, NodeSignals, labeller::NodeLabeller};
 use crate::webhook::{self, WebhookArgs, WebhookState};
-use crate::{cache, config, metrics};
+use crate::{cache, config, evidence, metrics};
 
 /// The controller's name in Events and leases.
 pub const COMPONENT: &str = "userns-labeler";
@@ -32,7 +33,8 @@ pub struct RunArgs {
     /// Kubeconfig context to use.
     #[arg(long, env = "USERNS_KUBE_CONTEXT")]
     pub context: Option<String>,
-    /// The namespace of the driver ConfigMap and the leader-election Lease.
+    /// The namespace of the driver ConfigMap, the leader-election Lease and the shared
+    /// self-signed CA's Secret (--self-signed-ca-secret).
     #[arg(long, env = "POD_NAMESPACE", default_value = "userns-labeler")]
     pub namespace: String,
     /// Name of the driver ConfigMap (key `drivers.yaml`).
@@ -81,6 +83,10 @@ pub struct RunArgs {
     pub admin_max_requests: usize,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub nodes: crate::nodes::NodeArgs,
+    #[command(flatten)]
+    pub evidence: crate::evidence::EvidenceArgs,
 }
 
 impl RunArgs {
@@ -157,14 +163,24 @@ pub async fn client(
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), or until a component fails.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let keys = Keys::new(&args.label_prefix)?;
-    let listeners = Listeners::bind(&args).await?;
+    // The client only reads its configuration here; the listeners may need it for the shared
+    // self-signed CA.
     let client = client(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let listeners = Listeners::bind(&args, &client).await?;
+    let identity = holder_identity(&args.identity.clone().unwrap_or_else(default_identity));
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
     let mut registry = metrics::registry();
     let recorder = Recorder::new(client.clone(), reporter(&identity));
 
     let (caches, subscriptions) = cache::start(&client, &shutdown);
+    let (node_store, node_subscription) = nodes::start(&client, &keys, &shutdown);
+    let records = evidence::host_paths::RecordsConfigMap {
+        namespace: args.namespace.clone(),
+        name: args.evidence.evidence_config_map.clone(),
+    };
+    let (host_paths, host_paths_watch) =
+        evidence::host_paths::watch(client.clone(), records.clone());
+    tokio::spawn(until(shutdown.clone(), host_paths_watch));
     let lease = LeaseSettings::new(&args.namespace, &args.lease_name, &identity);
     let leadership = leader::start(client.clone(), lease, shutdown.clone());
     let leader = leadership.is_leader.clone();
@@ -186,6 +202,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         table.clone(),
         keys.clone(),
         writable,
+        recorder.clone(),
         reporter(&identity),
         args.concurrency,
         &mut registry,
@@ -196,8 +213,37 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         args.concurrency,
         shutdown.clone(),
     );
+    // What the nodes say: node labels, and evidence of idmap-mount failures.
+    let labeller = Arc::new(NodeLabeller::new(
+        client.clone(),
+        keys.clone(),
+        recorder,
+        ctx.writable.clone(),
+        node_store.clone(),
+    ));
+    let learner = Arc::new(evidence::Learner::new(
+        ctx.clone(),
+        labeller.clone(),
+        host_paths.clone(),
+        records,
+        args.evidence.delete_failed_pods,
+        evidence::EvidenceMetrics::register(&mut registry),
+    ));
+    registry.register_collector(Box::new(nodes::NodeCount::new(
+        node_store.clone(),
+        keys.clone(),
+    )));
+    let controllers = async {
+        tokio::join!(
+            controllers,
+            nodes::labeller::run(labeller, node_subscription, shutdown.clone()),
+            evidence::run(learner, shutdown.clone()),
+        );
+    };
 
-    let webhook = WebhookState::new(caches.clone(), table, keys.clone(), &mut registry);
+    let signals = NodeSignals::new(args.nodes.webhook_node_mode, node_store, host_paths);
+    let webhook =
+        WebhookState::new(caches.clone(), table, keys.clone(), &mut registry).with_nodes(signals);
     let admin = AdminState {
         readiness,
         registry,
@@ -215,22 +261,24 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     result
 }
 
-/// The admin and webhook ports, bound, with the webhook's certificate checked against its key:
-/// before anything else starts, so that each failure ends the process with its cause.
+/// The admin and webhook ports, bound, with the webhook's certificate checked against its key
+/// (or issued from the self-signed CA, shared through its Secret): before anything else
+/// starts, so that each failure ends the process with its cause.
 struct Listeners {
     admin: tokio::net::TcpListener,
     webhook: webhook::WebhookListener,
 }
 
 impl Listeners {
-    async fn bind(args: &RunArgs) -> Result<Listeners, RunError> {
+    async fn bind(args: &RunArgs, client: &Client) -> Result<Listeners, RunError> {
         let admin = tokio::net::TcpListener::bind(args.admin_addr)
             .await
             .map_err(|source| RunError::Admin {
                 addr: args.admin_addr,
                 source,
             })?;
-        let webhook = webhook::WebhookListener::bind(&args.webhook).await?;
+        let webhook =
+            webhook::WebhookListener::bind(&args.webhook, client, &args.namespace).await?;
         Ok(Listeners { admin, webhook })
     }
 
@@ -323,6 +371,16 @@ async fn until(shutdown: CancellationToken, task: impl Future<Output = ()>) {
     }
 }
 
+/// This process's name in the Lease: the replica's identity (the pod name) and a suffix new on
+/// every start (`<identity>_<8 hex digits>`), as client-go's controllers do. A container
+/// restarted after a crash is then a new candidate: it does not resume a lease its previous
+/// process held, and the standby replica, whose expiry clock started earlier, takes over.
+fn holder_identity(replica: &str) -> String {
+    use std::hash::BuildHasher as _;
+    let nonce = std::hash::RandomState::new().hash_one((std::process::id(), Instant::now()));
+    format!("{replica}_{:08x}", nonce as u32)
+}
+
 fn default_identity() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -334,4 +392,22 @@ fn default_identity() -> String {
         })
         .unwrap_or_else(|| COMPONENT.to_string());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holder_identity;
+
+    #[test]
+    fn each_start_holds_the_lease_under_the_replica_name_and_a_new_suffix() {
+        let first = holder_identity("userns-labeler-7f7d978c5d-p8f7k");
+        let second = holder_identity("userns-labeler-7f7d978c5d-p8f7k");
+        for id in [&first, &second] {
+            let (replica, suffix) = id.rsplit_once('_').expect("a suffix");
+            assert_eq!(replica, "userns-labeler-7f7d978c5d-p8f7k");
+            assert_eq!(suffix.len(), 8);
+            assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+        assert_ne!(first, second, "a restarted process is a new candidate");
+    }
 }

@@ -80,6 +80,7 @@ impl Case {
                 volume_mode: VolumeMode::Filesystem,
                 fs_type: self.fs_type,
                 parameters: &self.parameters,
+                host_path: None,
             })
             .collect()
     }
@@ -384,6 +385,7 @@ fn uncertain_rows_say_so_in_their_source() {
             volume_mode: VolumeMode::Filesystem,
             fs_type: None,
             parameters: &parameters,
+            host_path: None,
         };
         table
             .lookup(&query)

@@ -166,6 +166,7 @@ fn helm_lint_passes_strictly(#[case] variant: &str) {
 #[case::bad_prefix("labelPrefix=Not_A_Domain", "labelPrefix")]
 #[case::bad_log_format("logFormat=xml", "logFormat")]
 #[case::zero_replicas("replicaCount=0", "replicaCount")]
+#[case::unknown_node_mode("webhook.nodeMode=some", "webhook.nodeMode")]
 fn invalid_values_are_rejected_naming_the_value(#[case] set: &str, #[case] field: &str) {
     let error = render_text("default", NAMESPACE, &["--set", set])
         .expect_err("helm template must refuse the value");
@@ -447,11 +448,12 @@ fn cert_manager_mode_issues_a_certificate_for_the_service_and_injects_its_ca() {
 }
 
 #[test]
-fn self_signed_mode_runs_one_replica_that_may_watch_and_update_only_its_webhook_configuration() {
+fn self_signed_mode_runs_two_replicas_sharing_the_ca_secret_it_renders_empty() {
     let objects = rendered("self-signed");
     let deployment = one(objects, "Deployment");
-    assert_eq!(deployment["spec"]["replicas"], 1);
-    assert!(objects_of(objects, "PodDisruptionBudget").is_empty());
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pdb = one(objects, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
     assert!(objects_of(objects, "Certificate").is_empty());
     let run = parsed_run_args(objects);
     assert!(run.webhook.self_signed_tls);
@@ -470,11 +472,42 @@ fn self_signed_mode_runs_one_replica_that_may_watch_and_update_only_its_webhook_
             .tls_san
             .contains(&format!("{service}.{NAMESPACE}.svc"))
     );
-    let webhook_rules: Vec<&Value> = objects_of(objects, "ClusterRole")
-        .into_iter()
-        .flat_map(|r| r["rules"].as_array().unwrap())
-        .filter(|rule| strings(&rule["resources"]).contains(&"mutatingwebhookconfigurations"))
-        .collect();
+    // The CA Secret: in the release namespace (where the binary looks, --namespace from
+    // POD_NAMESPACE), owned by the release, empty (the binary stores the CA).
+    let secret = one(objects, "Secret");
+    assert_eq!(
+        run.webhook.self_signed_ca_secret.as_deref(),
+        secret["metadata"]["name"].as_str()
+    );
+    assert_eq!(secret["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(secret["type"], "Opaque");
+    assert!(secret.get("data").is_none() && secret.get("stringData").is_none());
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
+}
+
+#[test]
+fn self_signed_mode_may_get_and_update_only_its_ca_secret_and_its_webhook_configuration() {
+    let objects = rendered("self-signed");
+    let secret = one(objects, "Secret")["metadata"]["name"].as_str().unwrap();
+    let config_name = one(objects, "MutatingWebhookConfiguration")["metadata"]["name"]
+        .as_str()
+        .unwrap();
+    let rules_for = |kind: &str, resource: &str| -> Vec<Value> {
+        objects_of(objects, kind)
+            .into_iter()
+            .flat_map(|r| r["rules"].as_array().unwrap().clone())
+            .filter(|rule| strings(&rule["resources"]).contains(&resource))
+            .collect()
+    };
+    let secret_rules = rules_for("Role", "secrets");
+    assert_eq!(secret_rules.len(), 1, "{secret_rules:?}");
+    assert_eq!(strings(&secret_rules[0]["resourceNames"]), [secret]);
+    assert_eq!(strings(&secret_rules[0]["verbs"]), ["get", "update"]);
+    assert!(rules_for("ClusterRole", "secrets").is_empty());
+    let webhook_rules = rules_for("ClusterRole", "mutatingwebhookconfigurations");
     assert_eq!(webhook_rules.len(), 1);
     assert_eq!(strings(&webhook_rules[0]["resourceNames"]), [config_name]);
     assert_eq!(
@@ -483,15 +516,108 @@ fn self_signed_mode_runs_one_replica_that_may_watch_and_update_only_its_webhook_
     );
 }
 
+#[rstest]
+#[case::one(1, false)]
+#[case::three(3, true)]
+fn self_signed_mode_runs_replica_count_replicas_with_a_pdb_above_one(
+    #[case] replicas: u64,
+    #[case] pdb: bool,
+) {
+    let yaml = render_text(
+        "self-signed",
+        NAMESPACE,
+        &["--set", &format!("replicaCount={replicas}")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let objects = parse_documents(&yaml);
+    assert_eq!(one(&objects, "Deployment")["spec"]["replicas"], replicas);
+    assert_eq!(!objects_of(&objects, "PodDisruptionBudget").is_empty(), pdb);
+}
+
 #[test]
-fn only_self_signed_mode_may_touch_webhook_configurations() {
+fn only_self_signed_mode_may_touch_webhook_configurations_or_secrets() {
     for variant in ["default", "audit", "secret"] {
-        let grants = objects_of(rendered(variant), "ClusterRole")
-            .into_iter()
-            .flat_map(|r| r["rules"].as_array().unwrap())
-            .any(|rule| strings(&rule["resources"]).contains(&"mutatingwebhookconfigurations"));
-        assert!(!grants, "{variant} grants access to webhook configurations");
+        let objects = rendered(variant);
+        for resource in ["mutatingwebhookconfigurations", "secrets"] {
+            let grants = objects_of(objects, "ClusterRole")
+                .into_iter()
+                .chain(objects_of(objects, "Role"))
+                .flat_map(|r| r["rules"].as_array().unwrap())
+                .any(|rule| strings(&rule["resources"]).contains(&resource));
+            assert!(!grants, "{variant} grants access to {resource}");
+        }
+        assert!(
+            objects_of(objects, "Secret").is_empty(),
+            "{variant} renders a Secret"
+        );
     }
+}
+
+/// The verbs the rendered ClusterRoles grant on a core resource.
+fn cluster_verbs<'a>(objects: &'a [Value], resource: &str) -> Vec<&'a str> {
+    objects_of(objects, "ClusterRole")
+        .into_iter()
+        .flat_map(|r| r["rules"].as_array().unwrap())
+        .filter(|rule| strings(&rule["resources"]).contains(&resource))
+        .flat_map(|rule| strings(&rule["verbs"]))
+        .collect()
+}
+
+#[test]
+fn failed_pods_are_deleted_only_with_the_option_which_brings_the_right_to_delete_them() {
+    for variant in ["default", "audit", "secret", "self-signed"] {
+        let objects = rendered(variant);
+        assert!(
+            !parsed_run_args(objects).evidence.delete_failed_pods,
+            "{variant}"
+        );
+        assert_eq!(cluster_verbs(objects, "pods"), vec!["get"], "{variant}");
+    }
+    let yaml = render_text(
+        "default",
+        NAMESPACE,
+        &["--set", "controller.deleteFailedPods=true"],
+    )
+    .unwrap();
+    let objects = parse_documents(&yaml);
+    assert!(parsed_run_args(&objects).evidence.delete_failed_pods);
+    assert_eq!(cluster_verbs(&objects, "pods"), vec!["get", "delete"]);
+}
+
+#[rstest]
+#[case::default(None, "Any")]
+#[case::affinity(Some("affinity"), "Affinity")]
+#[case::off(Some("off"), "Off")]
+fn the_node_mode_value_reaches_the_binary_which_may_watch_and_label_nodes(
+    #[case] value: Option<&str>,
+    #[case] expected: &str,
+) {
+    let set = value.map(|v| format!("webhook.nodeMode={v}"));
+    let extra: Vec<&str> = set.iter().flat_map(|s| ["--set", s.as_str()]).collect();
+    let objects = parse_documents(&render_text("default", NAMESPACE, &extra).unwrap());
+    let run = parsed_run_args(&objects);
+    assert_eq!(format!("{:?}", run.nodes.webhook_node_mode), expected);
+    assert_eq!(
+        cluster_verbs(&objects, "nodes"),
+        vec!["get", "list", "watch", "patch"]
+    );
+    let event_verbs = cluster_verbs(&objects, "events");
+    assert!(
+        event_verbs.contains(&"watch") && event_verbs.contains(&"list"),
+        "{event_verbs:?}"
+    );
+    // The evidence ConfigMap the binary writes is the one its Role may patch.
+    let role_names: Vec<&str> = objects_of(&objects, "Role")
+        .into_iter()
+        .flat_map(|r| r["rules"].as_array().unwrap())
+        .filter(|rule| strings(&rule["verbs"]).contains(&"patch"))
+        .flat_map(|rule| strings(&rule["resourceNames"]))
+        .collect();
+    assert!(
+        role_names.contains(&run.evidence.evidence_config_map.as_str()),
+        "{role_names:?} vs {}",
+        run.evidence.evidence_config_map
+    );
 }
 
 #[test]

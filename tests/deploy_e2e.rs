@@ -2,7 +2,8 @@
 //! the chart (self-signed variant, the one with most permissions), behind the chart's own
 //! MutatingWebhookConfiguration (its `service` reference swapped for the binary's loopback URL,
 //! as the test API server cannot reach Services), goes through its whole life — caches, labels,
-//! label changes with Events, a valid and an invalid driver ConfigMap, the self-signed caBundle,
+//! label changes with Events, a valid and an invalid driver ConfigMap, the self-signed CA stored
+//! in the chart's Secret and written into the caBundle,
 //! pods admitted or not sent at all (selectors and CEL matchConditions), leader election,
 //! graceful shutdown — against a kube-apiserver that writes an audit log.
 //!
@@ -15,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -28,8 +29,11 @@ const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const WAIT: Duration = Duration::from_secs(30);
 const LABEL: &str = "userns.io/idmap-supported";
 /// Calls the scenario is known to make (verb, resource): the audit log is judged once all are in.
-const EXPECTED_CALLS: [(&str, &str); 11] = [
+const EXPECTED_CALLS: [(&str, &str); 16] = [
     ("watch", "persistentvolumeclaims"),
+    ("watch", "nodes"),
+    ("watch", "events"),
+    ("watch", "configmaps"),
     ("watch", "namespaces"),
     ("patch", "persistentvolumeclaims"),
     ("patch", "persistentvolumes"),
@@ -40,6 +44,8 @@ const EXPECTED_CALLS: [(&str, &str); 11] = [
     ("create", "leases"),
     ("watch", "leases"),
     ("update", "leases"),
+    ("get", "secrets"),
+    ("update", "secrets"),
 ];
 
 /// One rendered RBAC rule, with the namespace it applies in (`None`: cluster-wide).
@@ -266,6 +272,15 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
     };
     let config_name = name_of("MutatingWebhookConfiguration");
     let config_map_name = name_of("ConfigMap");
+    // The chart's CA Secret, created empty as rendered: the binary stores its CA in it.
+    let ca_secret_name = name_of("Secret");
+    Api::<Secret>::namespaced(admin.clone(), &controller_ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(object("Secret").clone()).unwrap(),
+        )
+        .await
+        .expect("CA Secret");
 
     let labeler = Labeler::start_with(
         USERNS_LABELER,
@@ -278,6 +293,8 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
             &config_name,
             "--config-map",
             &config_map_name,
+            "--self-signed-ca-secret",
+            &ca_secret_name,
         ],
     );
 
@@ -483,6 +500,7 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
         "leases",
         "events",
         "mutatingwebhookconfigurations",
+        "secrets",
     ] {
         assert!(
             resources.contains(resource),

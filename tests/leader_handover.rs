@@ -61,7 +61,11 @@ impl LeaseHistory {
                 let spec = lease.and_then(|l| l.spec).unwrap_or_default();
                 versions.lock().unwrap().push(Version {
                     seen: Instant::now(),
-                    holder: spec.holder_identity.filter(|h| !h.is_empty()),
+                    // `<replica>_<suffix new on every start>`: the replica's name.
+                    holder: spec
+                        .holder_identity
+                        .filter(|h| !h.is_empty())
+                        .map(|h| h.rsplit_once('_').map_or(h.clone(), |(r, _)| r.to_owned())),
                     duration: spec.lease_duration_seconds,
                     transitions: spec.lease_transitions,
                 });

@@ -150,6 +150,7 @@ async fn cached_state(
         table,
         keys: Keys::default(),
         metrics: WebhookMetrics::default(),
+        nodes: Default::default(),
     });
     (state, client, requests)
 }
@@ -884,7 +885,8 @@ impl SelfSignedWebhook {
         };
         let server = tokio::spawn({
             let (state, shutdown) = (state.clone(), shutdown.clone());
-            async move { serve(&args, state, client, shutdown).await }
+            let namespace = ns.name().to_string();
+            async move { serve(&args, state, client, &namespace, shutdown).await }
         });
         SelfSignedWebhook {
             admin,

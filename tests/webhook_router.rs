@@ -101,7 +101,7 @@ async fn a_pod_with_an_rwo_longhorn_claim_gets_host_users_false_and_the_annotati
     assert_eq!(annotation(&after, DECISION), Some("enabled"));
     assert_eq!(
         annotation(&after, REASON),
-        Some("no host namespaces or devices, and all 1 volume(s) support idmap mounts")
+        Some("no host namespaces or devices, and its one volume supports idmap mounts")
     );
     // The pod had no annotations at all: the map is created, and nothing else changes.
     let mut expected = review("CREATE", "app", &pod)["request"]["object"].clone();
@@ -151,7 +151,7 @@ async fn only_config_maps_secrets_and_empty_dirs_are_enabled() {
     assert_eq!(after["spec"]["hostUsers"], json!(false));
     assert_eq!(
         annotation(&after, REASON),
-        Some("no host namespaces or devices, and all 4 volume(s) support idmap mounts")
+        Some("no host namespaces or devices, and all 4 volumes support idmap mounts")
     );
 }
 
@@ -403,7 +403,7 @@ async fn the_decision_reason_is_deterministic() {
         Some(
             "HostNetwork: host namespaces (spec.hostNetwork: true) cannot be combined with a user namespace; \
              ClaimNotSupported: volume media: claim nfs-data (driver nfs.csi.k8s.io) cannot be idmap-mounted: \
-             NFS volumes cannot be idmapped."
+             NFS volumes cannot be idmapped"
         )
     );
 }
@@ -419,7 +419,7 @@ async fn audit_mode_annotates_what_enforce_would_do_and_never_touches_host_users
         annotation(&after, REASON),
         Some(
             "enforce mode would set spec.hostUsers: false; \
-             no host namespaces or devices, and all 1 volume(s) support idmap mounts"
+             no host namespaces or devices, and its one volume supports idmap mounts"
         )
     );
 
@@ -472,6 +472,7 @@ async fn a_custom_prefix_moves_the_annotations_and_the_opt_out() {
         table,
         keys,
         metrics: WebhookMetrics::default(),
+        nodes: Default::default(),
     });
     let (_, after) = admit(&state, enforce(), "app", &pod("web")).await;
     assert_eq!(

@@ -324,6 +324,7 @@ async fn serve_refuses_to_start_without_a_certificate() {
         &args,
         state.clone(),
         unused_client(),
+        "default",
         CancellationToken::new(),
     )
     .await
@@ -335,9 +336,15 @@ async fn serve_refuses_to_start_without_a_certificate() {
         tls_key_file: Some("/nonexistent/tls.key".into()),
         ..args
     };
-    let error = serve(&args, state, unused_client(), CancellationToken::new())
-        .await
-        .unwrap_err();
+    let error = serve(
+        &args,
+        state,
+        unused_client(),
+        "default",
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.category(), "load_certificate");
     assert!(
         error.to_string().contains("/nonexistent/tls.crt"),
@@ -362,7 +369,7 @@ async fn serve_with_self_signed_tls_listens_and_stops_on_the_token() {
     let task = tokio::spawn({
         let state = state(storage_world(&Keys::default()));
         let shutdown = shutdown.clone();
-        async move { serve(&args, state, unused_client(), shutdown).await }
+        async move { serve(&args, state, unused_client(), "default", shutdown).await }
     });
     // It accepts TCP connections (the CA is not exposed without a webhook configuration).
     let started = Instant::now();

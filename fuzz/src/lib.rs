@@ -142,6 +142,7 @@ pub fn state(keys: Keys) -> WebhookState {
         table: TableState::channel(DriverTable::defaults()),
         keys,
         metrics: WebhookMetrics::default(),
+        nodes: Default::default(),
     }
 }
 

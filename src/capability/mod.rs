@@ -1,12 +1,15 @@
 //! The capability engine: pure functions from Kubernetes objects and a driver table to idmap
 //! verdicts for claims and volumes, and to the pod decision. No I/O.
 
+pub mod evidence;
 pub mod pod;
 pub mod pruned;
 pub mod resolve;
 pub mod sources;
 pub mod table;
+pub mod workload;
 
+pub use evidence::{Evidence, HostPathEvidence};
 pub use pod::{Awaited, Blocker, BlockerCode, PodDecision, decide_pod};
 pub use pruned::{Marks, PrunedClaim, PrunedClass, PrunedVolume, ToPruned};
 pub use resolve::{
@@ -15,6 +18,7 @@ pub use resolve::{
 pub use table::{
     AccessMode, DriverTable, Evaluation, StorageQuery, TableError, Verdict, VolumeMode,
 };
+pub use workload::{Workload, WorkloadKind, decide_workload};
 
 #[cfg(test)]
 mod tests;

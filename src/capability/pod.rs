@@ -67,10 +67,13 @@ pub enum BlockerCode {
     UnrecognizedVolume,
     /// No usable driver table (invalid ConfigMap, no last good copy): every pod fails closed.
     DriverTableInvalid,
+    /// Node objects exist and none the pod could run on supports user namespaces (the
+    /// webhook's node mode `any` or `affinity`).
+    NoUserNamespaceNode,
 }
 
 impl BlockerCode {
-    pub const ALL: [BlockerCode; 18] = [
+    pub const ALL: [BlockerCode; 19] = [
         BlockerCode::HostUsersSet,
         BlockerCode::HostNetwork,
         BlockerCode::HostPid,
@@ -89,6 +92,7 @@ impl BlockerCode {
         BlockerCode::VolumeSupportUnknown,
         BlockerCode::UnrecognizedVolume,
         BlockerCode::DriverTableInvalid,
+        BlockerCode::NoUserNamespaceNode,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +115,7 @@ impl BlockerCode {
             BlockerCode::VolumeSupportUnknown => "VolumeSupportUnknown",
             BlockerCode::UnrecognizedVolume => "UnrecognizedVolume",
             BlockerCode::DriverTableInvalid => "DriverTableInvalid",
+            BlockerCode::NoUserNamespaceNode => "NoUserNamespaceNode",
         }
     }
 }
@@ -125,7 +130,12 @@ impl fmt::Display for BlockerCode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocker {
     pub code: BlockerCode,
+    /// A sentence naming the field, container or volume, ending with a full stop when it quotes
+    /// the driver table's reason.
     pub message: String,
+    /// The storage driver behind a claim or volume blocker, when one is known (what `report`
+    /// ranks blockers by: `ClaimNotSupported` of NFS is another fix than of CephFS-FUSE).
+    pub driver: Option<String>,
 }
 
 /// The decision for one pod. It mutates only when nothing blocks.
@@ -167,14 +177,18 @@ impl PodDecision {
             return match self.volumes_checked {
                 0 => "no host namespaces, devices or volumes that prevent a user namespace"
                     .to_string(),
+                1 => "no host namespaces or devices, and its one volume supports idmap mounts"
+                    .to_string(),
                 n => format!(
-                    "no host namespaces or devices, and all {n} volume(s) support idmap mounts"
+                    "no host namespaces or devices, and all {n} volumes support idmap mounts"
                 ),
             };
         }
         let mut summary = String::new();
         for (listed, blocker) in self.blockers.iter().enumerate() {
-            let item = format!("{}: {}", blocker.code, blocker.message);
+            // Items are joined with "; ": a message's own full stop would read ".;".
+            let message = blocker.message.trim_end_matches('.');
+            let item = format!("{}: {message}", blocker.code);
             let rest = self.blockers.len() - listed;
             // Room for this item, and for the tail naming what follows it.
             let tail = if rest > 1 { MORE_TAIL_BYTES } else { 0 };
@@ -203,10 +217,12 @@ impl PodDecision {
         summary
     }
 
-    fn block(&mut self, code: BlockerCode, message: impl Into<String>) {
+    /// Adds a blocker (the engine's checks, and the webhook's node gate).
+    pub fn block(&mut self, code: BlockerCode, message: impl Into<String>) {
         self.blockers.push(Blocker {
             code,
             message: message.into(),
+            driver: None,
         });
     }
 
@@ -251,6 +267,52 @@ pub struct SpecFacts<'a> {
     pub containers: Vec<ContainerFacts<'a>>,
     /// `volumes`, in order.
     pub volumes: Vec<PodVolume<'a>>,
+    /// `nodeName`: a pod bound to a node at creation (no scheduler).
+    pub node_name: Option<Cow<'a, str>>,
+    /// The shape of `affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution`: where
+    /// the webhook's node mode `affinity` adds its requirement.
+    pub node_affinity: RequiredNodeAffinity,
+}
+
+/// What a pod already requires of its node, as far as adding a requirement by JSON Patch
+/// needs to know: which objects exist, and for each node selector term whether it has
+/// `matchExpressions` (terms are ORed, so a requirement is added to every one of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RequiredNodeAffinity {
+    /// No `affinity`.
+    #[default]
+    NoAffinity,
+    /// `affinity` without `nodeAffinity`.
+    NoNodeAffinity,
+    /// `nodeAffinity` without `requiredDuringSchedulingIgnoredDuringExecution`.
+    NoRequired,
+    /// The required node selector's terms: `true` where the term has `matchExpressions`.
+    Terms(Vec<bool>),
+}
+
+impl RequiredNodeAffinity {
+    /// The shape of a decoded `affinity`.
+    pub fn of(affinity: Option<&k8s_openapi::api::core::v1::Affinity>) -> RequiredNodeAffinity {
+        let Some(affinity) = affinity else {
+            return RequiredNodeAffinity::NoAffinity;
+        };
+        let Some(node) = affinity.node_affinity.as_ref() else {
+            return RequiredNodeAffinity::NoNodeAffinity;
+        };
+        let Some(required) = node
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+        else {
+            return RequiredNodeAffinity::NoRequired;
+        };
+        RequiredNodeAffinity::Terms(
+            required
+                .node_selector_terms
+                .iter()
+                .map(|t| t.match_expressions.is_some())
+                .collect(),
+        )
+    }
 }
 
 /// Which list of the spec a container is in.
@@ -262,12 +324,12 @@ pub enum ContainerKind {
 }
 
 impl ContainerKind {
-    /// The field of the spec, as the reasons name it.
-    pub fn field(self) -> &'static str {
+    /// What the reasons call a container of this list.
+    pub fn noun(self) -> &'static str {
         match self {
-            ContainerKind::Container => "containers",
-            ContainerKind::Init => "initContainers",
-            ContainerKind::Ephemeral => "ephemeralContainers",
+            ContainerKind::Container => "container",
+            ContainerKind::Init => "init container",
+            ContainerKind::Ephemeral => "ephemeral container",
         }
     }
 }
@@ -321,6 +383,83 @@ impl<'a> PodFacts<'a> {
         PodFacts {
             name: pod.metadata.name.as_deref().map(Cow::Borrowed),
             spec: pod.spec.as_ref().map(SpecFacts::of),
+        }
+    }
+
+    /// The same facts owning their strings: what `explain` and `report` keep of each pod and
+    /// template (a few hundred bytes, where a typed `Pod` takes about ten kilobytes).
+    pub fn into_owned(self) -> PodFacts<'static> {
+        PodFacts {
+            name: self.name.map(owned),
+            spec: self.spec.map(SpecFacts::into_owned),
+        }
+    }
+}
+
+fn owned(text: Cow<'_, str>) -> Cow<'static, str> {
+    Cow::Owned(text.into_owned())
+}
+
+impl SpecFacts<'_> {
+    /// See [`PodFacts::into_owned`].
+    pub fn into_owned(self) -> SpecFacts<'static> {
+        SpecFacts {
+            host_users: self.host_users,
+            host_network: self.host_network,
+            host_pid: self.host_pid,
+            host_ipc: self.host_ipc,
+            os_name: self.os_name.map(owned),
+            resource_claims: self.resource_claims,
+            run_as_user: self.run_as_user,
+            run_as_group: self.run_as_group,
+            fs_group: self.fs_group,
+            supplemental_groups: Cow::Owned(self.supplemental_groups.into_owned()),
+            containers: self
+                .containers
+                .into_iter()
+                .map(|c| ContainerFacts {
+                    kind: c.kind,
+                    name: owned(c.name),
+                    volume_devices: c.volume_devices,
+                    privileged: c.privileged,
+                    run_as_user: c.run_as_user,
+                    run_as_group: c.run_as_group,
+                })
+                .collect(),
+            volumes: self
+                .volumes
+                .into_iter()
+                .map(|v| PodVolume {
+                    name: owned(v.name),
+                    source: v.source.into_owned(),
+                })
+                .collect(),
+            node_name: self.node_name.map(owned),
+            node_affinity: self.node_affinity,
+        }
+    }
+}
+
+impl VolumeSource<'_> {
+    /// See [`PodFacts::into_owned`].
+    pub fn into_owned(self) -> VolumeSource<'static> {
+        match self {
+            VolumeSource::NodeLocal => VolumeSource::NodeLocal,
+            VolumeSource::Claim(name) => VolumeSource::Claim(owned(name)),
+            VolumeSource::Ephemeral(template) => {
+                VolumeSource::Ephemeral(template.map(|t| Box::new(Cow::Owned((*t).into_owned()))))
+            }
+            VolumeSource::HostPath(path) => VolumeSource::HostPath(owned(path)),
+            VolumeSource::Driver {
+                driver,
+                fs_type,
+                attributes,
+            } => VolumeSource::Driver {
+                driver: owned(driver),
+                fs_type: fs_type.map(owned),
+                attributes: attributes.map(|a| Cow::Owned(a.into_owned())),
+            },
+            VolumeSource::Unrecognized => VolumeSource::Unrecognized,
         }
     }
 }
@@ -380,6 +519,8 @@ impl<'a> SpecFacts<'a> {
                     source: pod_volume_source(v),
                 })
                 .collect(),
+            node_name: spec.node_name.as_deref().map(Cow::Borrowed),
+            node_affinity: RequiredNodeAffinity::of(spec.affinity.as_ref()),
         }
     }
 }
@@ -508,7 +649,7 @@ fn check_id(field: impl FnOnce() -> String, id: Option<i64>, decision: &mut PodD
 
 fn check_containers(spec: &SpecFacts<'_>, decision: &mut PodDecision) {
     for c in &spec.containers {
-        let (kind, name) = (c.kind.field(), &c.name);
+        let (kind, name) = (c.kind.noun(), &c.name);
         if c.volume_devices {
             decision.block(
                 BlockerCode::VolumeDevices,
@@ -597,7 +738,18 @@ fn check_volume<V: ClusterView + ?Sized>(
                 );
                 return;
             }
-            // After the hard rule, the table decides, as for any in-tree source.
+            // A node's refusal of this path (or a directory above it) wins over the table.
+            if let Some(evidence) = view.host_path_evidence(path) {
+                decision.block(
+                    BlockerCode::VolumeNotSupported,
+                    format!(
+                        "volume {name}: hostPath {path} could not be idmap-mounted: {} (evidence recorded by userns-labeler)",
+                        evidence.describe()
+                    ),
+                );
+                return;
+            }
+            // After the hard rule and the evidence, the table decides, as for any in-tree source.
             let facts = VolumeFacts {
                 driver: Some((Cow::Borrowed(pseudo::HOST_PATH), DriverSource::InlineVolume)),
                 host_path: Some(path),
@@ -652,7 +804,11 @@ fn record_verdict(
         Some(driver) => format!("{what} (driver {driver}) {state}: {reason}"),
         None => format!("{what} {state}: {reason}"),
     };
-    decision.block(code, message);
+    decision.blockers.push(Blocker {
+        code,
+        message,
+        driver: driver.map(str::to_string),
+    });
 }
 
 /// The namespace a pod is in: its own, else `default`.

@@ -45,7 +45,7 @@ pub struct Marks {
 type Pair = (Cow<'static, str>, Cow<'static, str>);
 
 /// Strings that recur on every object: held once.
-const COMMON: [&str; 12] = [
+const COMMON: [&str; 13] = [
     ANN_STORAGE_PROVISIONER,
     ANN_BETA_STORAGE_PROVISIONER,
     ANN_PROVISIONED_BY,
@@ -55,6 +55,7 @@ const COMMON: [&str; 12] = [
     "userns.io/idmap-reason",
     "userns.io/driver",
     "userns.io/idmap-override",
+    "userns.io/idmap-evidence",
     "true",
     "false",
     "unknown",
@@ -94,6 +95,15 @@ impl Marks {
         find(&self.annotations, key)
     }
 
+    /// Sets (or replaces) one annotation.
+    pub fn set_annotation(&mut self, key: String, value: String) {
+        let (key, value) = pair((key, value));
+        match self.annotations.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.annotations.push((key, value)),
+        }
+    }
+
     /// Keeps only the labels and annotations that may be read ([`read_label`],
     /// [`read_annotation`]); the rest is released.
     pub fn retain_read(&mut self) {
@@ -118,7 +128,8 @@ pub fn read_label(key: &str) -> bool {
 }
 
 /// Whether an annotation of a claim, volume or class may be read: the provisioner annotations,
-/// the default-class marks, and our reason, driver and override annotations under any prefix.
+/// the default-class marks, and our reason, driver, override and evidence annotations under any
+/// prefix.
 pub fn read_annotation(key: &str) -> bool {
     [
         ANN_STORAGE_PROVISIONER,
@@ -128,7 +139,13 @@ pub fn read_annotation(key: &str) -> bool {
         ANN_BETA_DEFAULT_CLASS,
     ]
     .contains(&key)
-        || [names::REASON, names::DRIVER, names::OVERRIDE].contains(&key_name(key))
+        || [
+            names::REASON,
+            names::DRIVER,
+            names::OVERRIDE,
+            names::EVIDENCE,
+        ]
+        .contains(&key_name(key))
 }
 
 /// The name part of a prefixed key (`userns.io/driver` → `driver`).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 
+use super::evidence::{Evidence, apply_evidence};
 use super::pruned::{ClaimSpec, Marks, PrunedClaim, PrunedClass, PrunedVolume, ToPruned};
 pub use super::sources::pseudo;
 use super::table::{AccessMode, DriverTable, Verdict, VolumeMode};
@@ -36,6 +37,11 @@ pub trait ClusterView {
     fn storage_class(&self, name: &str) -> Option<Arc<PrunedClass>>;
     /// The class a claim without `storageClassName` gets.
     fn default_storage_class(&self) -> Option<Arc<PrunedClass>>;
+    /// What a node reported when it could not idmap-mount this inline hostPath (or a directory
+    /// above it): the labeler's evidence ConfigMap. None by default (offline, no evidence).
+    fn host_path_evidence(&self, _path: &str) -> Option<Evidence> {
+        None
+    }
 }
 
 /// Where the driver of a volume was read from, in resolution order.
@@ -163,12 +169,13 @@ impl VolumeFacts<'_> {
                     .filter(|s| !s.is_empty())
             })
         });
-        let evaluation = table.evaluate(
+        let evaluation = table.evaluate_at(
             name,
             &self.access_modes,
             self.volume_mode,
             fs_type,
             parameters,
+            self.host_path,
         );
         with(evaluation.verdict, evaluation.reason)
     }
@@ -202,11 +209,22 @@ where
                         ),
                     },
                 };
+                let verdict = apply_evidence(verdict, &claim.marks, keys, "this claim");
                 return apply_override(verdict, &claim.marks, keys);
             }
         },
     };
     let verdict = claim_facts(claim, volume.as_deref(), view).judge(table);
+    let mut verdict = apply_evidence(verdict, &claim.marks, keys, "this claim");
+    if let Some(volume) = volume.as_deref()
+        && verdict.verdict != Verdict::False
+    {
+        let whose = format!(
+            "its PersistentVolume {}",
+            volume.metadata.name.as_deref().unwrap_or_default()
+        );
+        verdict = apply_evidence(verdict, &volume.marks, keys, &whose);
+    }
     apply_override(verdict, &claim.marks, keys)
 }
 
@@ -323,6 +341,7 @@ where
         host_path: source.and_then(|s| s.host_path),
     }
     .judge(table);
+    let verdict = apply_evidence(verdict, &volume.marks, keys, "this volume");
     apply_override(verdict, &volume.marks, keys)
 }
 

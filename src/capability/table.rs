@@ -142,6 +142,8 @@ pub struct StorageQuery<'a> {
     pub fs_type: Option<&'a str>,
     /// StorageClass parameters merged with the PV's CSI `volumeAttributes`.
     pub parameters: &'a BTreeMap<String, String>,
+    /// The host path of a hostPath volume or PV (rules with `pathPrefixes` need one).
+    pub host_path: Option<&'a str>,
 }
 
 /// Where a rule came from.
@@ -162,6 +164,8 @@ pub struct Rule {
     volume_mode: Option<VolumeMode>,
     fs_types: Option<Vec<String>>,
     parameters: Vec<ParameterMatch>,
+    /// Normalised absolute paths; the host path must be one of them or lie below one.
+    path_prefixes: Option<Vec<String>>,
     pub verdict: Verdict,
     pub reason: String,
     pub min_kernel: Option<String>,
@@ -201,6 +205,11 @@ impl Rule {
                     .fs_type
                     .is_some_and(|fs| types.iter().any(|t| t.eq_ignore_ascii_case(fs)))
             })
+            && self.path_prefixes.as_ref().is_none_or(|prefixes| {
+                query
+                    .host_path
+                    .is_some_and(|path| under_any(path, prefixes))
+            })
             && self.parameters.iter().all(|p| {
                 let value = query.parameters.get(&p.key);
                 match &p.condition {
@@ -218,6 +227,20 @@ impl Rule {
             DriverMatch::Pattern(re) => format!("/{}/", strip_anchors(re.as_str())),
         }
     }
+}
+
+/// Whether `path` (normalised lexically) is one of `prefixes` or lies below one.
+fn under_any(path: &str, prefixes: &[String]) -> bool {
+    let Some(path) = super::evidence::normalize_path(path) else {
+        return false;
+    };
+    prefixes.iter().any(|prefix| {
+        prefix == "/"
+            || path == *prefix
+            || path
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 fn strip_anchors(anchored: &str) -> &str {
@@ -387,6 +410,20 @@ impl DriverTable {
         fs_type: Option<&str>,
         parameters: &BTreeMap<String, String>,
     ) -> Evaluation {
+        self.evaluate_at(driver, access_modes, volume_mode, fs_type, parameters, None)
+    }
+
+    /// [`evaluate`](Self::evaluate) for a volume with a host path (hostPath volumes and PVs),
+    /// which rules narrowed by `pathPrefixes` match on.
+    pub fn evaluate_at(
+        &self,
+        driver: &str,
+        access_modes: &[AccessMode],
+        volume_mode: VolumeMode,
+        fs_type: Option<&str>,
+        parameters: &BTreeMap<String, String>,
+        host_path: Option<&str>,
+    ) -> Evaluation {
         let candidates = self.candidates(driver);
         let ask = |access_mode| {
             let query = StorageQuery {
@@ -395,6 +432,7 @@ impl DriverTable {
                 volume_mode,
                 fs_type,
                 parameters,
+                host_path,
             };
             let rule = candidates
                 .iter()
@@ -477,6 +515,8 @@ struct RawRule {
     fs_types: Option<Vec<String>>,
     #[serde(default)]
     parameters: Vec<RawParameter>,
+    #[serde(default)]
+    path_prefixes: Option<Vec<String>>,
     verdict: Verdict,
     reason: String,
     #[serde(default)]
@@ -697,6 +737,40 @@ fn compile_rule(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    let path_prefixes = rule
+        .path_prefixes
+        .map(|prefixes| {
+            let host_path_only = matches!(&driver, DriverMatch::Exact(names)
+                if names.iter().all(|n| n == super::sources::pseudo::HOST_PATH));
+            if !host_path_only {
+                return Err(fail(
+                    "pathPrefixes",
+                    format!(
+                        "only rules for driver {} (hostPath volumes and PVs) can be narrowed by path",
+                        super::sources::pseudo::HOST_PATH
+                    ),
+                ));
+            }
+            if prefixes.is_empty() {
+                return Err(fail(
+                    "pathPrefixes",
+                    "empty list: omit the field to match every path".to_string(),
+                ));
+            }
+            prefixes
+                .iter()
+                .map(|p| {
+                    super::evidence::normalize_path(p).ok_or_else(|| {
+                        fail(
+                            "pathPrefixes",
+                            format!("{p:?} is not an absolute path such as /mnt/fuse"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+
     if rule.reason.trim().is_empty() {
         return Err(fail("reason", "a rule needs a reason sentence".to_string()));
     }
@@ -717,6 +791,7 @@ fn compile_rule(
         volume_mode,
         fs_types: rule.fs_types,
         parameters,
+        path_prefixes,
         verdict: rule.verdict,
         reason: rule.reason.trim().to_string(),
         min_kernel: rule.min_kernel,
@@ -1012,6 +1087,78 @@ rules:
     )]
     #[case::malformed_yaml("rules: [\n- driver: x\n", "test.yaml: malformed YAML:")]
     fn invalid_tables_are_rejected_with_a_located_message(
+        #[case] yaml: &str,
+        #[case] expected_prefix: &str,
+    ) {
+        let err = operator(yaml).expect_err("must be rejected").to_string();
+        assert!(
+            err.starts_with(expected_prefix),
+            "got: {err}\nwant prefix: {expected_prefix}"
+        );
+    }
+
+    #[test]
+    fn path_prefixes_narrow_host_path_rules_to_paths_at_or_below_them() {
+        let table = operator(
+            "rules:\n- driver: kubernetes.io/host-path\n  pathPrefixes: [/mnt/fuse, /srv/nfs/]\n  verdict: false\n  reason: FUSE and NFS mounts\n",
+        )
+        .unwrap();
+        let ask = |path: Option<&str>| {
+            table
+                .evaluate_at(
+                    "kubernetes.io/host-path",
+                    &[],
+                    VolumeMode::Filesystem,
+                    None,
+                    &params(&[]),
+                    path,
+                )
+                .verdict
+        };
+        assert_eq!(ask(Some("/mnt/fuse")), Verdict::False);
+        assert_eq!(ask(Some("/mnt/fuse/data")), Verdict::False);
+        assert_eq!(
+            ask(Some("/srv/nfs")),
+            Verdict::False,
+            "a trailing slash in the rule"
+        );
+        assert_eq!(
+            ask(Some("/mnt/fuse/../other")),
+            Verdict::True,
+            "resolved lexically"
+        );
+        // Other paths fall through to the built-in rule (hostPath inherits the node's ext4).
+        assert_eq!(
+            ask(Some("/mnt/fuse2")),
+            Verdict::True,
+            "a sibling is not below"
+        );
+        assert_eq!(ask(Some("/var/data")), Verdict::True);
+        assert_eq!(
+            ask(None),
+            Verdict::True,
+            "no path: the narrowed rule never matches"
+        );
+    }
+
+    #[rstest::rstest]
+    #[case::other_driver(
+        "rules:\n- driver: nfs.csi.k8s.io\n  pathPrefixes: [/mnt]\n  verdict: false\n  reason: r\n",
+        "test.yaml: rules[0] (driver \"nfs.csi.k8s.io\"): field pathPrefixes: only rules for driver kubernetes.io/host-path"
+    )]
+    #[case::host_path_among_others(
+        "rules:\n- driver: [kubernetes.io/host-path, kubernetes.io/local-volume]\n  pathPrefixes: [/mnt]\n  verdict: false\n  reason: r\n",
+        "test.yaml: rules[0] (driver \"kubernetes.io/host-path, kubernetes.io/local-volume\"): field pathPrefixes: only rules"
+    )]
+    #[case::relative(
+        "rules:\n- driver: kubernetes.io/host-path\n  pathPrefixes: [mnt/fuse]\n  verdict: false\n  reason: r\n",
+        "test.yaml: rules[0] (driver \"kubernetes.io/host-path\"): field pathPrefixes: \"mnt/fuse\" is not an absolute path"
+    )]
+    #[case::empty(
+        "rules:\n- driver: kubernetes.io/host-path\n  pathPrefixes: []\n  verdict: false\n  reason: r\n",
+        "test.yaml: rules[0] (driver \"kubernetes.io/host-path\"): field pathPrefixes: empty list"
+    )]
+    fn path_prefixes_are_refused_where_they_cannot_apply(
         #[case] yaml: &str,
         #[case] expected_prefix: &str,
     ) {

@@ -548,8 +548,44 @@ fn the_summary_of_an_enabled_pod_counts_its_volumes() {
     let d = decide(&pod("ns", "p").claim_volume("data", "safe").build());
     assert_eq!(
         d.summary(),
-        "no host namespaces or devices, and all 1 volume(s) support idmap mounts"
+        "no host namespaces or devices, and its one volume supports idmap mounts"
     );
+    let d = decide(
+        &pod("ns", "p")
+            .claim_volume("data", "safe")
+            .claim_volume("more", "safe")
+            .build(),
+    );
+    assert_eq!(
+        d.summary(),
+        "no host namespaces or devices, and all 2 volumes support idmap mounts"
+    );
+}
+
+#[test]
+fn the_summary_joins_blockers_without_doubled_punctuation() {
+    // The built-in table's reasons are sentences with their own full stop.
+    let mut s = Snapshot::default();
+    s.add_class(class("nfs-csi", "nfs.csi.k8s.io").build());
+    s.add_claim(claim("ns", "media").class("nfs-csi").build());
+    s.add_claim(claim("ns", "more").class("nfs-csi").build());
+    let p = pod("ns", "p")
+        .claim_volume("media", "media")
+        .claim_volume("more", "more")
+        .build();
+    let d = decide_pod(&p, "ns", &s, &DriverTable::defaults(), &keys());
+    assert_eq!(d.blockers.len(), 2);
+    assert!(d.blockers.iter().all(|b| b.message.ends_with('.')));
+    let summary = d.summary();
+    assert!(!summary.contains(".;"), "{summary}");
+    assert!(!summary.ends_with('.'), "{summary}");
+    assert_eq!(
+        summary.matches("; ClaimNotSupported: volume more").count(),
+        1,
+        "{summary}"
+    );
+    // The driver behind a claim blocker is kept for ranking.
+    assert_eq!(d.blockers[0].driver.as_deref(), Some("nfs.csi.k8s.io"));
 }
 
 // ---- property: never mutate when a blocker applies ----------------------------------------
@@ -853,4 +889,160 @@ fn one_overlong_blocker_message_is_cut_within_the_bound() {
     let summary = decide(&p.build()).summary();
     assert!(summary.len() <= pod::MAX_SUMMARY_BYTES, "{}", summary.len());
     assert!(summary.ends_with("…; … and 1 more"), "{summary}");
+}
+
+// ---- evidence from the nodes ---------------------------------------------------------------
+
+/// What the evidence loop writes after runc refused a FUSE volume (the real node's error).
+const RUNC_EVIDENCE: &str = r#"{"pod":"app/web-1","node":"node-a","time":"2026-05-01T10:00:00Z","runtime":"runc","error":"failed to set MOUNT_ATTR_IDMAP on /mnt/fuse: invalid argument (maybe the filesystem used doesn't support idmap mounts on this kernel?)"}"#;
+
+#[test]
+fn evidence_on_a_claim_wins_over_the_table_and_says_where_it_came_from() {
+    let c = claim("ns", "c")
+        .class("block")
+        .annotation("userns.io/idmap-evidence", RUNC_EVIDENCE)
+        .build();
+    let v = resolve(&snapshot(), &c);
+    assert_eq!(v.verdict, Verdict::False, "the table says true for block");
+    assert_eq!(
+        v.driver.as_deref(),
+        Some("block.example.com"),
+        "the driver stays"
+    );
+    for part in [
+        "node node-a",
+        "pod app/web-1",
+        "runc",
+        "MOUNT_ATTR_IDMAP",
+        "userns.io/idmap-evidence",
+    ] {
+        assert!(v.reason.contains(part), "{part}: {}", v.reason);
+    }
+}
+
+#[test]
+fn evidence_on_the_bound_volume_makes_its_claim_false_naming_the_volume() {
+    let mut s = snapshot();
+    s.add_volume(
+        volume("pv1")
+            .csi("block.example.com")
+            .annotation("userns.io/idmap-evidence", RUNC_EVIDENCE)
+            .build(),
+    );
+    let c = claim("ns", "c").bound_to("pv1").build();
+    let v = resolve(&s, &c);
+    assert_eq!(v.verdict, Verdict::False);
+    assert!(
+        v.reason.contains("its PersistentVolume pv1"),
+        "{}",
+        v.reason
+    );
+    let pv = s.volume("pv1").unwrap();
+    assert_eq!(
+        resolve_volume(pv.as_ref(), &s, &TABLE, &keys()).verdict,
+        Verdict::False
+    );
+}
+
+#[test]
+fn the_override_wins_over_evidence() {
+    let c = claim("ns", "c")
+        .class("block")
+        .annotation("userns.io/idmap-evidence", RUNC_EVIDENCE)
+        .annotation("userns.io/idmap-override", "true")
+        .build();
+    assert_eq!(resolve(&snapshot(), &c).verdict, Verdict::True);
+}
+
+#[test]
+fn empty_evidence_is_no_evidence_and_hand_written_evidence_counts() {
+    let empty = claim("ns", "c")
+        .class("block")
+        .annotation("userns.io/idmap-evidence", " ")
+        .build();
+    assert_eq!(resolve(&snapshot(), &empty).verdict, Verdict::True);
+    let by_hand = claim("ns", "c")
+        .class("block")
+        .annotation("userns.io/idmap-evidence", "fails on our FUSE nodes")
+        .build();
+    let v = resolve(&snapshot(), &by_hand);
+    assert_eq!(v.verdict, Verdict::False);
+    assert!(v.reason.contains("fails on our FUSE nodes"), "{}", v.reason);
+}
+
+/// A view with hostPath evidence for `/mnt/fuse`.
+struct WithFuseEvidence(Snapshot);
+
+impl ClusterView for WithFuseEvidence {
+    fn claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<crate::capability::PrunedClaim>> {
+        self.0.claim(ns, name)
+    }
+    fn volume(&self, name: &str) -> Option<std::sync::Arc<crate::capability::PrunedVolume>> {
+        self.0.volume(name)
+    }
+    fn storage_class(&self, name: &str) -> Option<std::sync::Arc<crate::capability::PrunedClass>> {
+        self.0.storage_class(name)
+    }
+    fn default_storage_class(&self) -> Option<std::sync::Arc<crate::capability::PrunedClass>> {
+        self.0.default_storage_class()
+    }
+    fn host_path_evidence(&self, path: &str) -> Option<Evidence> {
+        let mut evidence = Evidence::parse(RUNC_EVIDENCE).unwrap();
+        evidence.path = Some("/mnt/fuse".into());
+        let data = [(evidence::host_path_key("/mnt/fuse"), evidence.to_json())].into();
+        HostPathEvidence::from_data(&data).lookup(path).cloned()
+    }
+}
+
+#[rstest]
+#[case::the_path("/mnt/fuse", true)]
+#[case::below_it("/mnt/fuse/sub", true)]
+#[case::a_sibling("/mnt/fuse2", false)]
+#[case::elsewhere("/srv/data", false)]
+fn a_host_path_with_evidence_is_skipped_naming_it(#[case] path: &str, #[case] skipped: bool) {
+    let p = pod("ns", "p").host_path_volume("data", path).build();
+    let d = decide_pod(&p, "ns", &WithFuseEvidence(pod_view()), &TABLE, &keys());
+    if !skipped {
+        assert!(d.mutate(), "{:?}", d.blockers);
+        return;
+    }
+    assert_eq!(codes(&d), vec![BlockerCode::VolumeNotSupported]);
+    let message = &d.blockers[0].message;
+    for part in [
+        &format!("hostPath {path}"),
+        "node node-a",
+        "pod app/web-1",
+        "MOUNT_ATTR_IDMAP",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+}
+
+#[test]
+fn the_decision_reads_the_pods_node_name_and_node_affinity() {
+    use super::pod::{PodFacts, RequiredNodeAffinity};
+    let p = pod("ns", "p")
+        .set("/spec/nodeName", json!("node-a"))
+        .set(
+            "/spec/affinity",
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": []}, {"matchFields": []}]}}}),
+        )
+        .build();
+    let facts = PodFacts::of(&p);
+    let spec = facts.spec.unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some("node-a"));
+    assert_eq!(
+        spec.node_affinity,
+        RequiredNodeAffinity::Terms(vec![true, false])
+    );
+    let plain = pod("ns", "p").build();
+    assert_eq!(
+        PodFacts::of(&plain).spec.unwrap().node_affinity,
+        RequiredNodeAffinity::NoAffinity
+    );
 }

@@ -17,7 +17,7 @@ use futures::{FutureExt, Stream, StreamExt, future};
 use kube::Client;
 use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::events::Reporter;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,8 @@ pub struct Context {
     pub writes: WriteBudget,
     /// The `IdmapSupportChanged` Events, published after the label writes.
     pub events: ChangeEvents,
+    /// Other Events (evidence from the nodes).
+    pub recorder: Recorder,
     pub metrics: ControllerMetrics,
     /// Label writes the caches have not caught up with yet.
     pub written: PendingWrites,
@@ -56,7 +58,8 @@ pub struct Context {
 
 impl Context {
     /// The context over the shared caches, table and keys, writing at most `concurrency`
-    /// objects or Events at once and publishing Events as `reporter`; its metrics registered in
+    /// objects or `IdmapSupportChanged` Events at once and publishing them as `reporter` (other
+    /// Events go through `recorder`); its metrics registered in
     /// `registry`. Starts the Events' task (it ends with the context).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -65,6 +68,7 @@ impl Context {
         table: watch::Receiver<TableState>,
         keys: Keys,
         writable: watch::Receiver<bool>,
+        recorder: Recorder,
         reporter: Reporter,
         concurrency: u16,
         registry: &mut prometheus_client::registry::Registry,
@@ -73,6 +77,7 @@ impl Context {
         Context {
             events: ChangeEvents::start(client.clone(), reporter, writes.clone()),
             writes,
+            recorder,
             client,
             caches,
             table,

@@ -51,6 +51,8 @@ pub trait Labelled:
     /// The labels and annotations of the object that are read.
     fn marks(&self) -> &Marks;
 
+    fn marks_mut(&mut self) -> &mut Marks;
+
     /// The API of this object's kind, scoped like the object.
     fn api(client: Client, namespace: Option<&str>) -> Option<Api<Self>>;
 }
@@ -65,6 +67,10 @@ impl Labelled for PrunedClaim {
 
     fn marks(&self) -> &Marks {
         &self.marks
+    }
+
+    fn marks_mut(&mut self) -> &mut Marks {
+        &mut self.marks
     }
 
     fn api(client: Client, namespace: Option<&str>) -> Option<Api<Self>> {
@@ -82,6 +88,10 @@ impl Labelled for PrunedVolume {
 
     fn marks(&self) -> &Marks {
         &self.marks
+    }
+
+    fn marks_mut(&mut self) -> &mut Marks {
+        &mut self.marks
     }
 
     fn api(client: Client, _namespace: Option<&str>) -> Option<Api<Self>> {
@@ -102,6 +112,8 @@ pub struct DesiredKeys {
     pub label: &'static str,
     pub reason: String,
     pub driver: Option<String>,
+    /// The node's evidence (`<prefix>/idmap-evidence`), kept under our field manager.
+    pub evidence: Option<String>,
 }
 
 impl DesiredKeys {
@@ -110,7 +122,14 @@ impl DesiredKeys {
             label: verdict.verdict.as_str(),
             reason: verdict.reason.clone(),
             driver: verdict.driver.clone(),
+            evidence: None,
         }
+    }
+
+    /// The same keys, keeping `evidence`.
+    pub fn with_evidence(mut self, evidence: Option<&str>) -> DesiredKeys {
+        self.evidence = evidence.map(String::from);
+        self
     }
 
     /// Whether an object with these labels and annotations already carries exactly these
@@ -119,6 +138,7 @@ impl DesiredKeys {
         marks.label(&keys.supported) == Some(self.label)
             && marks.annotation(&keys.reason) == Some(self.reason.as_str())
             && marks.annotation(&keys.driver) == self.driver.as_deref()
+            && marks.annotation(&keys.idmap_evidence) == self.evidence.as_deref()
     }
 
     /// The metadata of a server-side apply patch holding only our keys. A key we owned and now
@@ -127,6 +147,9 @@ impl DesiredKeys {
         let mut annotations = BTreeMap::from([(keys.reason.clone(), self.reason.clone())]);
         if let Some(driver) = &self.driver {
             annotations.insert(keys.driver.clone(), driver.clone());
+        }
+        if let Some(evidence) = &self.evidence {
+            annotations.insert(keys.idmap_evidence.clone(), evidence.clone());
         }
         json!({
             "labels": {keys.supported.clone(): self.label},
@@ -150,7 +173,7 @@ pub async fn reconcile<K: Labelled>(
 pub(super) async fn relabel<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerError> {
     let started = Instant::now();
     let result = match ctx.needed_write(object) {
-        Some(desired) => label(object, desired, ctx).await,
+        Some(desired) => label(object, desired, ctx).await.map(|_| ()),
         None => Ok(()),
     };
     if result.is_ok() {
@@ -165,11 +188,26 @@ impl Context {
     /// The keys `object` should carry, when it does not carry them yet, no write of them is
     /// pending and this replica may write: whether it needs a write now.
     pub fn needed_write<K: Labelled>(&self, object: &K) -> Option<DesiredKeys> {
+        // Evidence just written on top of this very version is not in the cache yet: keep it.
+        match self.written.pending_evidence(object) {
+            Some(evidence) => self.write_for(&with_evidence(object, &self.keys, evidence), object),
+            None => self.write_for(object, object),
+        }
+    }
+
+    /// The keys `judged` should carry, when the object the cache holds as `object` (the same,
+    /// or it without evidence not written yet) does not carry them and no such write is pending.
+    fn write_for<K: Labelled>(&self, judged: &K, object: &K) -> Option<DesiredKeys> {
         let table = self.table.borrow().table().cloned();
         let (true, Some(table)) = (self.may_write(), table) else {
             return None;
         };
-        let desired = DesiredKeys::from_verdict(&object.judge(&self.caches, &table, &self.keys));
+        let evidence = judged
+            .marks()
+            .annotation(&self.keys.idmap_evidence)
+            .filter(|v| !v.trim().is_empty());
+        let desired = DesiredKeys::from_verdict(&judged.judge(&self.caches, &table, &self.keys))
+            .with_evidence(evidence);
         if desired.is_current(object.marks(), &self.keys) {
             self.written.forget(object);
             return None;
@@ -178,11 +216,43 @@ impl Context {
     }
 }
 
+/// Labels `object` `false` with a node's `evidence` (JSON, see `capability::Evidence`), under
+/// the same field manager as every other key, so later reconciles keep it. An object that
+/// already carries evidence keeps its own. Returns whether it wrote.
+pub async fn record_evidence<K: Labelled>(
+    object: &K,
+    evidence: &str,
+    ctx: &Context,
+) -> Result<bool, ControllerError> {
+    if object
+        .marks()
+        .annotation(&ctx.keys.idmap_evidence)
+        .is_some_and(|v| !v.trim().is_empty())
+    {
+        return Ok(false);
+    }
+    let judged = with_evidence(object, &ctx.keys, evidence.to_string());
+    match ctx.write_for(&judged, object) {
+        Some(desired) => label(object, desired, ctx).await,
+        None => Ok(false),
+    }
+}
+
+/// `object` as it will be once `evidence` is written on it.
+fn with_evidence<K: Labelled>(object: &K, keys: &Keys, evidence: String) -> K {
+    let mut object = object.clone();
+    object
+        .marks_mut()
+        .set_annotation(keys.idmap_evidence.clone(), evidence);
+    object
+}
+
+/// Applies `desired` to `object`; whether it wrote (not when the same write is in flight).
 async fn label<K: Labelled>(
     object: &K,
     desired: DesiredKeys,
     ctx: &Context,
-) -> Result<(), ControllerError> {
+) -> Result<bool, ControllerError> {
     let meta = object.meta();
     let name = meta.name.as_deref();
     let api = K::api(ctx.client.clone(), meta.namespace.as_deref());
@@ -202,7 +272,7 @@ async fn label<K: Labelled>(
     // Recorded before the write, so that a reconciliation of the same object from elsewhere (the
     // sweep and the controller may meet) does not send it again.
     if !ctx.written.begin(object, &desired) {
-        return Ok(());
+        return Ok(false);
     }
     let permit = ctx.writes.acquire(K::PRIORITY).await;
     let written = api
@@ -223,7 +293,7 @@ async fn label<K: Labelled>(
     }
     ctx.metrics.record_write(K::KIND);
     announce_change(ctx, object, &desired).await;
-    Ok(())
+    Ok(true)
 }
 
 /// The writes sent or being sent whose watch events the cache has not delivered yet. Until it
@@ -254,6 +324,17 @@ impl PendingWrites {
                 false
             }
             None => false,
+        }
+    }
+
+    /// Evidence we wrote on top of exactly the version `object` is, which it does not carry.
+    fn pending_evidence<K: Labelled>(&self, object: &K) -> Option<String> {
+        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        match writes.get(&Self::key(object)) {
+            Some((version, written)) if *version == object.meta().resource_version => {
+                written.evidence.clone()
+            }
+            _ => None,
         }
     }
 
@@ -470,6 +551,33 @@ mod tests {
             "the cache moved on"
         );
         assert!(pending.writes.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn evidence_is_one_of_our_keys_and_its_removal_is_a_difference() {
+        let keys = Keys::default();
+        let with = desired(None).with_evidence(Some("{\"node\":\"a\"}"));
+        assert_eq!(
+            with.apply_metadata(&keys)["annotations"]["userns.io/idmap-evidence"],
+            "{\"node\":\"a\"}"
+        );
+        let carrying = claim("ns", "c")
+            .set(
+                "/metadata/labels",
+                json!({"userns.io/idmap-supported": "false"}),
+            )
+            .annotation("userns.io/idmap-reason", "NFS")
+            .annotation("userns.io/idmap-evidence", "{\"node\":\"a\"}")
+            .build();
+        let marks = PrunedClaim::from(&carrying).marks;
+        assert!(
+            with.is_current(&marks, &keys),
+            "the pruned claim keeps the evidence"
+        );
+        assert!(
+            !desired(None).is_current(&marks, &keys),
+            "keys without the evidence would drop it"
+        );
     }
 
     #[test]

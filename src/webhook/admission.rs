@@ -16,15 +16,15 @@ use super::{Mode, WebhookState};
 use crate::capability::pod::{PodFacts, decide};
 use crate::capability::{Awaited, BlockerCode, PodDecision};
 use crate::config::TableState;
-use crate::keys::Keys;
+use crate::keys::{self, Keys};
 
-/// Values of the `<prefix>/decision` annotation.
-pub const DECISION_ENABLED: &str = "enabled";
-pub const DECISION_SKIPPED: &str = "skipped";
-pub const DECISION_AUDIT: &str = "audit";
+/// Values of the `<prefix>/decision` annotation (defined once, in [`crate::keys::decision`]).
+pub const DECISION_ENABLED: &str = keys::decision::ENABLED;
+pub const DECISION_SKIPPED: &str = keys::decision::SKIPPED;
+pub const DECISION_AUDIT: &str = keys::decision::AUDIT;
 /// A reinvocation found a pod we enabled no longer safe (a later webhook changed it): our
 /// `hostUsers: false` was removed.
-pub const DECISION_REVERTED: &str = "reverted";
+pub const DECISION_REVERTED: &str = keys::decision::REVERTED;
 
 /// The result of one admission: the response to send, and what to count.
 #[derive(Clone, Debug)]
@@ -241,13 +241,19 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
         return reinvoked(pod, namespace, state, allowed);
     }
 
-    let Some(decision) = decide_with_table(&pod.facts, namespace, state) else {
+    let Some(mut decision) = decide_with_table(&pod.facts, namespace, state) else {
         // Before the driver ConfigMap is read nothing can be judged: the pod stays as written.
         return Admission::fail_safe(allowed, "table_not_loaded");
     };
+    let require_node = crate::nodes::gate_decision(&mut decision, &pod.facts, state);
     let cache_miss = waits_for_caches(&decision);
     let (outcome, value, reason, set_host_users) = match (mode, decision.mutate()) {
-        (Mode::Enforce, true) => (Outcome::Enabled, DECISION_ENABLED, decision.summary(), true),
+        (Mode::Enforce, true) => (
+            Outcome::Enabled,
+            DECISION_ENABLED,
+            crate::nodes::with_node_requirement(decision.summary(), require_node, &state.keys),
+            true,
+        ),
         (Mode::Enforce, false) => (
             Outcome::Skipped,
             DECISION_SKIPPED,
@@ -257,17 +263,26 @@ pub fn mutate_pod(pod: &PodCreate<'_>, state: &WebhookState, mode: Mode) -> Admi
         (Mode::Audit, _) => (
             Outcome::Audit,
             DECISION_AUDIT,
-            audit_reason(&decision),
+            crate::nodes::with_node_requirement(
+                audit_reason(&decision),
+                require_node && decision.mutate(),
+                &state.keys,
+            ),
             false,
         ),
     };
-    let patch = decision_patch(
+    let mut patch = decision_patch(
         pod.meta.has_annotations,
         &state.keys,
         value,
         reason,
         set_host_users,
     );
+    if set_host_users && require_node {
+        patch
+            .0
+            .extend(crate::nodes::affinity_patch(&pod.facts, &state.keys));
+    }
     match allowed.with_patch(patch) {
         Ok(response) => Admission {
             response,
@@ -291,7 +306,8 @@ fn decide_with_table(
     let table = state.table.borrow().clone();
     match &table {
         TableState::InForce(table) => {
-            Some(decide(facts, namespace, &state.caches, table, &state.keys))
+            let view = crate::nodes::WithHostPaths::new(&state.caches, &state.nodes);
+            Some(decide(facts, namespace, &view, table, &state.keys))
         }
         TableState::Unusable(reason) => Some(PodDecision::blocked(
             BlockerCode::DriverTableInvalid,

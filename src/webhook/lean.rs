@@ -57,7 +57,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::admission::{PodCreate, PodMeta};
 use crate::capability::pod::{
-    ContainerFacts, ContainerKind, PodFacts, PodVolume, SpecFacts, VolumeSource,
+    ContainerFacts, ContainerKind, PodFacts, PodVolume, RequiredNodeAffinity, SpecFacts,
+    VolumeSource,
 };
 use crate::capability::sources::{PodMember, pod_volume_member};
 use crate::keys::Keys;
@@ -578,6 +579,15 @@ object_seed!(SpecSeed, SpecFacts<'de>, "a PodSpec", |_this, map| {
             "hostPID" => spec.host_pid = map.next_value()?,
             "hostIPC" => spec.host_ipc = map.next_value()?,
             "os" => spec.os_name = map.next_value_seed(Nullable(OsSeed))?,
+            "nodeName" => spec.node_name = Str::cow(map.next_value()?),
+            // Rare enough to decode with k8s-openapi's own type: the same errors as the full
+            // decoder, and only its shape is kept.
+            "affinity" => {
+                spec.node_affinity = RequiredNodeAffinity::of(
+                    map.next_value::<Option<k8s_openapi::api::core::v1::Affinity>>()?
+                        .as_ref(),
+                )
+            }
             "resourceClaims" => spec.resource_claims = non_empty(&mut map)?,
             "securityContext" => {
                 let ids = map

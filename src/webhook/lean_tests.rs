@@ -116,6 +116,7 @@ fn state_with(
         table,
         keys,
         metrics: WebhookMetrics::default(),
+        nodes: Default::default(),
     }
 }
 
@@ -639,6 +640,19 @@ fn generated_pod(prefix: &'static str) -> impl Strategy<Value = Value> {
             json!([]),
             json!([{"name": "gpu", "resourceClaimName": "gpu-claim"}]),
         ]),
+        member(vec![json!("node-a"), json!("")]),
+        member(vec![
+            json!({}),
+            json!({"podAntiAffinity": {}}),
+            json!({"nodeAffinity": {}}),
+            json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]},
+                {"matchExpressions": null}
+            ]}}}),
+        ]),
     );
     let containers = (
         prop::collection::vec(container(), 0..3),
@@ -652,7 +666,7 @@ fn generated_pod(prefix: &'static str) -> impl Strategy<Value = Value> {
         ],
     );
     (metadata, host, pod_level, containers, any::<bool>()).prop_map(
-        |(metadata, (users, network, pid, ipc), (os, security, claims), (containers, init, ephemeral, volumes), status)| {
+        |(metadata, (users, network, pid, ipc), (os, security, claims, node_name, affinity), (containers, init, ephemeral, volumes), status)| {
             let mut spec = json!({
                 "containers": containers,
                 "serviceAccountName": "default", "restartPolicy": "Always",
@@ -665,6 +679,8 @@ fn generated_pod(prefix: &'static str) -> impl Strategy<Value = Value> {
             put(&mut spec, "os", os);
             put(&mut spec, "securityContext", security);
             put(&mut spec, "resourceClaims", claims);
+            put(&mut spec, "nodeName", node_name);
+            put(&mut spec, "affinity", affinity);
             put(&mut spec, "initContainers", init.map(Value::from));
             put(&mut spec, "ephemeralContainers", ephemeral.map(Value::from));
             put(&mut spec, "volumes", volumes);

@@ -103,7 +103,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "tls_reloads",
-            "Reloads of the serving certificate from disk, by result (ok, error)",
+            "Reloads of the serving certificate from disk, or from a rotated shared self-signed CA, by result (ok, error)",
             metrics.tls_reloads.clone(),
         );
         registry.register(

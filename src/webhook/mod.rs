@@ -17,6 +17,8 @@
 //!   change on disk, or generated at start-up (`--self-signed-tls`) with its CA kept in the
 //!   webhook configuration's `caBundle` (watched, and written again whenever it is missing or
 //!   another, e.g. after the configuration was re-created).
+//! - [`ca`]: the self-signed CA: generated or read back and checked, the serving certificates
+//!   it issues, and its sharing between replicas through a Secret (`--self-signed-ca-secret`).
 //! - [`metrics`]: admissions by outcome and blocker code, errors by category, latency.
 //!
 //! What a pod CREATE gets (everything else, e.g. UPDATE or another kind: allowed, no patch):
@@ -42,14 +44,18 @@
 //! Contract with the runtime (`src/runtime.rs`):
 //! - [`WebhookArgs`] is flattened into `userns-labeler run`'s flags;
 //! - [`WebhookMetrics::register`] is called once at start-up;
-//! - [`WebhookListener::bind`] does the start-up work that can fail (certificate, port), so
-//!   that the runtime can end the process with the cause before serving anything;
+//! - [`WebhookListener::bind`] does the start-up work that can fail (certificate — with
+//!   `--self-signed-ca-secret` the shared CA read from or stored into its Secret in the
+//!   namespace given —, port), so that the runtime can end the process with the cause before
+//!   serving anything;
 //! - [`WebhookListener::serve`] (or [`serve`], both steps in one) runs the HTTPS server (mode and
 //!   cache wait from the flags, see [`AdmissionSettings`]) on every replica until `shutdown` is
 //!   cancelled; it returns early only with an error. Its `client` is only used to keep the
-//!   `caBundle` in `--self-signed-tls` mode, never per admission.
+//!   `caBundle` in `--self-signed-tls` mode (and to read the shared CA's Secret before a
+//!   write), never per admission.
 
 pub mod admission;
+pub mod ca;
 pub mod lean;
 pub mod metrics;
 pub mod review;
@@ -73,9 +79,10 @@ use crate::keys::Keys;
 use crate::limits::Limits;
 
 pub use admission::{Admission, PodCreate, mutate, mutate_pod};
+pub use ca::{Ca, CaSecret, InvalidCa};
 pub use metrics::{Outcome, WebhookMetrics};
 pub use server::{MAX_BODY_BYTES, MUTATE_PODS_PATH, WebhookListener, router, serve, serve_tls};
-pub use tls::{SelfSigned, ServerTls, keep_ca_bundle};
+pub use tls::{FollowSecret, SelfSigned, ServerTls, keep_ca_bundle};
 
 /// Whether the webhook changes pods or only annotates what it would do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -121,10 +128,23 @@ pub struct WebhookArgs {
     pub tls_reload_interval_seconds: u64,
 
     /// Generate a CA and serving certificate at start-up (SANs 127.0.0.1, localhost and
-    /// --tls-san) and write the CA into --webhook-config-name's caBundle. For one replica
-    /// (each replica would generate its own CA): demos and clusters without cert-manager.
+    /// --tls-san) and write the CA into --webhook-config-name's caBundle. Without
+    /// --self-signed-ca-secret for one replica only (each would generate its own CA): demos
+    /// and clusters without cert-manager.
     #[arg(long, env = "USERNS_SELF_SIGNED_TLS")]
     pub self_signed_tls: bool,
+
+    /// With --self-signed-tls: a Secret in --namespace through which the replicas share one
+    /// CA (keys ca.crt and ca.key). Created empty beforehand; the first replica to start
+    /// stores a new CA in it, the others use that one. Each replica issues its own serving
+    /// certificate from it. A Secret holding anything else than a usable CA is refused (the
+    /// process exits), never overwritten.
+    #[arg(
+        long,
+        env = "USERNS_SELF_SIGNED_CA_SECRET",
+        requires = "self_signed_tls"
+    )]
+    pub self_signed_ca_secret: Option<String>,
 
     /// Extra DNS names or IP addresses for the self-signed certificate, e.g. the Service's
     /// `<svc>.<ns>.svc`. Repeat or separate with commas.
@@ -180,6 +200,7 @@ impl Default for WebhookArgs {
             tls_key_file: None,
             tls_reload_interval_seconds: 5,
             self_signed_tls: false,
+            self_signed_ca_secret: None,
             tls_san: Vec::new(),
             webhook_config_name: None,
             webhook_cache_wait_ms: 1500,
@@ -198,6 +219,9 @@ pub struct WebhookState {
     pub table: watch::Receiver<TableState>,
     pub keys: Keys,
     pub metrics: WebhookMetrics,
+    /// What the nodes say: the node mode and the Node store, and the hostPaths a node could
+    /// not idmap-mount. The default judges no nodes.
+    pub nodes: crate::nodes::NodeSignals,
 }
 
 impl WebhookState {
@@ -214,7 +238,13 @@ impl WebhookState {
             table,
             keys,
             metrics,
+            nodes: crate::nodes::NodeSignals::default(),
         }
+    }
+
+    /// The same state, judging nodes by `nodes`.
+    pub fn with_nodes(self, nodes: crate::nodes::NodeSignals) -> WebhookState {
+        WebhookState { nodes, ..self }
     }
 
     /// True once every store has received its initial list.
@@ -225,6 +255,7 @@ impl WebhookState {
             && ready(c.volumes.wait_until_ready().now_or_never())
             && ready(c.classes.wait_until_ready().now_or_never())
             && ready(c.namespaces.wait_until_ready().now_or_never())
+            && self.nodes.synced()
     }
 }
 
@@ -274,6 +305,25 @@ pub enum WebhookError {
     GenerateCertificate(#[from] rcgen::Error),
     #[error("invalid --tls-san {0:?}: not a DNS name or IP address")]
     InvalidSan(String),
+    #[error(
+        "the Secret {namespace}/{name} (--self-signed-ca-secret) holds no usable CA: {reason}. \
+         It is not overwritten, as other replicas may be serving with its CA. Put a valid CA \
+         in it, or remove its data to have a new CA generated (kubectl -n {namespace} patch \
+         secret {name} --type=json -p '[{{\"op\":\"remove\",\"path\":\"/data\"}}]') and \
+         restart every replica"
+    )]
+    InvalidCaSecret {
+        namespace: String,
+        name: String,
+        reason: ca::InvalidCa,
+    },
+    #[error("reading or writing the Secret {namespace}/{name} (--self-signed-ca-secret): {cause}")]
+    CaSecret {
+        namespace: String,
+        name: String,
+        /// The API server's message (or the transport error) and what to do.
+        cause: String,
+    },
     #[error("binding the webhook server to {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -291,6 +341,8 @@ impl WebhookError {
             WebhookError::LoadCertificate { .. } => "load_certificate",
             WebhookError::GenerateCertificate(_) => "generate_certificate",
             WebhookError::InvalidSan(_) => "invalid_san",
+            WebhookError::InvalidCaSecret { .. } => "invalid_ca_secret",
+            WebhookError::CaSecret { .. } => "ca_secret",
             WebhookError::Bind { .. } => "bind",
             WebhookError::Serve(_) => "serve",
         }

@@ -20,10 +20,11 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, PodCreate, allowed_response, is_pod_create, mutate, mutate_pod};
+use super::ca::{Ca, CaSecret, Origin};
 use super::lean::{Review, decode_review};
 use super::metrics::Outcome;
 use super::review;
-use super::tls::{SelfSigned, ServerTls, keep_ca_bundle};
+use super::tls::{FollowSecret, ServerTls, keep_ca_bundle};
 use super::{AdmissionSettings, Mode, WebhookArgs, WebhookError, WebhookState};
 use crate::capability::Awaited;
 use crate::keys::Keys;
@@ -311,21 +312,55 @@ fn log_admission((namespace, name): (&str, &str), admission: &Admission) {
 
 /// The webhook's start-up work, done before anything is served so that each failure is an
 /// error with its cause: the certificate loaded from the files (and checked against its key) or
-/// generated, and `--webhook-addr` bound.
+/// generated (from the CA shared through `--self-signed-ca-secret`, if given), and
+/// `--webhook-addr` bound.
 pub struct WebhookListener {
     listener: std::net::TcpListener,
     tls: ServerTls,
-    /// The generated CA (`--self-signed-tls`), for the webhook configuration's caBundle.
-    self_signed_ca: Option<String>,
+    /// `--self-signed-tls`: the CA, for the webhook configuration's caBundle.
+    self_signed: Option<SelfSignedCa>,
+}
+
+/// The CA of `--self-signed-tls` and, when shared, its Secret.
+struct SelfSignedCa {
+    ca_pem: String,
+    secret: Option<CaSecret>,
 }
 
 impl WebhookListener {
-    /// Loads (or generates) the serving certificate and binds `--webhook-addr`.
-    pub async fn bind(args: &WebhookArgs) -> Result<WebhookListener, WebhookError> {
-        let (tls, self_signed_ca) = if args.self_signed_tls {
-            let generated = SelfSigned::generate(&args.tls_san)?;
-            let tls = ServerTls::from_pem(&generated.cert_pem, &generated.key_pem).await?;
-            (tls, Some(generated.ca_pem))
+    /// Loads (or generates) the serving certificate and binds `--webhook-addr`. With
+    /// `--self-signed-ca-secret` the CA comes from that Secret in `namespace` (stored there
+    /// first if it is empty; see [`CaSecret::load_or_create`]), read with `client`; `client`
+    /// is used for nothing else here.
+    pub async fn bind(
+        args: &WebhookArgs,
+        client: &kube::Client,
+        namespace: &str,
+    ) -> Result<WebhookListener, WebhookError> {
+        let (tls, self_signed) = if args.self_signed_tls {
+            let (ca, secret) = match &args.self_signed_ca_secret {
+                Some(name) => {
+                    let secret = CaSecret::new(client.clone(), namespace, name);
+                    let (ca, origin) = secret.load_or_create().await?;
+                    let how = match origin {
+                        Origin::Stored => "read the shared CA from its Secret",
+                        Origin::Generated => "generated a CA and stored it in the shared CA Secret",
+                        Origin::Conflict => {
+                            "read the shared CA another replica stored first in its Secret"
+                        }
+                    };
+                    tracing::info!(secret = %secret, "{how}");
+                    (ca, Some(secret))
+                }
+                None => (Ca::generate()?, None),
+            };
+            let serving = ca.issue(&args.tls_san)?;
+            let tls = ServerTls::from_pem(&serving.cert_pem, &serving.key_pem).await?;
+            let self_signed = SelfSignedCa {
+                ca_pem: serving.ca_pem,
+                secret,
+            };
+            (tls, Some(self_signed))
         } else if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
             let interval = Duration::from_secs(args.tls_reload_interval_seconds);
             (ServerTls::from_files(cert, key, interval).await?, None)
@@ -341,13 +376,14 @@ impl WebhookListener {
         Ok(WebhookListener {
             listener,
             tls,
-            self_signed_ca,
+            self_signed,
         })
     }
 
     /// Serves [`router`] over HTTPS until `shutdown` (see [`serve_tls`]). With
-    /// `--self-signed-tls` and `--webhook-config-name` it also keeps the generated CA in that
-    /// configuration's caBundle, in the background; `client` is used for nothing else.
+    /// `--self-signed-tls` and `--webhook-config-name` it also keeps the CA in that
+    /// configuration's caBundle, in the background (following the shared CA's Secret, if any:
+    /// [`FollowSecret`]); `client` is used for nothing else.
     pub async fn serve(
         self,
         args: &WebhookArgs,
@@ -355,11 +391,16 @@ impl WebhookListener {
         client: kube::Client,
         shutdown: CancellationToken,
     ) -> Result<(), WebhookError> {
-        match (self.self_signed_ca, args.webhook_config_name.clone()) {
-            (Some(ca_pem), Some(name)) => {
+        match (self.self_signed, args.webhook_config_name.clone()) {
+            (Some(SelfSignedCa { ca_pem, secret }), Some(name)) => {
+                let follow = secret.map(|secret| FollowSecret {
+                    secret,
+                    tls: self.tls.clone(),
+                    sans: args.tls_san.clone(),
+                });
                 let (metrics, shutdown) = (state.metrics.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    keep_ca_bundle(client, &name, &ca_pem, metrics, shutdown).await;
+                    keep_ca_bundle(client, &name, &ca_pem, follow, metrics, shutdown).await;
                 });
             }
             (Some(_), None) => tracing::warn!(
@@ -379,14 +420,15 @@ impl WebhookListener {
 }
 
 /// Runs the webhook from the flags until `shutdown`: [`WebhookListener::bind`], then
-/// [`WebhookListener::serve`].
+/// [`WebhookListener::serve`]. `namespace` is where `--self-signed-ca-secret` is.
 pub async fn serve(
     args: &WebhookArgs,
     state: Arc<WebhookState>,
     client: kube::Client,
+    namespace: &str,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
-    WebhookListener::bind(args)
+    WebhookListener::bind(args, &client, namespace)
         .await?
         .serve(args, state, client, shutdown)
         .await

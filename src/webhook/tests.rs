@@ -36,6 +36,7 @@ fn state() -> WebhookState {
         table,
         keys: Keys::default(),
         metrics: WebhookMetrics::default(),
+        nodes: Default::default(),
     }
 }
 
@@ -229,4 +230,168 @@ fn state_is_shareable() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<WebhookState>();
     let _ = Arc::new(state());
+}
+
+// ---- nodes and hostPath evidence -----------------------------------------------------------
+
+/// A node as the real kubelet reports it: the default handler with `userNamespaces: true`
+/// (or false, as a runtime without support reports).
+fn node(name: &str, user_namespaces: bool) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+        "status": {"runtimeHandlers": [{"name": "", "features": {"userNamespaces": user_namespaces}}]}
+    }))
+    .unwrap()
+}
+
+fn state_with_nodes(
+    mode: crate::nodes::NodeMode,
+    nodes: Vec<k8s_openapi::api::core::v1::Node>,
+    host_paths: crate::capability::HostPathEvidence,
+) -> WebhookState {
+    state().with_nodes(crate::nodes::NodeSignals::from_objects(
+        mode, nodes, host_paths,
+    ))
+}
+
+fn plain_pod() -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "a", "image": "x"}]}})
+}
+
+#[test]
+fn any_mode_skips_a_pod_when_no_node_supports_user_namespaces() {
+    use crate::nodes::NodeMode;
+    let state = state_with_nodes(
+        NodeMode::Any,
+        vec![node("old-1", false)],
+        Default::default(),
+    );
+    let admission = mutate(&request(&plain_pod()), &state, Mode::Enforce);
+    assert_eq!(admission.outcome, Outcome::Skipped);
+    assert_eq!(admission.blockers, vec![BlockerCode::NoUserNamespaceNode]);
+    let after = apply(&plain_pod(), &admission);
+    assert_eq!(after["spec"].get("hostUsers"), None);
+    let reason = after["metadata"]["annotations"]["userns.io/decision-reason"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.starts_with("NoUserNamespaceNode: none of the 1 schedulable Linux node(s)"),
+        "{reason}"
+    );
+    assert!(reason.contains("old-1"), "{reason}");
+}
+
+#[test]
+fn without_node_objects_or_in_off_mode_nodes_are_not_judged() {
+    use crate::nodes::NodeMode;
+    let none = state_with_nodes(NodeMode::Affinity, vec![], Default::default());
+    let off = state_with_nodes(
+        NodeMode::Off,
+        vec![node("old-1", false)],
+        Default::default(),
+    );
+    for state in [none, off] {
+        let admission = mutate(&request(&plain_pod()), &state, Mode::Enforce);
+        assert_eq!(admission.outcome, Outcome::Enabled);
+        assert_eq!(
+            apply(&plain_pod(), &admission)["spec"].get("affinity"),
+            None
+        );
+    }
+}
+
+#[test]
+fn affinity_mode_requires_a_supporting_node_when_only_some_support_them() {
+    use crate::nodes::NodeMode;
+    let state = state_with_nodes(
+        NodeMode::Affinity,
+        vec![node("new-1", true), node("old-1", false)],
+        Default::default(),
+    );
+    let admission = mutate(&request(&plain_pod()), &state, Mode::Enforce);
+    assert_eq!(admission.outcome, Outcome::Enabled);
+    let after = apply(&plain_pod(), &admission);
+    assert_eq!(after["spec"]["hostUsers"], false);
+    assert_eq!(
+        after["spec"]["affinity"],
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "userns.io/user-namespaces", "operator": "In", "values": ["true"]}]}]}}})
+    );
+    let reason = after["metadata"]["annotations"]["userns.io/decision-reason"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.contains("requires a node labelled userns.io/user-namespaces=true"),
+        "{reason}"
+    );
+
+    // Audit mode says so and changes nothing.
+    let audited = mutate(&request(&plain_pod()), &state, Mode::Audit);
+    let after = apply(&plain_pod(), &audited);
+    assert_eq!(after["spec"].get("affinity"), None);
+    assert!(
+        after["metadata"]["annotations"]["userns.io/decision-reason"]
+            .as_str()
+            .unwrap()
+            .contains("requires a node labelled")
+    );
+
+    // A skipped pod gets no affinity.
+    let mut blocked = plain_pod();
+    blocked["spec"]["hostNetwork"] = json!(true);
+    let skipped = mutate(&request(&blocked), &state, Mode::Enforce);
+    assert_eq!(apply(&blocked, &skipped)["spec"].get("affinity"), None);
+}
+
+#[test]
+fn a_pod_bound_to_a_node_without_support_is_skipped_naming_it() {
+    use crate::nodes::NodeMode;
+    let state = state_with_nodes(
+        NodeMode::Affinity,
+        vec![node("new-1", true), node("old-1", false)],
+        Default::default(),
+    );
+    let mut pod = plain_pod();
+    pod["spec"]["nodeName"] = json!("old-1");
+    let admission = mutate(&request(&pod), &state, Mode::Enforce);
+    assert_eq!(admission.blockers, vec![BlockerCode::NoUserNamespaceNode]);
+    pod["spec"]["nodeName"] = json!("new-1");
+    let admission = mutate(&request(&pod), &state, Mode::Enforce);
+    assert_eq!(admission.outcome, Outcome::Enabled);
+    assert_eq!(
+        apply(&pod, &admission)["spec"].get("affinity"),
+        None,
+        "bound: no affinity"
+    );
+}
+
+#[test]
+fn a_host_path_with_evidence_is_skipped_by_the_webhook() {
+    use crate::capability::{Evidence, HostPathEvidence, evidence::host_path_key};
+    let evidence = Evidence {
+        pod: "app/first".into(),
+        node: "node-a".into(),
+        time: "2026-05-01T10:00:00Z".into(),
+        runtime: "runc".into(),
+        error: "failed to set MOUNT_ATTR_IDMAP on /mnt/fuse: invalid argument".into(),
+        path: Some("/mnt/fuse".into()),
+    };
+    let records =
+        HostPathEvidence::from_data(&[(host_path_key("/mnt/fuse"), evidence.to_json())].into());
+    let state = state_with_nodes(crate::nodes::NodeMode::Any, vec![], records);
+    let mut pod = plain_pod();
+    pod["spec"]["volumes"] = json!([{"name": "f", "hostPath": {"path": "/mnt/fuse"}}]);
+    let admission = mutate(&request(&pod), &state, Mode::Enforce);
+    assert_eq!(admission.blockers, vec![BlockerCode::VolumeNotSupported]);
+    let after = apply(&pod, &admission);
+    let reason = after["metadata"]["annotations"]["userns.io/decision-reason"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.contains("hostPath /mnt/fuse could not be idmap-mounted"),
+        "{reason}"
+    );
+    assert!(reason.contains("pod app/first"), "{reason}");
 }

@@ -1,8 +1,8 @@
 //! The webhook's serving certificate: read from PEM files and re-read when they change on disk
 //! (cert-manager rotates them through a Secret volume), or generated at start-up with its CA
-//! kept in the MutatingWebhookConfiguration's caBundle (`--self-signed-tls`).
+//! kept in the MutatingWebhookConfiguration's caBundle (`--self-signed-tls`; the CA itself, and
+//! its sharing through a Secret, are in [`super::ca`]).
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -14,13 +14,10 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use tokio_util::sync::CancellationToken;
 
 use super::WebhookError;
+use super::ca::{Ca, CaSecret, Stored};
 use super::metrics::WebhookMetrics;
 
 /// The names every self-signed serving certificate carries.
@@ -89,6 +86,23 @@ impl ServerTls {
             config,
             files: None,
         })
+    }
+
+    /// Serves `cert_pem` and `key_pem` from now on (new connections), checked like
+    /// [`ServerTls::from_pem`]; on error the served certificate stays.
+    pub(crate) async fn replace_pem(
+        &self,
+        cert_pem: String,
+        key_pem: String,
+    ) -> Result<(), WebhookError> {
+        self.config
+            .reload_from_pem(cert_pem.into_bytes(), key_pem.into_bytes())
+            .await
+            .map_err(|source| WebhookError::LoadCertificate {
+                cert: PathBuf::from("<memory>"),
+                key: PathBuf::from("<memory>"),
+                source: explain(source),
+            })
     }
 
     pub fn rustls_config(&self) -> &RustlsConfig {
@@ -211,58 +225,7 @@ impl SelfSigned {
     /// Generates a CA and a serving certificate for 127.0.0.1, localhost and `extra_sans`
     /// (DNS names or IP addresses).
     pub fn generate(extra_sans: &[String]) -> Result<SelfSigned, WebhookError> {
-        let mut ca_params = CertificateParams::default();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "userns-labeler webhook CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate()?;
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let mut names: Vec<&str> = DEFAULT_SANS.to_vec();
-        for san in extra_sans
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-        {
-            if !names.contains(&san) {
-                names.push(san);
-            }
-        }
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "userns-labeler webhook");
-        params.subject_alt_names = names
-            .iter()
-            .map(|name| match name.parse::<IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => rustls_pki_types::DnsName::try_from(*name)
-                    .ok()
-                    .and_then(|_| (*name).try_into().ok())
-                    .map(SanType::DnsName)
-                    .ok_or_else(|| WebhookError::InvalidSan(name.to_string())),
-            })
-            .collect::<Result<_, _>>()?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok(SelfSigned {
-            ca_pem: ca_cert.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ca::generate()?.issue(extra_sans)
     }
 }
 
@@ -272,15 +235,21 @@ impl SelfSigned {
 /// or `kubectl replace`, edited) gets it written again within moments. A write is retried with
 /// exponential backoff (up to 10 s apart) on conflicts and transport errors. Each write is
 /// logged and counted (`ca_bundle_injections`). Never called per admission.
+///
+/// With `follow` (a CA shared through a Secret), the Secret is read before each write: when it
+/// holds another CA than `ca_pem` (rotated), this replica adopts that CA (see
+/// [`FollowSecret`]) and keeps its bundle instead, so replicas never write different bundles
+/// back and forth.
 pub async fn keep_ca_bundle(
     client: kube::Client,
     name: &str,
     ca_pem: &str,
+    follow: Option<FollowSecret>,
     metrics: WebhookMetrics,
     shutdown: CancellationToken,
 ) {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-    let bundle = ByteString(ca_pem.as_bytes().to_vec());
+    let mut bundle = ByteString(ca_pem.as_bytes().to_vec());
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let versions = watcher(api.clone(), config).default_backoff();
     futures::pin_mut!(versions);
@@ -307,6 +276,15 @@ pub async fn keep_ca_bundle(
             }
             None => return,
         };
+        if stale_ca_bundle(&current, &bundle).is_none() {
+            continue;
+        }
+        if let Some(follow) = &follow {
+            match follow.bundle_to_keep(&bundle, &metrics).await {
+                Some(kept) => bundle = kept,
+                None => continue,
+            }
+        }
         let Some(previous) = stale_ca_bundle(&current, &bundle) else {
             continue;
         };
@@ -321,6 +299,67 @@ pub async fn keep_ca_bundle(
                 previous,
                 "wrote the self-signed CA into the webhook configuration's caBundle"
             );
+        }
+    }
+}
+
+/// A replica whose CA is shared through a Secret (`--self-signed-ca-secret`): what it needs
+/// to follow a rotation of that CA without a restart.
+pub struct FollowSecret {
+    pub secret: CaSecret,
+    /// The served certificate, replaced by one issued from an adopted CA.
+    pub tls: ServerTls,
+    /// The extra names of the serving certificate (`--tls-san`).
+    pub sans: Vec<String>,
+}
+
+impl FollowSecret {
+    /// The bundle to write, given the Secret's content: `bundle` while the Secret holds that
+    /// CA, or cannot be read, or holds no usable CA (emptied for a rotation: the replica that
+    /// starts next generates the new one); the Secret's CA when it holds another one, adopted
+    /// first: a serving certificate issued from it replaces the served one (counted as a TLS
+    /// reload). `None`: write nothing, as the Secret holds another CA this replica cannot adopt.
+    async fn bundle_to_keep(
+        &self,
+        bundle: &ByteString,
+        metrics: &WebhookMetrics,
+    ) -> Option<ByteString> {
+        let secret = &self.secret;
+        let ca = match secret.current().await {
+            Ok(Stored::Ca(ca)) if ca.cert_pem().as_bytes() != bundle.0.as_slice() => ca,
+            Ok(Stored::Ca(_)) => return Some(bundle.clone()),
+            Ok(Stored::Empty) => {
+                tracing::warn!(%secret, "the shared CA Secret is empty; keeping this replica's CA until a restarted replica stores a new one");
+                return Some(bundle.clone());
+            }
+            Ok(Stored::Invalid(reason)) => {
+                tracing::warn!(%secret, %reason, "the shared CA Secret holds no usable CA; keeping this replica's CA");
+                return Some(bundle.clone());
+            }
+            Err(error) => {
+                tracing::warn!(%secret, %error, "cannot read the shared CA Secret; keeping this replica's CA");
+                return Some(bundle.clone());
+            }
+        };
+        let adopted = match ca.issue(&self.sans) {
+            Ok(serving) => {
+                self.tls
+                    .replace_pem(serving.cert_pem, serving.key_pem)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match adopted {
+            Ok(()) => {
+                metrics.tls_reload(true);
+                tracing::info!(%secret, "the shared CA Secret holds a new CA (rotated): now serving a certificate issued from it");
+                Some(ByteString(ca.cert_pem().as_bytes().to_vec()))
+            }
+            Err(error) => {
+                metrics.tls_reload(false);
+                tracing::error!(%secret, %error, "the shared CA Secret holds a new CA this replica cannot serve with; leaving the caBundle to the other replicas: restart this one");
+                None
+            }
         }
     }
 }

@@ -8,9 +8,12 @@
 #
 #   cluster.sh run        start everything in the foreground, print `READY <kubeconfig>` on stdout,
 #                         then stop and clean up when stdin reaches EOF or on SIGTERM/SIGINT
-#   cluster.sh up         the same in the background (for `make cluster`): returns once ready and
-#                         writes KUBECONFIG=/KUBECTL= lines to $CLUSTER_ENV (default target/cluster.env)
-#   cluster.sh down       stop a background cluster and clean up (also the leftovers of a crash)
+#   cluster.sh up         the same in the background (for `make cluster`, `make demo`): returns once
+#                         ready and writes KUBECONFIG=/KUBECTL= lines to $CLUSTER_ENV (default
+#                         target/cluster.env); interrupted or failing before that, it stops what
+#                         it started (also a supervisor still waiting for the lock)
+#   cluster.sh down       stop a background cluster and clean up (also the leftovers of a crash,
+#                         unless another run holds the lock: then they are that run's own)
 #   cluster.sh install    helm-install the chart into the running cluster (self-signed TLS, the
 #                         local image); extra arguments go to helm
 #   cluster.sh restart C  stop component C (kube-apiserver, kubelet, ...) and start it again
@@ -25,7 +28,8 @@
 #
 # Environment: USERNS_NODE_DIR (state, default /var/lib/userns-labeler-node), USERNS_TEST_KEEP=1
 # (keep the logs in $USERNS_NODE_DIR.logs-<time> after teardown), USERNS_NODE_IMAGES (directory
-# of OCI archives to import, default target/images).
+# of OCI archives to import, default target/images), USERNS_NODE_LOG (a log file of this script
+# that `run` removes after a clean teardown).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -604,6 +608,10 @@ cmd_run() {
             "$(tail -n 5 "$D"/logs/*.log 2>/dev/null)"
         teardown
         rm -f "$LOCK_FILE.pid"
+        # The caller's log of this script (node.rs), once the run ended well.
+        if [[ $1 == 0 && ${USERNS_TEST_KEEP:-0} == 0 && -n ${USERNS_NODE_LOG:-} ]]; then
+            rm -f -- "$USERNS_NODE_LOG"
+        fi
         exit "$1"
     }
     trap 'on_stop 0' TERM INT HUP
@@ -618,7 +626,11 @@ cmd_run() {
         exec 3<&0
         (
             read -r -u 3 _ || true
-            kill -TERM $$ 2>/dev/null
+            # Only while $$ is still this script (after a SIGKILL of the supervisor its pid
+            # may be reused).
+            if tr '\0' ' ' <"/proc/$$/cmdline" 2>/dev/null | grep -q 'cluster\.sh run'; then
+                kill -TERM $$ 2>/dev/null
+            fi
         ) 9>&- &
         exec 3<&-
     fi
@@ -646,15 +658,39 @@ cmd_up() {
     out=$(mktemp)
     # The supervisor outlives this command: its own session, output to the log file.
     setsid bash "$self" run detached >"$out" 2>"${out}.log" </dev/null &
-    local pid=$! deadline=$((SECONDS + 600))
+    UP_SUPERVISOR=$!
+    # Until the cluster is ready this command owns the supervisor: interrupted (Ctrl-C, SIGTERM)
+    # or failing, it stops it, so that a supervisor still waiting for the lock never starts a
+    # cluster later that nobody takes down.
+    abandon_up() {
+        local i
+        trap '' INT TERM HUP
+        alive "$UP_SUPERVISOR" || return 0
+        kill -TERM "$UP_SUPERVISOR" 2>/dev/null
+        for ((i = 0; i < 600; i++)); do
+            alive "$UP_SUPERVISOR" || return 0
+            sleep 0.1
+        done
+        log "the supervisor (pid $UP_SUPERVISOR) did not stop within 60s"
+    }
+    trap abandon_up EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM HUP
+    # Waiting for another run's lock does not count against the start-up time.
+    local pid=$UP_SUPERVISOR deadline=$((SECONDS + ${USERNS_NODE_LOCK_WAIT:-1800} + 600)) told=0
     until grep -q '^READY ' "$out"; do
         if ! alive "$pid"; then
             cat "${out}.log" >&2
             die "the cluster did not start (output above)"
         fi
-        ((SECONDS < deadline)) || die "the cluster did not become ready in 600s; see ${out}.log"
+        if ((!told)) && grep -q 'another cluster run holds' "${out}.log"; then
+            grep -m1 'another cluster run holds' "${out}.log" >&2
+            told=1
+        fi
+        ((SECONDS < deadline)) || die "the cluster did not become ready in time; see ${out}.log"
         sleep 0.5
     done
+    trap - EXIT INT TERM HUP
     local kubeconfig kubectl_bin
     read -r _ kubeconfig kubectl_bin <"$out"
     printf 'KUBECONFIG=%s\nKUBECTL=%s\n' "$kubeconfig" "$kubectl_bin" >"$env_file"
@@ -674,9 +710,17 @@ cmd_down() {
         alive "$pid" && die "the supervisor (pid $pid) did not stop within 60s"
     fi
     if [[ -e $D ]] || ip link show "$BRIDGE" >/dev/null 2>&1; then
-        binaries 2>/dev/null || true
-        take_lock
-        cleanup_leftovers
+        # Leftovers of a crash are cleaned under the lock; while another run holds it, what is
+        # there is that run's own (it cleans up a crashed predecessor itself when it starts).
+        mkdir -p "$(dirname "$LOCK_FILE")"
+        exec 9>>"$LOCK_FILE"
+        if flock -n 9; then
+            echo $$ >"$LOCK_FILE.pid"
+            binaries 2>/dev/null || true
+            cleanup_leftovers
+        else
+            log "another cluster run (supervisor pid $(cat "$LOCK_FILE.pid" 2>/dev/null || echo '?')) holds $LOCK_FILE: $D is its own; nothing to clean"
+        fi
     fi
     rm -f "${CLUSTER_ENV:-$repo/target/cluster.env}"
     log "cluster down"

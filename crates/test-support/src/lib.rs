@@ -10,6 +10,7 @@
 //! - [`webhook`]: webhook state without an API server, AdmissionReview builders and decoding,
 //!   a small HTTPS client;
 //! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
+//! - [`generate`]: generated clusters (pods, claims, volumes) for scale tests and benchmarks;
 //! - [`measure`]: the benchmarks' figures (resident memory, CPU time, load, percentiles);
 //! - [`tool`]: helm, the Kyverno CLI and third-party CRDs built by `make tools`.
 //!
@@ -20,6 +21,7 @@
 
 pub mod control_plane;
 pub mod fixtures;
+pub mod generate;
 pub mod labeler;
 pub mod measure;
 pub mod node;

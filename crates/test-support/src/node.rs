@@ -94,6 +94,7 @@ impl Cluster {
         let mut child = Command::new("bash")
             .arg(script())
             .arg("run")
+            .env("USERNS_NODE_LOG", &log)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -260,6 +261,110 @@ impl Cluster {
             .find(|(task, _)| *task == id)
             .and_then(|(_, pid)| pid.parse().ok())
     }
+}
+
+impl Cluster {
+    /// Stops the cluster (EOF on the script's stdin) and waits for its teardown.
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    /// The script's supervisor process (`cluster.sh run`).
+    pub fn supervisor_pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    /// The pid of a running component (`kubelet`, `containerd`, ...), from its pid file.
+    pub fn component_pid(&self, component: &str) -> Option<u32> {
+        fs::read_to_string(self.state_dir.join("pids").join(component))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// The host paths outside the state directory that the kubelet, containerd and CNI use
+/// whatever they are told (`cluster.sh` removes those it created).
+pub const HOST_PATHS: [&str; 6] = [
+    "/var/lib/kubelet",
+    "/run/containerd",
+    "/var/log/containers",
+    "/var/log/pods",
+    "/var/lib/cni",
+    "/run/nri",
+];
+
+/// Everything a cluster may leave behind, described: processes whose command line names the
+/// state directory, processes in `kubepods` cgroups, mounts under the state directory, the
+/// `kubepods` cgroups, the bridge, kube-proxy's nftables table, the state directory, and those of
+/// [`HOST_PATHS`] that are not in `existed_before`. Empty when nothing is left.
+pub fn leftovers(existed_before: &[&str]) -> Vec<String> {
+    let dir = state_dir();
+    let dir_str = dir.display().to_string();
+    let mut found = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == std::process::id() {
+                continue;
+            }
+            // A zombie has exited and holds nothing but its pid until its parent (after a
+            // crash: the machine's init, which may reap late or never) collects it.
+            if process_state(pid) == Some('Z') {
+                continue;
+            }
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if cmdline.contains(&dir_str) || cgroup.contains("/kubepods") {
+                found.push(format!("process {pid}: {}", cmdline.trim()));
+            }
+        }
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        if let Some(target) = line.split(' ').nth(4)
+            && (target == dir_str || target.starts_with(&format!("{dir_str}/")))
+        {
+            found.push(format!("mount {target}"));
+        }
+    }
+    if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            let kubepods = h.path().join("kubepods");
+            if kubepods.exists() {
+                found.push(format!("cgroup {}", kubepods.display()));
+            }
+        }
+    }
+    if Path::new("/sys/class/net/usernsbr0").exists() {
+        found.push("bridge usernsbr0".into());
+    }
+    let nft = Command::new("nft")
+        .args(["list", "table", "ip", "kube-proxy"])
+        .output();
+    if nft.is_ok_and(|o| o.status.success()) {
+        found.push("nftables table ip kube-proxy".into());
+    }
+    if dir.exists() {
+        found.push(format!("state directory {dir_str}"));
+    }
+    for path in HOST_PATHS {
+        if !existed_before.contains(&path) && Path::new(path).exists() {
+            found.push(format!("host path {path}"));
+        }
+    }
+    found
+}
+
+/// The state letter of `/proc/<pid>/stat` (after the parenthesised command name, which may
+/// itself contain spaces and parentheses).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 impl Drop for Cluster {

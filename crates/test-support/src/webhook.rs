@@ -119,6 +119,7 @@ pub fn state(caches: Caches) -> Arc<WebhookState> {
         table,
         keys: Keys::default(),
         metrics: WebhookMetrics::default(),
+        nodes: Default::default(),
     })
 }
 

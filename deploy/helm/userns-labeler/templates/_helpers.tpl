@@ -31,6 +31,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s-drivers" (include "userns-labeler.fullname" .) -}}
 {{- end -}}
 
+{{/* The labeler-owned ConfigMap of hostPaths a node could not idmap-mount. */}}
+{{- define "userns-labeler.evidenceConfigMapName" -}}
+{{- printf "%s-idmap-evidence" (include "userns-labeler.fullname" .) -}}
+{{- end -}}
+
 {{- define "userns-labeler.webhookConfigName" -}}
 {{- include "userns-labeler.fullname" . -}}
 {{- end -}}
@@ -53,8 +58,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s.%s.svc" (include "userns-labeler.fullname" .) .Release.Namespace -}}
 {{- end -}}
 
-{{- define "userns-labeler.replicas" -}}
-{{- if eq .Values.tls.mode "self-signed" -}}1{{- else -}}{{ .Values.replicaCount }}{{- end -}}
+{{/* Self-signed mode: the Secret through which the replicas share their CA. */}}
+{{- define "userns-labeler.caSecretName" -}}
+{{- printf "%s-webhook-ca" (include "userns-labeler.fullname" .) -}}
 {{- end -}}
 
 {{- define "userns-labeler.optOutKey" -}}
