@@ -7,10 +7,10 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
+use kube::core::Request;
 use kube::runtime::controller::Action;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -53,8 +53,9 @@ pub trait Labelled:
 
     fn marks_mut(&mut self) -> &mut Marks;
 
-    /// The API of this object's kind, scoped like the object.
-    fn api(client: Client, namespace: Option<&str>) -> Option<Api<Self>>;
+    /// Requests for this object's kind, scoped like the object (`None`: a claim without a
+    /// namespace).
+    fn requests(namespace: Option<&str>) -> Option<Request>;
 }
 
 impl Labelled for PrunedClaim {
@@ -73,8 +74,8 @@ impl Labelled for PrunedClaim {
         &mut self.marks
     }
 
-    fn api(client: Client, namespace: Option<&str>) -> Option<Api<Self>> {
-        namespaced(client, namespace)
+    fn requests(namespace: Option<&str>) -> Option<Request> {
+        namespace.map(|ns| Request::new(Self::url_path(&(), Some(ns))))
     }
 }
 
@@ -94,16 +95,9 @@ impl Labelled for PrunedVolume {
         &mut self.marks
     }
 
-    fn api(client: Client, _namespace: Option<&str>) -> Option<Api<Self>> {
-        Some(Api::all(client))
+    fn requests(_namespace: Option<&str>) -> Option<Request> {
+        Some(Request::new(Self::url_path(&(), None)))
     }
-}
-
-fn namespaced<K>(client: Client, namespace: Option<&str>) -> Option<Api<K>>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
-{
-    namespace.map(|ns| Api::namespaced(client, ns))
 }
 
 /// The values of our keys an object should carry.
@@ -255,8 +249,8 @@ async fn label<K: Labelled>(
 ) -> Result<bool, ControllerError> {
     let meta = object.meta();
     let name = meta.name.as_deref();
-    let api = K::api(ctx.client.clone(), meta.namespace.as_deref());
-    let (Some(name), Some(api)) = (name, api) else {
+    let requests = K::requests(meta.namespace.as_deref());
+    let (Some(name), Some(requests)) = (name, requests) else {
         return Err(ControllerError::Unnamed { kind: K::KIND });
     };
     let mut metadata = desired.apply_metadata(&ctx.keys);
@@ -275,13 +269,16 @@ async fn label<K: Labelled>(
         return Ok(false);
     }
     let permit = ctx.writes.acquire(K::PRIORITY).await;
-    let written = api
-        .patch_metadata(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await;
+    let written = match requests.patch_metadata(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    ) {
+        // The answer (the object's metadata, managedFields and all) is not decoded: the watch
+        // brings the same object to the cache, pruned.
+        Ok(request) => ctx.client.request_text(request).await.map(drop),
+        Err(e) => Err(kube::Error::BuildRequest(e)),
+    };
     drop(permit);
     if let Err(source) = written {
         ctx.written.forget(object);
