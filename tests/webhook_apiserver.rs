@@ -1048,7 +1048,10 @@ async fn a_pod_with_five_thousand_missing_claims_is_admitted_with_a_bounded_reas
     assert!(reason.len() <= 1024, "{}", reason.len());
     assert!(reason.starts_with("ClaimNotFound: "), "{reason}");
     assert!(reason.ends_with("more"), "{reason}");
-    assert!(took >= cache_wait, "the webhook waited for the claims: {took:?}");
+    assert!(
+        took >= cache_wait,
+        "the webhook waited for the claims: {took:?}"
+    );
     assert_eq!(webhook.state.metrics.cache_waits(false), 1);
     webhook.unregister().await;
 }

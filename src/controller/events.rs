@@ -1,7 +1,9 @@
 //! The `IdmapSupportChanged` Events, published off the write path: a label write queues its
-//! Event and moves on, and one task publishes the queue with the write budget's lowest priority.
-//! A table edit that flips many labels so writes them all at the API server's pace first, and
-//! its Events follow.
+//! Event and moves on, and one task publishes the queue with the write budget's lowest priority
+//! and at most [`EVENTS_PER_SECOND`]. A table edit that flips many labels so writes them at the
+//! API server's pace, and its Events trickle after them without taking the server's time from
+//! the writes; past [`QUEUE`] waiting Events the rest are dropped and counted
+//! (`userns_labeler_change_events_dropped`): each label's reason annotation says the same.
 //!
 //! Not through kube's `Recorder`: its series cache keys on the object's resourceVersion, which
 //! every label change moves, so it never merges our Events, while it keeps each one for six
@@ -9,7 +11,8 @@
 //! Events and scan them N times). Each Event here is what the Recorder creates for a first
 //! occurrence.
 
-use futures::StreamExt;
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -17,14 +20,19 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::Reporter;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::MissedTickBehavior;
 use tracing::warn;
 
 use super::budget::{Priority, WriteBudget};
 
-/// Events waiting to be published at most; a label write that would queue more waits for room
-/// (about half a kilobyte each).
-const QUEUE: usize = 10_000;
+/// Events waiting to be published at most (about half a kilobyte each); more are dropped.
+pub const QUEUE: usize = 10_000;
+
+/// Events published per second at most.
+pub const EVENTS_PER_SECOND: u32 = 20;
 
 /// The reason of every Event published here.
 pub const REASON: &str = "IdmapSupportChanged";
@@ -38,34 +46,43 @@ struct Pending {
 /// The queue of label-change Events; its task ends when the last handle is dropped.
 pub struct ChangeEvents {
     queue: mpsc::Sender<Pending>,
+    dropped: Counter,
 }
 
 impl ChangeEvents {
-    /// Starts the task that publishes queued Events as `reporter`, each holding a permit of
-    /// `budget` at [`Priority::Event`].
-    pub fn start(client: Client, reporter: Reporter, budget: WriteBudget) -> ChangeEvents {
-        let (queue, received) = mpsc::channel::<Pending>(QUEUE);
-        let pending =
-            futures::stream::unfold(
-                received,
-                |mut r| async move { r.recv().await.map(|p| (p, r)) },
-            );
-        let in_flight = budget.permits();
-        tokio::spawn(pending.for_each_concurrent(in_flight, move |event| {
-            let (client, reporter, budget) = (client.clone(), reporter.clone(), budget.clone());
-            async move {
+    /// Starts the task that publishes queued Events as `reporter`, one at a time and at most
+    /// [`EVENTS_PER_SECOND`], each holding a permit of `budget` at [`Priority::Event`]; Events
+    /// that find the queue full are counted in `dropped`.
+    pub fn start(
+        client: Client,
+        reporter: Reporter,
+        budget: WriteBudget,
+        dropped: Counter,
+    ) -> ChangeEvents {
+        let (queue, mut received) = mpsc::channel::<Pending>(QUEUE);
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_secs(1) / EVENTS_PER_SECOND);
+            pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            while let Some(event) = received.recv().await {
+                pace.tick().await;
                 let _permit = budget.acquire(Priority::Event).await;
-                publish(client, &reporter, event).await;
+                publish(client.clone(), &reporter, event).await;
             }
-        }));
-        ChangeEvents { queue }
+        });
+        ChangeEvents { queue, dropped }
     }
 
-    /// Queues a Normal `IdmapSupportChanged` Event about `regarding`; waits only while the
-    /// queue is full.
-    pub async fn announce(&self, regarding: ObjectReference, note: String) {
-        // The task ends only with the last sender, so sending cannot fail while `self` lives.
-        let _ = self.queue.send(Pending { regarding, note }).await;
+    /// Queues a Normal `IdmapSupportChanged` Event about `regarding`; never waits: when the
+    /// queue is full the Event is dropped and counted.
+    pub fn announce(&self, regarding: ObjectReference, note: String) {
+        if let Err(TrySendError::Full(_)) = self.queue.try_send(Pending { regarding, note })
+            && self.dropped.inc().is_multiple_of(1_000)
+        {
+            warn!(
+                queue = QUEUE,
+                "label-change Events are dropped: more labels changed than the Event queue holds (userns_labeler_change_events_dropped counts them)"
+            );
+        }
     }
 }
 

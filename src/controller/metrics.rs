@@ -40,6 +40,8 @@ pub struct ControllerMetrics {
     failures: Family<FailureLabels, Counter>,
     writes: Family<KindLabels, Counter>,
     label_changes: Family<KindLabels, Counter>,
+    /// Label changes whose Event was not published (the queue was full).
+    pub(crate) events_dropped: Counter,
     labelled: Family<LabelValueLabels, Gauge>,
 }
 
@@ -69,8 +71,13 @@ impl ControllerMetrics {
         );
         registry.register(
             "label_changes",
-            "Changes of an existing idmap label value (each announced by an IdmapSupportChanged Event), by kind",
+            "Changes of an existing idmap label value (each announced by an IdmapSupportChanged Event unless the Event queue was full), by kind",
             metrics.label_changes.clone(),
+        );
+        registry.register(
+            "change_events_dropped",
+            "IdmapSupportChanged Events not published because more label changes waited than the Event queue holds (a table edit flipping many labels); the labels and reasons carry the change",
+            metrics.events_dropped.clone(),
         );
         registry.register(
             "objects",

@@ -74,8 +74,14 @@ impl Context {
         registry: &mut prometheus_client::registry::Registry,
     ) -> Context {
         let writes = WriteBudget::new(concurrency.into());
+        let metrics = ControllerMetrics::register(registry);
         Context {
-            events: ChangeEvents::start(client.clone(), reporter, writes.clone()),
+            events: ChangeEvents::start(
+                client.clone(),
+                reporter,
+                writes.clone(),
+                metrics.events_dropped.clone(),
+            ),
             writes,
             recorder,
             client,
@@ -83,7 +89,7 @@ impl Context {
             table,
             keys,
             writable,
-            metrics: ControllerMetrics::register(registry),
+            metrics,
             written: PendingWrites::default(),
             backoff: Backoff::default(),
         }

@@ -289,7 +289,7 @@ async fn label<K: Labelled>(
         });
     }
     ctx.metrics.record_write(K::KIND);
-    announce_change(ctx, object, &desired).await;
+    announce_change(ctx, object, &desired);
     Ok(true)
 }
 
@@ -370,7 +370,7 @@ fn object_name<K: Resource>(object: &K) -> String {
 
 /// An Event when the label value changes (not on first labelling, which would flood a new
 /// cluster with one event per claim), queued: it is published after the label writes waiting.
-async fn announce_change<K: Labelled>(ctx: &Context, object: &K, desired: &DesiredKeys) {
+fn announce_change<K: Labelled>(ctx: &Context, object: &K, desired: &DesiredKeys) {
     let old = object.marks().label(&ctx.keys.supported);
     let Some(old) = old.filter(|old| *old != desired.label) else {
         return;
@@ -382,7 +382,7 @@ async fn announce_change<K: Labelled>(ctx: &Context, object: &K, desired: &Desir
         ctx.keys.supported, desired.label, desired.reason
     );
     truncate(&mut note, 1000);
-    ctx.events.announce(object.object_ref(&()), note).await;
+    ctx.events.announce(object.object_ref(&()), note);
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary (Event notes are bounded).
