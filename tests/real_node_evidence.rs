@@ -79,13 +79,44 @@ async fn cluster_with(
             "--set",
             &mode,
         ]);
+        webhook_decides(cluster).await;
         eprintln!(
-            "real node: chart installed with {values:?} in {:.1}s",
+            "real node: chart installed with {values:?} and its webhook deciding pods in {:.1}s",
             started.elapsed().as_secs_f64()
         );
         *installed = Some(values);
     }
     (cluster, installed)
+}
+
+/// Waits until a pod created through the API server (a server-side dry run in `default`) comes
+/// back with our decision: the install's rollout being done does not mean the API server
+/// already reaches the new replica through the Service (endpoints and kube-proxy follow), and
+/// until it does, pods are admitted unchanged (failurePolicy Ignore).
+async fn webhook_decides(cluster: &Cluster) {
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await, "default");
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "webhook-probe-"},
+        "spec": {"containers": [{"name": "c", "image": image("shell"), "command": ["true"]}]}
+    }))
+    .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(pod) = pods.create(&dry_run, &probe).await
+            && annotation(&pod, DECISION).is_some()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reinstalled webhook decided no pod within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn image(name: &str) -> String {
