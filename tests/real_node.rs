@@ -456,6 +456,27 @@ async fn the_chart_runs_two_ready_replicas_in_user_namespaces_under_restricted_p
     }
     let ns = namespace(&client, "rn-chart").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // The rollout being done does not mean the API server reaches the replicas through the
+    // Service yet (endpoints and kube-proxy follow); until it does, pods are admitted unchanged
+    // (failurePolicy Ignore). Dry-run pods show when it does.
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually(
+        "a dry-run pod decided through the Service",
+        Duration::from_secs(60),
+        || async {
+            let probe = pods
+                .create(&dry_run, &shell_pod("probe", "/tmp", None, json!({})))
+                .await
+                .map_err(|e| e.to_string())?;
+            annotation(&probe, DECISION)
+                .map(|_| ())
+                .ok_or_else(|| "not decided yet".to_owned())
+        },
+    )
+    .await;
     let pod = pods
         .create(
             &PostParams::default(),
