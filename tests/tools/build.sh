@@ -280,13 +280,14 @@ kyverno_server_done() { [[ -x $kyverno_server_dir/kyverno-server ]]; }
 
 # The server has no version flag: check that it starts far enough to print its
 # flags, and that the binary was built from exactly the pinned module version
-# (`go version -m` reads the build information Go embeds).
+# (`go version -m` reads the build information Go embeds; a `tool` directive's
+# module is listed as `mod`, a plain dependency as `dep`).
 kyverno_server_smoke() {
     local help info
     help=$("$1" --help 2>&1) && [[ $help == *-serverIP* && $help == *-caSecretName* ]] ||
         { echo "'--help' did not list -serverIP and -caSecretName: $(head -5 <<<"$help")"; return 1; }
     info=$("$GO" version -m "$1") || return 1
-    grep -Eq "^[[:space:]]*dep[[:space:]]+$kyverno_module[[:space:]]+$kyverno_version([[:space:]]|\$)" <<<"$info" ||
+    grep -Eq "^[[:space:]]*(mod|dep)[[:space:]]+$kyverno_module[[:space:]]+$kyverno_version([[:space:]]|\$)" <<<"$info" ||
         { echo "built from another $kyverno_module version: $(grep "$kyverno_module" <<<"$info" | head -2)"; return 1; }
     echo "kyverno admission server from $kyverno_module $kyverno_version"
 }
