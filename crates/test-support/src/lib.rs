@@ -11,7 +11,8 @@
 //!   a small HTTPS client;
 //! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
 //! - [`generate`]: generated clusters (pods, claims, volumes) for scale tests and benchmarks;
-//! - [`tool`]: helm, the Kyverno CLI and third-party CRDs built by `make tools`.
+//! - [`kyverno`]: Kyverno's real admission server, out of cluster against the control plane;
+//! - [`tool`]: helm, the Kyverno CLI and server, and third-party CRDs built by `make tools`.
 //!
 //! Paths into the repository (`tests/control-plane/versions.env`, `tests/tools/build.sh`,
 //! `deploy/`) are resolved from [`repo_root`], this crate's manifest directory two levels up.
@@ -21,6 +22,7 @@
 pub mod control_plane;
 pub mod fixtures;
 pub mod generate;
+pub mod kyverno;
 pub mod labeler;
 pub mod node;
 pub mod webhook;
@@ -54,7 +56,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A tool built and cached by `tests/tools/build.sh` (`helm`, `kyverno`, or `crds`, the
+/// A tool built and cached by `tests/tools/build.sh` (`helm`, `kyverno`, `kyverno-server`, or `crds`, the
 /// directory of CRDs): its path, built on first use. Fails loudly with the reason, never skips.
 pub fn tool(name: &str) -> PathBuf {
     static PATHS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
