@@ -297,9 +297,10 @@ fn kyverno_cli_skips_each_test_pod_for_its_own_blocker_and_mutates_the_others() 
         let (ns, name) = pod.split_once('/').expect("namespace/name");
         let mutated = format!("mutated Pod/{name} in namespace {ns}");
         if !rows.iter().any(|r| {
-            row_resource(r) == *pod && r["POLICY"] == POLICY_NAME && r["Message"] == mutated.as_str()
-        })
-        {
+            row_resource(r) == *pod
+                && r["POLICY"] == POLICY_NAME
+                && r["Message"] == mutated.as_str()
+        }) {
             wrong.push(format!("{pod}: no row saying {mutated:?}"));
         }
     }
@@ -372,8 +373,10 @@ fn both_policies_read_claims_only_through_the_shipped_claim_maps() {
     assert_eq!(projections[0]["name"], "byName");
     let projection = squeeze(projections[0]["jmesPath"].as_str().unwrap());
     assert!(
-        projection.contains(&format!("\"{}\"", userns_labeler::policy_maps::map_label(&Default::default())))
-            && projection.contains(userns_labeler::policy_maps::MAP_FORMAT),
+        projection.contains(&format!(
+            "\"{}\"",
+            userns_labeler::policy_maps::map_label(&Default::default())
+        )) && projection.contains(userns_labeler::policy_maps::MAP_FORMAT),
         "the projection selects the maps by the publisher's label: {projection}"
     );
 
@@ -390,7 +393,12 @@ fn both_policies_read_claims_only_through_the_shipped_claim_maps() {
     assert_eq!(rules.len(), 1);
     let context = rules[0]["context"].as_array().expect("a context");
     for entry in context {
-        let keys: Vec<&String> = entry.as_object().unwrap().keys().filter(|k| *k != "name").collect();
+        let keys: Vec<&String> = entry
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "name")
+            .collect();
         match keys.as_slice() {
             [k] if *k == "variable" => {}
             [k] if *k == "globalReference" => assert_eq!(
@@ -407,14 +415,18 @@ fn both_policies_read_claims_only_through_the_shipped_claim_maps() {
     );
     // Every possible shard of the pod's namespace is looked up, and only those.
     let reference = squeeze(
-        context.iter().find(|c| c["globalReference"].is_object()).unwrap()["globalReference"]
-            ["jmesPath"]
+        context
+            .iter()
+            .find(|c| c["globalReference"].is_object())
+            .unwrap()["globalReference"]["jmesPath"]
             .as_str()
             .unwrap(),
     );
     for shard in 0..userns_labeler::policy_maps::MAX_SHARDS {
         assert!(
-            reference.contains(&format!("\"userns-claims.{{{{request.namespace}}}}.{shard}\"")),
+            reference.contains(&format!(
+                "\"userns-claims.{{{{request.namespace}}}}.{shard}\""
+            )),
             "shard {shard} is not looked up: {reference}"
         );
     }
@@ -426,10 +438,19 @@ fn both_policies_read_claims_only_through_the_shipped_claim_maps() {
     assert_eq!(cel["apiVersion"], "policies.kyverno.io/v1");
     assert_eq!(cel["kind"], "MutatingPolicy");
     assert_eq!(cel["metadata"]["name"], CEL_POLICY_NAME);
-    assert_eq!(cel["spec"]["autogen"]["podControllers"]["controllers"], json!([]));
+    assert_eq!(
+        cel["spec"]["autogen"]["podControllers"]["controllers"],
+        json!([])
+    );
     let text = fs::read_to_string(kyverno_dir().join("enable-userns-cel.yaml")).unwrap();
-    assert!(text.contains(&format!("globalContext.Get(\"{GLOBAL_CONTEXT_ENTRY}\", \"byName\")")));
-    assert!(!text.contains("resource.Get") && !text.contains("resource.List") && !text.contains("http."));
+    assert!(text.contains(&format!(
+        "globalContext.Get(\"{GLOBAL_CONTEXT_ENTRY}\", \"byName\")"
+    )));
+    assert!(
+        !text.contains("resource.Get")
+            && !text.contains("resource.List")
+            && !text.contains("http.")
+    );
     assert!(
         text.contains(&format!(
             "[{}]",
@@ -441,7 +462,10 @@ fn both_policies_read_claims_only_through_the_shipped_claim_maps() {
         "the CEL policy looks up every possible shard"
     );
     // The matchConditions are offloaded to the API server's webhook: nothing but the request.
-    for condition in cel["spec"]["matchConditions"].as_array().expect("matchConditions") {
+    for condition in cel["spec"]["matchConditions"]
+        .as_array()
+        .expect("matchConditions")
+    {
         let expression = condition["expression"].as_str().unwrap();
         assert!(
             !expression.contains("variables.") && !expression.contains("globalContext"),
@@ -452,7 +476,11 @@ fn both_policies_read_claims_only_through_the_shipped_claim_maps() {
 
     // The CLI tests mock the entry with the same projection.
     for (path, test) in kyverno_test_files() {
-        for mock in test["globalContextEntries"].as_array().into_iter().flatten() {
+        for mock in test["globalContextEntries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             assert_eq!(mock["name"], GLOBAL_CONTEXT_ENTRY, "{}", path.display());
             assert_eq!(
                 squeeze(mock["projections"][0]["path"].as_str().unwrap()),
@@ -471,13 +499,15 @@ fn the_mocked_claim_maps_are_what_the_publisher_makes_of_the_mocked_claims() {
     let keys = userns_labeler::keys::Keys::default();
     let mut claims: BTreeMap<String, BTreeMap<String, Support>> = BTreeMap::new();
     for claim in documents(&dir.join("claims.yaml")) {
-        let support = Support::from_label(
-            claim["metadata"]["labels"]["userns.io/idmap-supported"].as_str(),
-        );
+        let support =
+            Support::from_label(claim["metadata"]["labels"]["userns.io/idmap-supported"].as_str());
         claims
             .entry(claim["metadata"]["namespace"].as_str().unwrap().to_owned())
             .or_default()
-            .insert(claim["metadata"]["name"].as_str().unwrap().to_owned(), support);
+            .insert(
+                claim["metadata"]["name"].as_str().unwrap().to_owned(),
+                support,
+            );
     }
     let mut expected: Vec<Value> = claims
         .iter()

@@ -134,7 +134,13 @@ fn enabled(pod: &Pod) -> bool {
 }
 
 /// Dry-run creates `probe` until `want(enabled)` holds; the time it took.
-async fn wait_for(pods: &Api<Pod>, probe: &Pod, want: bool, what: &str, server: &KyvernoServer) -> Duration {
+async fn wait_for(
+    pods: &Api<Pod>,
+    probe: &Pod,
+    want: bool,
+    what: &str,
+    server: &KyvernoServer,
+) -> Duration {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(120);
     loop {
@@ -153,15 +159,39 @@ async fn wait_for(pods: &Api<Pod>, probe: &Pod, want: bool, what: &str, server: 
 /// The cases every policy must decide the same way (from the blockers in the README).
 async fn check_cases(pods: &Api<Pod>, policy: &str) {
     let cases: Vec<(&str, Pod, bool)> = vec![
-        ("true-claim", pod("true-claim", json!({}), claim_volumes(&["db"])), true),
+        (
+            "true-claim",
+            pod("true-claim", json!({}), claim_volumes(&["db"])),
+            true,
+        ),
         ("no-volumes", pod("no-volumes", json!({}), json!([])), true),
-        ("false-claim", pod("false-claim", json!({}), claim_volumes(&["nfs"])), false),
-        ("unknown-claim", pod("unknown-claim", json!({}), claim_volumes(&["vendor"])), false),
-        ("missing-claim", pod("missing-claim", json!({}), claim_volumes(&["not-there"])), false),
-        ("true-and-false", pod("true-and-false", json!({}), claim_volumes(&["db", "nfs"])), false),
+        (
+            "false-claim",
+            pod("false-claim", json!({}), claim_volumes(&["nfs"])),
+            false,
+        ),
+        (
+            "unknown-claim",
+            pod("unknown-claim", json!({}), claim_volumes(&["vendor"])),
+            false,
+        ),
+        (
+            "missing-claim",
+            pod("missing-claim", json!({}), claim_volumes(&["not-there"])),
+            false,
+        ),
+        (
+            "true-and-false",
+            pod("true-and-false", json!({}), claim_volumes(&["db", "nfs"])),
+            false,
+        ),
         (
             "host-network",
-            pod("host-network", json!({"hostNetwork": true}), claim_volumes(&["db"])),
+            pod(
+                "host-network",
+                json!({"hostNetwork": true}),
+                claim_volumes(&["db"]),
+            ),
             false,
         ),
         (
@@ -208,8 +238,7 @@ async fn check_cases(pods: &Api<Pod>, policy: &str) {
             );
             // Only hostUsers and the two annotations change: no label added.
             assert_eq!(
-                got.metadata.labels,
-                pod.metadata.labels,
+                got.metadata.labels, pod.metadata.labels,
                 "{policy} {name}: labels"
             );
         } else {
@@ -263,7 +292,11 @@ async fn both_policies_decide_pods_on_the_live_kyverno_server_from_the_published
             "globalcontextentry/userns-claim-maps",
         ],
     );
-    assert!(ok, "the GlobalContextEntry is not Ready: {out}\n{}", server.log_tail(30));
+    assert!(
+        ok,
+        "the GlobalContextEntry is not Ready: {out}\n{}",
+        server.log_tail(30)
+    );
 
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let probe = pod("probe", json!({}), claim_volumes(&["db"]));
@@ -271,16 +304,50 @@ async fn both_policies_decide_pods_on_the_live_kyverno_server_from_the_published
         ("enable-userns.yaml", "userns-enable-when-safe"),
         ("enable-userns-cel.yaml", "userns-enable-when-safe-cel"),
     ] {
-        publish(&cms, &ns, &[("db", Support::True), ("nfs", Support::False), ("vendor", Support::Unknown)]).await;
+        publish(
+            &cms,
+            &ns,
+            &[
+                ("db", Support::True),
+                ("nfs", Support::False),
+                ("vendor", Support::Unknown),
+            ],
+        )
+        .await;
         kubectl_apply(cp, &deploy.join(file));
-        let took = wait_for(&pods, &probe, true, &format!("{policy} enabling a pod"), &server).await;
+        let took = wait_for(
+            &pods,
+            &probe,
+            true,
+            &format!("{policy} enabling a pod"),
+            &server,
+        )
+        .await;
         eprintln!("{policy}: first mutation seen {took:?} after apply");
         check_cases(&pods, policy).await;
 
         // The table says "false" now: the map changes, Kyverno's projection follows.
-        publish(&cms, &ns, &[("db", Support::False), ("nfs", Support::False), ("vendor", Support::Unknown)]).await;
-        let window = wait_for(&pods, &probe, false, &format!("{policy} after db flipped to false"), &server).await;
-        eprintln!("{policy}: a flipped claim stops enabling pods {window:?} after its map is written");
+        publish(
+            &cms,
+            &ns,
+            &[
+                ("db", Support::False),
+                ("nfs", Support::False),
+                ("vendor", Support::Unknown),
+            ],
+        )
+        .await;
+        let window = wait_for(
+            &pods,
+            &probe,
+            false,
+            &format!("{policy} after db flipped to false"),
+            &server,
+        )
+        .await;
+        eprintln!(
+            "{policy}: a flipped claim stops enabling pods {window:?} after its map is written"
+        );
         assert!(
             window < Duration::from_secs(10),
             "{policy}: {window:?} from the map write until Kyverno stopped enabling"

@@ -211,8 +211,7 @@ pub fn diff_namespace(
         }
     }
     for (name, shard) in published {
-        if shard.namespace == desired.namespace && !desired.shards.iter().any(|s| &s.name == name)
-        {
+        if shard.namespace == desired.namespace && !desired.shards.iter().any(|s| &s.name == name) {
             changes.push(ShardChange::Delete(name.clone()));
         }
     }
@@ -289,10 +288,7 @@ mod tests {
     use super::*;
 
     fn claims(entries: &[(&str, Support)]) -> BTreeMap<String, Support> {
-        entries
-            .iter()
-            .map(|(n, s)| ((*n).to_owned(), *s))
-            .collect()
+        entries.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect()
     }
 
     fn published(shards: &NamespaceShards) -> BTreeMap<String, PublishedShard> {
@@ -474,10 +470,7 @@ mod tests {
         let c = claims(&[("a", Support::True), ("b", Support::True)]);
         let desired = desired_shards("apps", &c);
         let mut p = published(&desired);
-        p.get_mut("userns-claims.apps.0")
-            .unwrap()
-            .data
-            .remove("b");
+        p.get_mut("userns-claims.apps.0").unwrap().data.remove("b");
         assert_eq!(diff_namespace(&desired, &p).len(), 1);
         let mut p = published(&desired);
         p.get_mut("userns-claims.apps.0")
@@ -567,19 +560,37 @@ mod tests {
         let ann: BTreeMap<String, String> =
             [("userns.io/claim-map-namespace".into(), "apps".into())].into();
         assert!(
-            published_from("userns-claims.apps.3", Some(&label), Some(&ann), None, &keys)
-                .is_some()
+            published_from(
+                "userns-claims.apps.3",
+                Some(&label),
+                Some(&ann),
+                None,
+                &keys
+            )
+            .is_some()
         );
         // The driver ConfigMap and friends: no label.
         assert!(published_from("userns-claims.apps.0", None, Some(&ann), None, &keys).is_none());
         // A name that does not match its annotation is not ours to manage.
         assert!(
-            published_from("userns-claims.other.0", Some(&label), Some(&ann), None, &keys)
-                .is_none()
+            published_from(
+                "userns-claims.other.0",
+                Some(&label),
+                Some(&ann),
+                None,
+                &keys
+            )
+            .is_none()
         );
         assert!(
-            published_from("userns-claims.apps.x", Some(&label), Some(&ann), None, &keys)
-                .is_none()
+            published_from(
+                "userns-claims.apps.x",
+                Some(&label),
+                Some(&ann),
+                None,
+                &keys
+            )
+            .is_none()
         );
     }
 }

@@ -319,10 +319,13 @@ impl PolicyMaps {
     ) -> Result<BTreeMap<String, PublishedShard>, PolicyMapError> {
         let keys = &self.settings.keys;
         let params = ListParams::default().labels(&map_label(keys));
-        let list = api.list(&params).await.map_err(|source| PolicyMapError::List {
-            namespace: self.settings.namespace.clone(),
-            source,
-        })?;
+        let list = api
+            .list(&params)
+            .await
+            .map_err(|source| PolicyMapError::List {
+                namespace: self.settings.namespace.clone(),
+                source,
+            })?;
         let shards: BTreeMap<String, PublishedShard> = list
             .items
             .iter()
@@ -338,7 +341,10 @@ impl PolicyMaps {
             })
             .map(|p| (p.name.clone(), p))
             .collect();
-        info!(shards = shards.len(), "claim maps: listed the published maps");
+        info!(
+            shards = shards.len(),
+            "claim maps: listed the published maps"
+        );
         Ok(shards)
     }
 
@@ -357,7 +363,11 @@ impl PolicyMaps {
                         name: shard.name.clone(),
                         source,
                     })?;
-                debug!(name = shard.name, claims = shard.data.len(), "claim map written");
+                debug!(
+                    name = shard.name,
+                    claims = shard.data.len(),
+                    "claim map written"
+                );
             }
             ShardChange::Delete(name) => {
                 match api.delete(name, &DeleteParams::default()).await {
@@ -450,8 +460,15 @@ mod tests {
         let mut index = Index::default();
         listed(&mut index, &[claim("a", "x", Support::True)]);
         dirty(&mut index);
-        index.observe(&watcher::Event::Delete(claim("a", "missing", Support::True)));
-        assert!(dirty(&mut index).is_empty(), "an unknown claim changes nothing");
+        index.observe(&watcher::Event::Delete(claim(
+            "a",
+            "missing",
+            Support::True,
+        )));
+        assert!(
+            dirty(&mut index).is_empty(),
+            "an unknown claim changes nothing"
+        );
         index.observe(&watcher::Event::Delete(claim("a", "x", Support::True)));
         let work = index.take_dirty();
         assert_eq!(work, vec![("a".to_owned(), BTreeMap::new())]);
@@ -490,7 +507,11 @@ mod tests {
         listed(&mut index, &claims);
         dirty(&mut index);
         for c in &claims {
-            index.observe(&watcher::Event::Apply(claim("apps", &c.name, Support::False)));
+            index.observe(&watcher::Event::Apply(claim(
+                "apps",
+                &c.name,
+                Support::False,
+            )));
         }
         let work = index.take_dirty();
         assert_eq!(work.len(), 1);

@@ -67,7 +67,9 @@ impl KyvernoServer {
                 .strip_prefix("ready ")
                 .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|p| p.parse::<u16>().ok())
-                .unwrap_or_else(|| panic!("kyverno-server.sh printed {line:?}, not `ready <port> <pid>`")),
+                .unwrap_or_else(|| {
+                    panic!("kyverno-server.sh printed {line:?}, not `ready <port> <pid>`")
+                }),
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
@@ -122,7 +124,8 @@ impl Drop for KyvernoServer {
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
