@@ -11,8 +11,9 @@
 # ConfigMaps `kyverno` and `kyverno-metrics`, then the server with
 # --serverIP=127.0.0.1:PORT (the URL it writes into its webhook
 # configurations) and the CA/TLS Secret names it fills itself. Ready when its
-# MutatingWebhookConfiguration `kyverno-resource-mutating-webhook-cfg` calls
-# https://127.0.0.1:PORT/...: then `ready <port> <pid>` is printed on stdout.
+# webhook configurations call https://127.0.0.1:PORT/...: then
+# `ready <port> <pid>` is printed on stdout (the webhooks for resources appear
+# once a policy exists: callers poll for their policy's effect).
 #
 # It stops on EOF on standard input (how crates/test-support/src/kyverno.rs
 # runs it: the test process ending, however it ends, closes the pipe), on
@@ -129,13 +130,21 @@ KYVERNO_NAMESPACE=kyverno \
     </dev/null >"$dir/kyverno.log" 2>&1 &
 pid=$!
 
-# Ready when the API server would call this process: the resource webhook
-# configuration exists and points at our port.
+# Ready when the API server would call this process: Kyverno's own webhook
+# configurations (policy validation, the verify webhook; those for resources
+# follow once a policy exists) point at our port.
 deadline=$((SECONDS + 180))
-until k get mutatingwebhookconfiguration kyverno-resource-mutating-webhook-cfg \
-    -o jsonpath='{.webhooks[*].clientConfig.url}' 2>/dev/null | grep -q "https://127.0.0.1:$port/"; do
+until k get mutatingwebhookconfigurations,validatingwebhookconfigurations -l webhook.kyverno.io/managed-by=kyverno \
+    -o jsonpath='{.items[*].webhooks[*].clientConfig.url}' 2>/dev/null | grep -q "https://127.0.0.1:$port/"; do
     kill -0 "$pid" 2>/dev/null || die "the server exited before it was ready: $(tail -20 "$dir/kyverno.log")"
     ((SECONDS < deadline)) || die "the server did not register its webhooks within 180 s: $(tail -20 "$dir/kyverno.log")"
+    sleep 0.5
+done
+# ... and its TLS serving certificate (generated into a Secret after start) is in
+# use: before that the API server's calls fail with "tls: internal error".
+until [[ $(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$port/health/liveness") == 200 ]]; do
+    kill -0 "$pid" 2>/dev/null || die "the server exited before it served TLS: $(tail -20 "$dir/kyverno.log")"
+    ((SECONDS < deadline)) || die "the server did not serve TLS within 180 s: $(tail -20 "$dir/kyverno.log")"
     sleep 0.5
 done
 log "ready: webhooks registered at https://127.0.0.1:$port (pid $pid, logs in $dir)"
