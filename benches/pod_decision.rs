@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-use userns_labeler::capability::{DriverTable, Snapshot, decide_pod, resolve_claim};
+use userns_labeler::capability::{DriverTable, PrunedClaim, Snapshot, decide_pod, resolve_claim};
 use userns_labeler::keys::Keys;
 
 const DRIVERS: [(&str, &str); 5] = [
@@ -82,7 +82,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| decide_pod(black_box(&pod), "ns-0", &view, &table, &keys))
     });
 
-    let claim = serde_json::from_value(json!({
+    // Pruned, as the controller's cache holds it.
+    let claim: PrunedClaim = serde_json::from_value(json!({
         "metadata": {"name": "c", "namespace": "ns-0",
                      "annotations": {"volume.kubernetes.io/storage-provisioner": "topolvm.io"}},
         "spec": {"storageClassName": "topolvm", "accessModes": ["ReadWriteOnce", "ReadWriteOncePod"]}

@@ -1,12 +1,17 @@
 //! The in-memory caches shared by the controller and the webhook: reflector stores of claims,
 //! volumes, classes and namespace metadata. Every replica keeps them warm ([`start`]); no API
 //! call is made to read them.
+//!
+//! Claims, volumes and classes are held pruned ([`crate::capability::pruned`]): decoded from the
+//! watch straight into the fields that are read, with only the labels and annotations that are
+//! read; namespaces as metadata without annotations or managedFields.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::store::Writer;
@@ -18,22 +23,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::capability::resolve::pick_default_class;
-use crate::capability::{Awaited, ClusterView};
+use crate::capability::{Awaited, ClusterView, PrunedClaim, PrunedClass, PrunedVolume};
 
 /// How many events a shared cache may buffer for a slow subscriber before it waits.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
 /// Subscriptions to the shared caches, one per consumer (the controllers' watches).
 pub struct Subscriptions {
-    pub claims: ReflectHandle<PersistentVolumeClaim>,
-    pub volumes_for_claims: ReflectHandle<PersistentVolume>,
-    pub volumes: ReflectHandle<PersistentVolume>,
-    pub classes_for_claims: ReflectHandle<StorageClass>,
-    pub classes_for_volumes: ReflectHandle<StorageClass>,
+    pub claims: ReflectHandle<PrunedClaim>,
+    pub volumes_for_claims: ReflectHandle<PrunedVolume>,
+    pub volumes: ReflectHandle<PrunedVolume>,
+    pub classes_for_claims: ReflectHandle<PrunedClass>,
+    pub classes_for_volumes: ReflectHandle<PrunedClass>,
 }
 
-/// Starts one watch per resource, each feeding a store (managedFields stripped) and the
-/// controllers' subscriptions. The watches run as tasks until `shutdown`.
+/// Starts one watch per resource, each feeding a store of pruned objects and the controllers'
+/// subscriptions. The watches run as tasks
+/// until `shutdown`.
 pub fn start(client: &Client, shutdown: &CancellationToken) -> (Caches, Subscriptions) {
     let (claims, claims_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let (volumes, volumes_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
@@ -46,13 +52,26 @@ pub fn start(client: &Client, shutdown: &CancellationToken) -> (Caches, Subscrip
         classes_for_claims: classes_writer.subscribe().expect("shared store"),
         classes_for_volumes: classes_writer.subscribe().expect("shared store"),
     };
-    drive(Api::all(client.clone()), claims_writer, shutdown);
-    drive(Api::all(client.clone()), volumes_writer, shutdown);
-    drive(Api::all(client.clone()), classes_writer, shutdown);
+    drive(claims_writer, client, shutdown, |c: &mut PrunedClaim| {
+        c.marks.retain_read()
+    });
+    drive(volumes_writer, client, shutdown, |v: &mut PrunedVolume| {
+        v.marks.retain_read()
+    });
+    drive(classes_writer, client, shutdown, |c: &mut PrunedClass| {
+        c.marks.retain_read()
+    });
     drive(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         namespaces_writer,
+        client,
         shutdown,
+        |ns: &mut PartialObjectMeta<Namespace>| {
+            ns.metadata = ObjectMeta {
+                annotations: None,
+                managed_fields: None,
+                ..std::mem::take(&mut ns.metadata)
+            }
+        },
     );
     let caches = Caches {
         claims,
@@ -63,10 +82,14 @@ pub fn start(client: &Client, shutdown: &CancellationToken) -> (Caches, Subscrip
     (caches, subscriptions)
 }
 
-/// Runs one watch into `writer` until `shutdown`; watch errors are logged and retried with
-/// backoff.
-fn drive<K>(api: Api<K>, writer: Writer<K>, shutdown: &CancellationToken)
-where
+/// Runs one watch of every `K` into `writer` until `shutdown`, each object passed through
+/// `prune` first; watch errors are logged and retried with backoff.
+fn drive<K>(
+    writer: Writer<K>,
+    client: &Client,
+    shutdown: &CancellationToken,
+    prune: impl FnMut(&mut K) + Send + 'static,
+) where
     K: Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
@@ -78,9 +101,9 @@ where
     let kind = K::kind(&()).to_string();
     let stream = reflector::reflector(
         writer,
-        watch_objects(api, watcher::Config::default())
+        watch_objects(Api::<K>::all(client.clone()), watcher::Config::default())
             .default_backoff()
-            .modify(|o| o.meta_mut().managed_fields = None),
+            .modify(prune),
     );
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -105,9 +128,9 @@ const READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Reader handles of the stores.
 #[derive(Clone)]
 pub struct Caches {
-    pub claims: Store<PersistentVolumeClaim>,
-    pub volumes: Store<PersistentVolume>,
-    pub classes: Store<StorageClass>,
+    pub claims: Store<PrunedClaim>,
+    pub volumes: Store<PrunedVolume>,
+    pub classes: Store<PrunedClass>,
     /// Namespace metadata only (labels), for the webhook's namespace opt-out.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
 }
@@ -159,8 +182,8 @@ impl Caches {
 }
 
 impl Caches {
-    /// Caches holding fixed objects, already marked synced: for handler tests and offline use,
-    /// without an API server.
+    /// Caches holding fixed objects (pruned, every label and annotation kept), already marked
+    /// synced: for handler tests and offline use, without an API server.
     pub fn from_objects(
         claims: Vec<PersistentVolumeClaim>,
         volumes: Vec<PersistentVolume>,
@@ -180,29 +203,32 @@ impl Caches {
             writer.apply_watcher_event(&Event::InitDone);
             writer.as_reader()
         }
+        fn pruned<K, P: for<'a> From<&'a K>>(objects: Vec<K>) -> Vec<P> {
+            objects.iter().map(P::from).collect()
+        }
         Caches {
-            claims: store(claims),
-            volumes: store(volumes),
-            classes: store(classes),
+            claims: store(pruned::<_, PrunedClaim>(claims)),
+            volumes: store(pruned::<_, PrunedVolume>(volumes)),
+            classes: store(pruned::<_, PrunedClass>(classes)),
             namespaces: store(namespaces),
         }
     }
 }
 
 impl ClusterView for Caches {
-    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PrunedClaim>> {
         self.claims.get(&ObjectRef::new(name).within(namespace))
     }
 
-    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+    fn volume(&self, name: &str) -> Option<Arc<PrunedVolume>> {
         self.volumes.get(&ObjectRef::new(name))
     }
 
-    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+    fn storage_class(&self, name: &str) -> Option<Arc<PrunedClass>> {
         self.classes.get(&ObjectRef::new(name))
     }
 
-    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
+    fn default_storage_class(&self) -> Option<Arc<PrunedClass>> {
         pick_default_class(self.classes.state().iter())
     }
 }

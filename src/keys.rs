@@ -5,6 +5,16 @@ use std::sync::LazyLock;
 /// The default domain prefix.
 pub const DEFAULT_PREFIX: &str = "userns.io";
 
+/// The names (after `<prefix>/`) of the keys on claims and volumes: the label, and the reason,
+/// driver and override annotations.
+pub mod names {
+    pub const SUPPORTED: &str = "idmap-supported";
+    pub const REASON: &str = "idmap-reason";
+    pub const DRIVER: &str = "driver";
+    pub const OVERRIDE: &str = "idmap-override";
+    pub const EVIDENCE: &str = "idmap-evidence";
+}
+
 /// Every key this project reads or writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keys {
@@ -75,14 +85,14 @@ impl Keys {
         let key = |name: &str| format!("{prefix}/{name}");
         Ok(Keys {
             prefix: prefix.to_string(),
-            supported: key("idmap-supported"),
-            reason: key("idmap-reason"),
-            driver: key("driver"),
-            idmap_override: key("idmap-override"),
+            supported: key(names::SUPPORTED),
+            reason: key(names::REASON),
+            driver: key(names::DRIVER),
+            idmap_override: key(names::OVERRIDE),
             decision: key("decision"),
             decision_reason: key("decision-reason"),
             opt_out: key("opt-out"),
-            idmap_evidence: key("idmap-evidence"),
+            idmap_evidence: key(names::EVIDENCE),
             user_namespaces: key("user-namespaces"),
             user_namespaces_reason: key("user-namespaces-reason"),
         })

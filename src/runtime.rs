@@ -56,7 +56,8 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (defaults to the pod name, else host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Concurrent reconciliations per controller.
+    /// Label writes (and label-change Events) in flight at once, claims and volumes together;
+    /// waiting claims go first.
     #[arg(long, env = "USERNS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// An admin connection must send a complete request head within this (and between
@@ -169,7 +170,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let identity = holder_identity(&args.identity.clone().unwrap_or_else(default_identity));
     info!(%identity, namespace = %args.namespace, config_map = %args.config_map, "starting");
     let mut registry = metrics::registry();
-    let recorder = recorder(&client, &identity);
+    let recorder = Recorder::new(client.clone(), reporter(&identity));
 
     let (caches, subscriptions) = cache::start(&client, &shutdown);
     let (node_store, node_subscription) = nodes::start(&client, &keys, &shutdown);
@@ -202,6 +203,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         keys.clone(),
         writable,
         recorder.clone(),
+        reporter(&identity),
+        args.concurrency,
         &mut registry,
     ));
     let controllers = controller::run(
@@ -339,12 +342,11 @@ fn stopped_early(server: &'static str, shutdown: &CancellationToken) -> Result<(
 }
 
 /// Events are published as this replica of [`COMPONENT`].
-fn recorder(client: &Client, identity: &str) -> Recorder {
-    let reporter = Reporter {
+fn reporter(identity: &str) -> Reporter {
+    Reporter {
         controller: COMPONENT.to_string(),
         instance: Some(identity.to_string()),
-    };
-    Recorder::new(client.clone(), reporter)
+    }
 }
 
 /// The leader-election task only ends after shutdown, or with an error: then the process exits

@@ -14,7 +14,7 @@ use kube::runtime::watcher::Event;
 use rstest::rstest;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use userns_labeler::capability::{BlockerCode, DriverTable};
+use userns_labeler::capability::{BlockerCode, DriverTable, PrunedClaim};
 use userns_labeler::keys::Keys;
 use userns_labeler::webhook::lean::decode_pod_create;
 use userns_labeler::webhook::{
@@ -705,13 +705,14 @@ async fn a_claim_arriving_during_the_cache_wait_is_seen() {
     };
     let late = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        writer.apply_watcher_event(&Event::Apply(claim(
+        // The caches hold claims pruned, as their watch decodes them.
+        writer.apply_watcher_event(&Event::Apply(PrunedClaim::from(&claim(
             "app",
             "fresh",
             "longhorn",
             &["ReadWriteOnce"],
             false,
-        )));
+        ))));
         writer
     });
     let pod = with_volume(pod("sts-0"), claim_volume("data", "fresh"));

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
+use super::pruned::Marks;
 use super::resolve::VolumeVerdict;
 use super::table::Verdict;
 use crate::keys::Keys;
@@ -90,11 +91,14 @@ pub fn describe_annotation(value: &str) -> String {
 /// carrying it in the reason (`this volume`, `its PersistentVolume pv-1`).
 pub(crate) fn apply_evidence(
     verdict: VolumeVerdict,
-    meta: &ObjectMeta,
+    marks: &Marks,
     keys: &Keys,
     whose: &str,
 ) -> VolumeVerdict {
-    let Some(value) = evidence_annotation(meta, keys) else {
+    let Some(value) = marks
+        .annotation(&keys.idmap_evidence)
+        .filter(|v| !v.trim().is_empty())
+    else {
         return verdict;
     };
     VolumeVerdict {

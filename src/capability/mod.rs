@@ -3,6 +3,7 @@
 
 pub mod evidence;
 pub mod pod;
+pub mod pruned;
 pub mod resolve;
 pub mod sources;
 pub mod table;
@@ -10,6 +11,7 @@ pub mod workload;
 
 pub use evidence::{Evidence, HostPathEvidence};
 pub use pod::{Awaited, Blocker, BlockerCode, PodDecision, decide_pod};
+pub use pruned::{Marks, PrunedClaim, PrunedClass, PrunedVolume, ToPruned};
 pub use resolve::{
     ClusterView, DriverSource, Snapshot, VolumeVerdict, resolve_claim, resolve_volume,
 };

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::pruned::PrunedClaim;
 use super::resolve::{
     ClusterView, DriverSource, VolumeFacts, apply_override, awaited_volume, claim_facts,
     forbidden_host_path, resolve_claim,
@@ -693,7 +694,7 @@ fn check_volume<V: ClusterView + ?Sized>(
                 Awaited::Claim { namespace: namespace.to_string(), name: claim_name.to_string() },
             ),
             Some(claim) => {
-                let verdict = resolve_claim(&claim, view, table, keys);
+                let verdict = resolve_claim(claim.as_ref(), view, table, keys);
                 if verdict.verdict == Verdict::Unknown
                     && let Some(volume) = awaited_volume(&claim, view, keys)
                 {
@@ -718,9 +719,11 @@ fn check_volume<V: ClusterView + ?Sized>(
                 );
                 return;
             };
-            let meta = template.metadata.clone().unwrap_or_default();
-            let verdict = claim_facts(&meta, &template.spec, None, view).judge(table);
-            let verdict = apply_override(verdict, &meta, keys);
+            let no_meta = ObjectMeta::default();
+            let meta = template.metadata.as_ref().unwrap_or(&no_meta);
+            let claim = PrunedClaim::new(meta, Some(&template.spec));
+            let verdict = claim_facts(&claim, None, view).judge(table);
+            let verdict = apply_override(verdict, &claim.marks, keys);
             if verdict.verdict != Verdict::True {
                 let pod_name = pod.name.as_deref().unwrap_or("<generated>");
                 let what = format!("volume {name}: ephemeral claim {pod_name}-{name}");

@@ -6,14 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeSpec,
-};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::evidence::{Evidence, apply_evidence};
-use super::sources::persistent_volume_source;
+use super::pruned::{ClaimSpec, Marks, PrunedClaim, PrunedClass, PrunedVolume, ToPruned};
 pub use super::sources::pseudo;
 use super::table::{AccessMode, DriverTable, Verdict, VolumeMode};
 use crate::keys::Keys;
@@ -26,20 +23,20 @@ pub const ANN_BETA_STORAGE_PROVISIONER: &str = "volume.beta.kubernetes.io/storag
 pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// StorageClass annotation marking the cluster default.
 pub const ANN_DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
-const ANN_BETA_DEFAULT_CLASS: &str = "storageclass.beta.kubernetes.io/is-default-class";
+pub const ANN_BETA_DEFAULT_CLASS: &str = "storageclass.beta.kubernetes.io/is-default-class";
 
 /// Host paths a user-namespaced pod can never mount: devtmpfs, procfs and sysfs cannot be
 /// idmap-mounted.
 pub const FORBIDDEN_HOST_PATHS: [&str; 3] = ["/dev", "/proc", "/sys"];
 
-/// Read access to the objects a decision depends on. Implemented by an in-memory [`Snapshot`]
-/// (offline `explain`, tests) and by the controller's reflector stores.
+/// Read access to the objects a decision depends on, pruned to what it reads. Implemented by an
+/// in-memory [`Snapshot`] (offline `explain`, tests) and by the controller's reflector stores.
 pub trait ClusterView {
-    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>>;
-    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>>;
-    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>>;
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PrunedClaim>>;
+    fn volume(&self, name: &str) -> Option<Arc<PrunedVolume>>;
+    fn storage_class(&self, name: &str) -> Option<Arc<PrunedClass>>;
     /// The class a claim without `storageClassName` gets.
-    fn default_storage_class(&self) -> Option<Arc<StorageClass>>;
+    fn default_storage_class(&self) -> Option<Arc<PrunedClass>>;
     /// What a node reported when it could not idmap-mount this inline hostPath (or a directory
     /// above it): the labeler's evidence ConfigMap. None by default (offline, no evidence).
     fn host_path_evidence(&self, _path: &str) -> Option<Evidence> {
@@ -110,7 +107,7 @@ pub(crate) struct VolumeFacts<'a> {
     /// The fsType the volume source states, if any; else the class's fsType parameter.
     pub fs_type: Option<&'a str>,
     /// The StorageClass, for its parameters.
-    pub class: Option<Arc<StorageClass>>,
+    pub class: Option<Arc<PrunedClass>>,
     /// CSI `volumeAttributes`; they take precedence over class parameters of the same key.
     pub attributes: Option<&'a BTreeMap<String, String>>,
     /// The host path of a hostPath PV.
@@ -186,22 +183,21 @@ impl VolumeFacts<'_> {
 
 /// Resolves a claim: the operator override, then the bound PV, then the claim's annotations,
 /// then the StorageClass (or the default class when the claim names none).
-pub fn resolve_claim<V: ClusterView + ?Sized>(
-    claim: &PersistentVolumeClaim,
-    view: &V,
-    table: &DriverTable,
-    keys: &Keys,
-) -> VolumeVerdict {
-    let default_spec = PersistentVolumeClaimSpec::default();
-    let spec = claim.spec.as_ref().unwrap_or(&default_spec);
-    let volume = match bound_volume_name(spec) {
+pub fn resolve_claim<C, V>(claim: &C, view: &V, table: &DriverTable, keys: &Keys) -> VolumeVerdict
+where
+    C: ToPruned<PrunedClaim> + ?Sized,
+    V: ClusterView + ?Sized,
+{
+    let claim = claim.to_pruned();
+    let claim = claim.as_ref();
+    let volume = match bound_volume_name(&claim.spec) {
         None => None,
         Some(name) => match view.volume(name) {
             Some(volume) => Some(volume),
             None => {
                 // The PV decides once it exists; until then only a `false` from the claim's
                 // own facts stands (a `true` could be wrong: a static NFS PV, say).
-                let verdict = claim_facts(&claim.metadata, spec, None, view).judge(table);
+                let verdict = claim_facts(claim, None, view).judge(table);
                 let verdict = match verdict.verdict {
                     Verdict::False => verdict,
                     _ => VolumeVerdict {
@@ -213,13 +209,13 @@ pub fn resolve_claim<V: ClusterView + ?Sized>(
                         ),
                     },
                 };
-                let verdict = apply_evidence(verdict, &claim.metadata, keys, "this claim");
-                return apply_override(verdict, &claim.metadata, keys);
+                let verdict = apply_evidence(verdict, &claim.marks, keys, "this claim");
+                return apply_override(verdict, &claim.marks, keys);
             }
         },
     };
-    let verdict = claim_facts(&claim.metadata, spec, volume.as_deref(), view).judge(table);
-    let mut verdict = apply_evidence(verdict, &claim.metadata, keys, "this claim");
+    let verdict = claim_facts(claim, volume.as_deref(), view).judge(table);
+    let mut verdict = apply_evidence(verdict, &claim.marks, keys, "this claim");
     if let Some(volume) = volume.as_deref()
         && verdict.verdict != Verdict::False
     {
@@ -227,49 +223,49 @@ pub fn resolve_claim<V: ClusterView + ?Sized>(
             "its PersistentVolume {}",
             volume.metadata.name.as_deref().unwrap_or_default()
         );
-        verdict = apply_evidence(verdict, &volume.metadata, keys, &whose);
+        verdict = apply_evidence(verdict, &volume.marks, keys, &whose);
     }
-    apply_override(verdict, &claim.metadata, keys)
+    apply_override(verdict, &claim.marks, keys)
 }
 
 /// `spec.volumeName`, when set: the PV the claim is (or is to be) bound to.
-fn bound_volume_name(spec: &PersistentVolumeClaimSpec) -> Option<&str> {
+fn bound_volume_name(spec: &ClaimSpec) -> Option<&str> {
     spec.volume_name.as_deref().filter(|n| !n.is_empty())
 }
 
 /// The PV a claim is bound to when the view does not know it (yet), unless the operator's
 /// override annotation decides the claim anyway: what the webhook waits for.
 pub(crate) fn awaited_volume<'a, V: ClusterView + ?Sized>(
-    claim: &'a PersistentVolumeClaim,
+    claim: &'a PrunedClaim,
     view: &V,
     keys: &Keys,
 ) -> Option<&'a str> {
-    let name = bound_volume_name(claim.spec.as_ref()?)?;
-    let overridden = annotation(&claim.metadata, &keys.idmap_override).is_some();
+    let name = bound_volume_name(&claim.spec)?;
+    let overridden = annotation(&claim.marks, &keys.idmap_override).is_some();
     (!overridden && view.volume(name).is_none()).then_some(name)
 }
 
 /// Gathers a claim's facts. Also used for generic ephemeral volume templates, which have no
 /// bound volume.
 pub(crate) fn claim_facts<'a, V: ClusterView + ?Sized>(
-    meta: &'a ObjectMeta,
-    spec: &'a PersistentVolumeClaimSpec,
-    volume: Option<&'a PersistentVolume>,
+    claim: &'a PrunedClaim,
+    volume: Option<&'a PrunedVolume>,
     view: &V,
 ) -> VolumeFacts<'a> {
-    let volume_spec = volume.and_then(|v| v.spec.as_ref());
+    let (meta, spec) = (&claim.marks, &claim.spec);
+    let volume_spec = volume.map(|v| &v.spec);
     let class = ClassRef::of_claim(spec, view);
 
-    let mut access_modes = parse_access_modes(spec.access_modes.as_deref());
-    access_modes.extend(parse_access_modes(
-        volume_spec.and_then(|s| s.access_modes.as_deref()),
-    ));
+    let mut access_modes = spec.access_modes.clone();
+    access_modes.extend(volume_spec.iter().flat_map(|s| s.access_modes.iter()));
     access_modes.sort();
     access_modes.dedup();
 
-    let block = is_block(spec.volume_mode.as_deref())
-        || is_block(volume_spec.and_then(|s| s.volume_mode.as_deref()));
-    let source = volume_spec.and_then(persistent_volume_source);
+    let block = spec.volume_mode == VolumeMode::Block
+        || volume_spec.is_some_and(|s| s.volume_mode == VolumeMode::Block);
+    let source = volume_spec
+        .and_then(|s| s.source.as_ref())
+        .map(|s| s.info());
 
     let driver = source
         .as_ref()
@@ -284,7 +280,7 @@ pub(crate) fn claim_facts<'a, V: ClusterView + ?Sized>(
         })
         .or_else(|| {
             volume
-                .and_then(|v| annotation(&v.metadata, ANN_PROVISIONED_BY))
+                .and_then(|v| annotation(&v.marks, ANN_PROVISIONED_BY))
                 .map(|d| (Cow::Borrowed(d), DriverSource::ProvisionedByAnnotation))
         })
         .or_else(|| class.provisioner());
@@ -308,28 +304,28 @@ pub(crate) fn claim_facts<'a, V: ClusterView + ?Sized>(
 }
 
 /// Resolves a PersistentVolume from its own spec: override, source, `provisioned-by`, class.
-pub fn resolve_volume<V: ClusterView + ?Sized>(
-    volume: &PersistentVolume,
-    view: &V,
-    table: &DriverTable,
-    keys: &Keys,
-) -> VolumeVerdict {
-    let default_spec = PersistentVolumeSpec::default();
-    let spec = volume.spec.as_ref().unwrap_or(&default_spec);
+pub fn resolve_volume<P, V>(volume: &P, view: &V, table: &DriverTable, keys: &Keys) -> VolumeVerdict
+where
+    P: ToPruned<PrunedVolume> + ?Sized,
+    V: ClusterView + ?Sized,
+{
+    let volume = volume.to_pruned();
+    let volume = volume.as_ref();
+    let spec = &volume.spec;
     let class = match spec.storage_class_name.as_deref() {
         None | Some("") => ClassRef::NoClass,
         Some(name) => ClassRef::Named(name, view.storage_class(name)),
     };
-    let source = persistent_volume_source(spec);
+    let source = spec.source.as_ref().map(|s| s.info());
     let driver = source
         .as_ref()
         .map(|s| (s.driver.clone(), s.origin.clone()))
         .or_else(|| {
-            annotation(&volume.metadata, ANN_PROVISIONED_BY)
+            annotation(&volume.marks, ANN_PROVISIONED_BY)
                 .map(|d| (Cow::Borrowed(d), DriverSource::ProvisionedByAnnotation))
         })
         .or_else(|| class.provisioner());
-    let mut access_modes = parse_access_modes(spec.access_modes.as_deref());
+    let mut access_modes = spec.access_modes.clone();
     access_modes.sort();
     access_modes.dedup();
     let verdict = VolumeFacts {
@@ -338,19 +334,15 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
             .then(|| class.missing_driver_reason("volume")),
         driver,
         access_modes,
-        volume_mode: if is_block(spec.volume_mode.as_deref()) {
-            VolumeMode::Block
-        } else {
-            VolumeMode::Filesystem
-        },
+        volume_mode: spec.volume_mode,
         fs_type: source.as_ref().and_then(|s| s.fs_type),
         class: class.arc(),
         attributes: source.as_ref().and_then(|s| s.attributes),
         host_path: source.and_then(|s| s.host_path),
     }
     .judge(table);
-    let verdict = apply_evidence(verdict, &volume.metadata, keys, "this volume");
-    apply_override(verdict, &volume.metadata, keys)
+    let verdict = apply_evidence(verdict, &volume.marks, keys, "this volume");
+    apply_override(verdict, &volume.marks, keys)
 }
 
 /// The operator's per-object override, `<prefix>/idmap-override: "true" | "false"`, replaces the
@@ -358,10 +350,10 @@ pub fn resolve_volume<V: ClusterView + ?Sized>(
 /// `unknown` with a reason naming the bad value, so a typo fails closed and shows.
 pub(crate) fn apply_override(
     mut verdict: VolumeVerdict,
-    meta: &ObjectMeta,
+    marks: &Marks,
     keys: &Keys,
 ) -> VolumeVerdict {
-    let Some(value) = annotation(meta, &keys.idmap_override) else {
+    let Some(value) = annotation(marks, &keys.idmap_override) else {
         return verdict;
     };
     (verdict.verdict, verdict.reason) = match value {
@@ -392,13 +384,13 @@ enum ClassRef<'a> {
     /// `storageClassName: ""`: explicitly no class.
     NoClass,
     /// A named class, and whether it exists.
-    Named(&'a str, Option<Arc<StorageClass>>),
+    Named(&'a str, Option<Arc<PrunedClass>>),
     /// No `storageClassName`: the cluster default, if there is one.
-    Default(Option<Arc<StorageClass>>),
+    Default(Option<Arc<PrunedClass>>),
 }
 
 impl<'a> ClassRef<'a> {
-    fn of_claim<V: ClusterView + ?Sized>(spec: &'a PersistentVolumeClaimSpec, view: &V) -> Self {
+    fn of_claim<V: ClusterView + ?Sized>(spec: &'a ClaimSpec, view: &V) -> Self {
         match spec.storage_class_name.as_deref() {
             Some("") => ClassRef::NoClass,
             Some(name) => ClassRef::Named(name, view.storage_class(name)),
@@ -406,7 +398,7 @@ impl<'a> ClassRef<'a> {
         }
     }
 
-    fn class(&self) -> Option<&StorageClass> {
+    fn class(&self) -> Option<&PrunedClass> {
         match self {
             ClassRef::Named(_, class) | ClassRef::Default(class) => class.as_deref(),
             ClassRef::NoClass => None,
@@ -426,7 +418,7 @@ impl<'a> ClassRef<'a> {
         Some((Cow::Owned(class.provisioner.clone()), source))
     }
 
-    fn arc(&self) -> Option<Arc<StorageClass>> {
+    fn arc(&self) -> Option<Arc<PrunedClass>> {
         match self {
             ClassRef::Named(_, class) | ClassRef::Default(class) => class.clone(),
             ClassRef::NoClass => None,
@@ -490,12 +482,9 @@ pub fn forbidden_host_path(path: &str) -> Option<&'static str> {
     }
 }
 
-fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
+/// A non-empty annotation.
+fn annotation<'a>(marks: &'a Marks, key: &str) -> Option<&'a str> {
+    marks.annotation(key).filter(|v| !v.is_empty())
 }
 
 pub(crate) fn parse_access_modes(modes: Option<&[String]>) -> Vec<AccessMode> {
@@ -511,23 +500,21 @@ pub(crate) fn is_block(mode: Option<&str>) -> bool {
 }
 
 /// Whether a StorageClass is marked as the cluster default.
-pub fn is_default_class(class: &StorageClass) -> bool {
-    class.metadata.annotations.as_ref().is_some_and(|a| {
-        a.get(ANN_DEFAULT_CLASS).map(String::as_str) == Some("true")
-            || a.get(ANN_BETA_DEFAULT_CLASS).map(String::as_str) == Some("true")
-    })
+pub fn is_default_class(class: &PrunedClass) -> bool {
+    class.marks.annotation(ANN_DEFAULT_CLASS) == Some("true")
+        || class.marks.annotation(ANN_BETA_DEFAULT_CLASS) == Some("true")
 }
 
 /// Picks the default class the way the API server does when several are marked: the newest,
 /// ties broken by name.
 pub fn pick_default_class<'a>(
-    classes: impl IntoIterator<Item = &'a Arc<StorageClass>>,
-) -> Option<Arc<StorageClass>> {
+    classes: impl IntoIterator<Item = &'a Arc<PrunedClass>>,
+) -> Option<Arc<PrunedClass>> {
     classes
         .into_iter()
         .filter(|c| is_default_class(c))
         .max_by(|a, b| {
-            let ts = |c: &StorageClass| c.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let ts = |c: &PrunedClass| c.metadata.creation_timestamp.as_ref().map(|t| t.0);
             ts(a)
                 .cmp(&ts(b))
                 .then_with(|| b.metadata.name.cmp(&a.metadata.name))
@@ -535,13 +522,33 @@ pub fn pick_default_class<'a>(
         .cloned()
 }
 
-/// An in-memory [`ClusterView`]: the objects of a set of manifests, or a test's fixtures.
+/// An in-memory [`ClusterView`]: the objects of a set of manifests, or a test's fixtures. It
+/// keeps each object whole (for listing) and pruned (for lookups).
 #[derive(Default, Debug, Clone)]
 pub struct Snapshot {
     /// namespace → name → claim
-    claims: HashMap<String, HashMap<String, Arc<PersistentVolumeClaim>>>,
-    volumes: HashMap<String, Arc<PersistentVolume>>,
-    classes: HashMap<String, Arc<StorageClass>>,
+    claims: HashMap<String, HashMap<String, Whole<PersistentVolumeClaim, PrunedClaim>>>,
+    volumes: HashMap<String, Whole<PersistentVolume, PrunedVolume>>,
+    classes: HashMap<String, Arc<PrunedClass>>,
+}
+
+/// An object as given, and pruned.
+#[derive(Debug, Clone)]
+struct Whole<K, P> {
+    object: Arc<K>,
+    pruned: Arc<P>,
+}
+
+impl<K, P> Whole<K, P>
+where
+    for<'a> P: From<&'a K>,
+{
+    fn new(object: K) -> Self {
+        Whole {
+            pruned: Arc::new(P::from(&object)),
+            object: Arc::new(object),
+        }
+    }
 }
 
 impl Snapshot {
@@ -556,42 +563,46 @@ impl Snapshot {
         self.claims
             .entry(namespace)
             .or_default()
-            .insert(name, Arc::new(claim));
+            .insert(name, Whole::new(claim));
     }
 
     pub fn add_volume(&mut self, volume: PersistentVolume) {
         let name = volume.metadata.name.clone().unwrap_or_default();
-        self.volumes.insert(name, Arc::new(volume));
+        self.volumes.insert(name, Whole::new(volume));
     }
 
     pub fn add_class(&mut self, class: StorageClass) {
         let name = class.metadata.name.clone().unwrap_or_default();
-        self.classes.insert(name, Arc::new(class));
+        self.classes
+            .insert(name, Arc::new(PrunedClass::from(&class)));
     }
 
     pub fn claims(&self) -> impl Iterator<Item = &Arc<PersistentVolumeClaim>> {
-        self.claims.values().flat_map(HashMap::values)
+        self.claims
+            .values()
+            .flat_map(HashMap::values)
+            .map(|c| &c.object)
     }
 
     pub fn volumes(&self) -> impl Iterator<Item = &Arc<PersistentVolume>> {
-        self.volumes.values()
+        self.volumes.values().map(|v| &v.object)
     }
 }
 
 impl ClusterView for Snapshot {
-    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
-        self.claims.get(namespace)?.get(name).cloned()
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PrunedClaim>> {
+        Some(self.claims.get(namespace)?.get(name)?.pruned.clone())
     }
 
-    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
-        self.volumes.get(name).cloned()
+    fn volume(&self, name: &str) -> Option<Arc<PrunedVolume>> {
+        Some(self.volumes.get(name)?.pruned.clone())
     }
 
-    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+    fn storage_class(&self, name: &str) -> Option<Arc<PrunedClass>> {
         self.classes.get(name).cloned()
     }
 
-    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
+    fn default_storage_class(&self) -> Option<Arc<PrunedClass>> {
         pick_default_class(self.classes.values())
     }
 }

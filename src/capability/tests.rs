@@ -939,7 +939,7 @@ fn evidence_on_the_bound_volume_makes_its_claim_false_naming_the_volume() {
     );
     let pv = s.volume("pv1").unwrap();
     assert_eq!(
-        resolve_volume(&pv, &s, &TABLE, &keys()).verdict,
+        resolve_volume(pv.as_ref(), &s, &TABLE, &keys()).verdict,
         Verdict::False
     );
 }
@@ -978,24 +978,16 @@ impl ClusterView for WithFuseEvidence {
         &self,
         ns: &str,
         name: &str,
-    ) -> Option<std::sync::Arc<k8s_openapi::api::core::v1::PersistentVolumeClaim>> {
+    ) -> Option<std::sync::Arc<crate::capability::PrunedClaim>> {
         self.0.claim(ns, name)
     }
-    fn volume(
-        &self,
-        name: &str,
-    ) -> Option<std::sync::Arc<k8s_openapi::api::core::v1::PersistentVolume>> {
+    fn volume(&self, name: &str) -> Option<std::sync::Arc<crate::capability::PrunedVolume>> {
         self.0.volume(name)
     }
-    fn storage_class(
-        &self,
-        name: &str,
-    ) -> Option<std::sync::Arc<k8s_openapi::api::storage::v1::StorageClass>> {
+    fn storage_class(&self, name: &str) -> Option<std::sync::Arc<crate::capability::PrunedClass>> {
         self.0.storage_class(name)
     }
-    fn default_storage_class(
-        &self,
-    ) -> Option<std::sync::Arc<k8s_openapi::api::storage::v1::StorageClass>> {
+    fn default_storage_class(&self) -> Option<std::sync::Arc<crate::capability::PrunedClass>> {
         self.0.default_storage_class()
     }
     fn host_path_evidence(&self, path: &str) -> Option<Evidence> {

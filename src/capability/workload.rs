@@ -12,15 +12,14 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, Pod, PodTemplate, PodTemplateSpec,
-    ReplicationController,
+    PersistentVolumeClaim, Pod, PodTemplate, PodTemplateSpec, ReplicationController,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::pod::{
     PodDecision, PodFacts, PodVolume, SpecFacts, VolumeSource, decide, pod_namespace,
 };
+use super::pruned::{PrunedClaim, PrunedClass, PrunedVolume};
 use super::resolve::ClusterView;
 use super::table::DriverTable;
 use crate::keys::Keys;
@@ -295,7 +294,7 @@ pub fn decide_workload<V: ClusterView + ?Sized>(
             if view.claim(&workload.namespace, &name).is_some() {
                 any_exists = true;
             } else {
-                planned.insert(name, Arc::new(claim));
+                planned.insert(name, Arc::new(PrunedClaim::from(&claim)));
             }
         }
         if ordinal > 0 && !any_exists {
@@ -323,11 +322,11 @@ pub fn decide_workload<V: ClusterView + ?Sized>(
 struct WithPlannedClaims<'a, V: ?Sized> {
     base: &'a V,
     namespace: &'a str,
-    planned: HashMap<String, Arc<PersistentVolumeClaim>>,
+    planned: HashMap<String, Arc<PrunedClaim>>,
 }
 
 impl<V: ClusterView + ?Sized> ClusterView for WithPlannedClaims<'_, V> {
-    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PrunedClaim>> {
         self.base.claim(namespace, name).or_else(|| {
             (namespace == self.namespace)
                 .then(|| self.planned.get(name).cloned())
@@ -335,15 +334,15 @@ impl<V: ClusterView + ?Sized> ClusterView for WithPlannedClaims<'_, V> {
         })
     }
 
-    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+    fn volume(&self, name: &str) -> Option<Arc<PrunedVolume>> {
         self.base.volume(name)
     }
 
-    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+    fn storage_class(&self, name: &str) -> Option<Arc<PrunedClass>> {
         self.base.storage_class(name)
     }
 
-    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
+    fn default_storage_class(&self) -> Option<Arc<PrunedClass>> {
         self.base.default_storage_class()
     }
 }

@@ -40,6 +40,8 @@ pub struct ControllerMetrics {
     failures: Family<FailureLabels, Counter>,
     writes: Family<KindLabels, Counter>,
     label_changes: Family<KindLabels, Counter>,
+    /// Label changes whose Event was not published (the queue was full).
+    pub(crate) events_dropped: Counter,
     labelled: Family<LabelValueLabels, Gauge>,
 }
 
@@ -69,8 +71,13 @@ impl ControllerMetrics {
         );
         registry.register(
             "label_changes",
-            "Changes of an existing idmap label value (each announced by an IdmapSupportChanged Event), by kind",
+            "Changes of an existing idmap label value (each announced by an IdmapSupportChanged Event unless the Event queue was full), by kind",
             metrics.label_changes.clone(),
+        );
+        registry.register(
+            "change_events_dropped",
+            "IdmapSupportChanged Events not published because more label changes waited than the Event queue holds (a table edit flipping many labels); the labels and reasons carry the change",
+            metrics.events_dropped.clone(),
         );
         registry.register(
             "objects",
@@ -108,10 +115,7 @@ impl ControllerMetrics {
     /// Recounts claims and volumes by label value from the caches (called at scrape time).
     pub fn refresh_label_counts(&self, caches: &Caches, keys: &Keys) {
         const VALUES: [&str; 4] = ["true", "false", "unknown", "none"];
-        let bucket = |labels: Option<&std::collections::BTreeMap<String, String>>| match labels
-            .and_then(|l| l.get(&keys.supported))
-            .map(String::as_str)
-        {
+        let bucket = |marks: &crate::capability::Marks| match marks.label(&keys.supported) {
             Some("true") => 0,
             Some("false") => 1,
             Some(_) => 2,
@@ -119,11 +123,11 @@ impl ControllerMetrics {
         };
         let mut claims = [0i64; 4];
         for claim in caches.claims.state() {
-            claims[bucket(claim.metadata.labels.as_ref())] += 1;
+            claims[bucket(&claim.marks)] += 1;
         }
         let mut volumes = [0i64; 4];
         for volume in caches.volumes.state() {
-            volumes[bucket(volume.metadata.labels.as_ref())] += 1;
+            volumes[bucket(&volume.marks)] += 1;
         }
         for (kind, counts) in [("claim", claims), ("volume", volumes)] {
             for (value, count) in VALUES.iter().zip(counts) {

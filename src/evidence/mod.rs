@@ -34,7 +34,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::capability::evidence::{Evidence, HostPathEvidence, MAX_ERROR_BYTES, first_line};
+use crate::capability::{PrunedClaim, PrunedVolume};
 use crate::controller::Context;
 use crate::controller::reconcile::{record_evidence, truncate};
 use crate::nodes::labeller::NodeLabeller;
@@ -288,7 +289,7 @@ impl Learner {
         let bound_volume = |claim: &str| {
             claims
                 .get(&ObjectRef::new(claim).within(&namespace))
-                .and_then(|c| c.spec.as_ref()?.volume_name.clone())
+                .and_then(|c| c.spec.volume_name.clone())
         };
         let culprit = attribute(pod, path, side, container, bound_volume);
         match culprit {
@@ -344,7 +345,7 @@ impl Learner {
     /// Labels the claim and its bound PV `false` with the evidence.
     async fn mark_claim(
         &self,
-        claim: &PersistentVolumeClaim,
+        claim: &PrunedClaim,
         volume: &str,
         evidence: &Evidence,
     ) -> Result<(), String> {
@@ -352,12 +353,12 @@ impl Learner {
         let wrote = record_evidence(claim, &json, &self.ctx)
             .await
             .map_err(|e| e.to_string())?;
-        let pv_name = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+        let pv_name = claim.spec.volume_name.clone();
         if let Some(pv) = pv_name.as_deref().and_then(|name| {
             self.ctx
                 .caches
                 .volumes
-                .get(&ObjectRef::<PersistentVolume>::new(name))
+                .get(&ObjectRef::<PrunedVolume>::new(name))
         }) {
             record_evidence(pv.as_ref(), &json, &self.ctx)
                 .await

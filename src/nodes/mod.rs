@@ -34,11 +34,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::StorageClass;
-
 use crate::capability::pod::{PodFacts, SpecFacts};
-use crate::capability::{BlockerCode, ClusterView, Evidence, HostPathEvidence, PodDecision};
+use crate::capability::{
+    BlockerCode, ClusterView, Evidence, HostPathEvidence, PodDecision, PrunedClaim, PrunedClass,
+    PrunedVolume,
+};
 use crate::keys::Keys;
 pub use support::{NodeGate, NodeMode, NodeSupport, gate, node_support, supports};
 
@@ -237,19 +237,19 @@ impl<'a, V: ClusterView + ?Sized> WithHostPaths<'a, V> {
 }
 
 impl<V: ClusterView + ?Sized> ClusterView for WithHostPaths<'_, V> {
-    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PrunedClaim>> {
         self.view.claim(namespace, name)
     }
 
-    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+    fn volume(&self, name: &str) -> Option<Arc<PrunedVolume>> {
         self.view.volume(name)
     }
 
-    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+    fn storage_class(&self, name: &str) -> Option<Arc<PrunedClass>> {
         self.view.storage_class(name)
     }
 
-    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
+    fn default_storage_class(&self) -> Option<Arc<PrunedClass>> {
         self.view.default_storage_class()
     }
 

@@ -12,6 +12,7 @@
 //! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
 //! - [`generate`]: generated clusters (pods, claims, volumes) for scale tests and benchmarks;
 //! - [`kyverno`]: Kyverno's real admission server, out of cluster against the control plane;
+//! - [`measure`]: the benchmarks' figures (resident memory, CPU time, load, percentiles);
 //! - [`tool`]: helm, the Kyverno CLI and server, and third-party CRDs built by `make tools`.
 //!
 //! Paths into the repository (`tests/control-plane/versions.env`, `tests/tools/build.sh`,
@@ -24,6 +25,7 @@ pub mod fixtures;
 pub mod generate;
 pub mod kyverno;
 pub mod labeler;
+pub mod measure;
 pub mod node;
 pub mod webhook;
 
