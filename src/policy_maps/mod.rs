@@ -65,3 +65,24 @@ pub use shards::{
     shard_annotation, shard_name, shard_of,
 };
 pub use writer::{PolicyMapError, PolicyMapSettings, PolicyMaps};
+
+/// A claim watch event as the maps read it: each claim reduced to its namespace, name and the
+/// value of `keys.supported` (what [`crate::cache::start_with`] hands over).
+pub fn claim_event(
+    event: &kube::runtime::watcher::Event<crate::capability::PrunedClaim>,
+    keys: &crate::keys::Keys,
+) -> kube::runtime::watcher::Event<ClaimEntry> {
+    use kube::runtime::watcher::Event;
+    let entry = |claim: &crate::capability::PrunedClaim| ClaimEntry {
+        namespace: claim.metadata.namespace.clone().unwrap_or_default(),
+        name: claim.metadata.name.clone().unwrap_or_default(),
+        support: Support::from_label(claim.marks.label(&keys.supported)),
+    };
+    match event {
+        Event::Apply(claim) => Event::Apply(entry(claim)),
+        Event::Delete(claim) => Event::Delete(entry(claim)),
+        Event::Init => Event::Init,
+        Event::InitApply(claim) => Event::InitApply(entry(claim)),
+        Event::InitDone => Event::InitDone,
+    }
+}
