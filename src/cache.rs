@@ -41,6 +41,17 @@ pub struct Subscriptions {
 /// subscriptions. The watches run as tasks
 /// until `shutdown`.
 pub fn start(client: &Client, shutdown: &CancellationToken) -> (Caches, Subscriptions) {
+    start_with(client, shutdown, |_| {})
+}
+
+/// [`start`], with every event of the claim watch (after the store has it) also passed to
+/// `claims_seen`: the claim maps for policy engines follow the labels this way, without a cache
+/// of their own.
+pub fn start_with(
+    client: &Client,
+    shutdown: &CancellationToken,
+    claims_seen: impl FnMut(&watcher::Event<PrunedClaim>) + Send + 'static,
+) -> (Caches, Subscriptions) {
     let (claims, claims_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let (volumes, volumes_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let (classes, classes_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
@@ -52,15 +63,27 @@ pub fn start(client: &Client, shutdown: &CancellationToken) -> (Caches, Subscrip
         classes_for_claims: classes_writer.subscribe().expect("shared store"),
         classes_for_volumes: classes_writer.subscribe().expect("shared store"),
     };
-    drive(claims_writer, client, shutdown, |c: &mut PrunedClaim| {
-        c.marks.retain_read()
-    });
-    drive(volumes_writer, client, shutdown, |v: &mut PrunedVolume| {
-        v.marks.retain_read()
-    });
-    drive(classes_writer, client, shutdown, |c: &mut PrunedClass| {
-        c.marks.retain_read()
-    });
+    drive(
+        claims_writer,
+        client,
+        shutdown,
+        |c: &mut PrunedClaim| c.marks.retain_read(),
+        claims_seen,
+    );
+    drive(
+        volumes_writer,
+        client,
+        shutdown,
+        |v: &mut PrunedVolume| v.marks.retain_read(),
+        |_| {},
+    );
+    drive(
+        classes_writer,
+        client,
+        shutdown,
+        |c: &mut PrunedClass| c.marks.retain_read(),
+        |_| {},
+    );
     drive(
         namespaces_writer,
         client,
@@ -72,6 +95,7 @@ pub fn start(client: &Client, shutdown: &CancellationToken) -> (Caches, Subscrip
                 ..std::mem::take(&mut ns.metadata)
             }
         },
+        |_| {},
     );
     let caches = Caches {
         claims,
@@ -83,12 +107,14 @@ pub fn start(client: &Client, shutdown: &CancellationToken) -> (Caches, Subscrip
 }
 
 /// Runs one watch of every `K` into `writer` until `shutdown`, each object passed through
-/// `prune` first; watch errors are logged and retried with backoff.
+/// `prune` first and each event, once stored, shown to `seen`; watch errors are logged and
+/// retried with backoff.
 fn drive<K>(
     writer: Writer<K>,
     client: &Client,
     shutdown: &CancellationToken,
     prune: impl FnMut(&mut K) + Send + 'static,
+    mut seen: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) where
     K: Resource<DynamicType = ()>
         + Clone
@@ -115,7 +141,7 @@ fn drive<K>(
             };
             match event {
                 Some(Err(e)) => warn!(%kind, error = %e, "watch error; retrying with backoff"),
-                Some(Ok(_)) => {}
+                Some(Ok(event)) => seen(&event),
                 None => break,
             }
         }

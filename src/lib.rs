@@ -15,6 +15,7 @@ pub mod limits;
 pub mod manifests;
 pub mod metrics;
 pub mod nodes;
+pub mod policy_maps;
 pub mod runtime;
 pub mod telemetry;
 pub mod webhook;

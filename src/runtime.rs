@@ -18,6 +18,7 @@ use crate::keys::{InvalidPrefix, Keys};
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::limits::Limits;
 use crate::nodes::{self, NodeSignals, labeller::NodeLabeller};
+use crate::policy_maps::{self, PolicyMapSettings, PolicyMaps};
 use crate::webhook::{self, WebhookArgs, WebhookState};
 use crate::{cache, config, evidence, metrics};
 
@@ -60,6 +61,11 @@ pub struct RunArgs {
     /// waiting claims go first.
     #[arg(long, env = "USERNS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// Publish the claim maps policy engines read (ConfigMaps `userns-claims.<namespace>.<i>`
+    /// in `--namespace`: claim name → label value), for the Kyverno policies in
+    /// `deploy/kyverno/`. Written by the leader only, when they change.
+    #[arg(long, env = "USERNS_CLAIM_MAPS")]
+    pub claim_maps: bool,
     /// An admin connection must send a complete request head within this (and between
     /// keep-alive requests), else it is closed; in milliseconds.
     #[arg(
@@ -172,7 +178,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let mut registry = metrics::registry();
     let recorder = Recorder::new(client.clone(), reporter(&identity));
 
-    let (caches, subscriptions) = cache::start(&client, &shutdown);
+    let claim_maps = args
+        .claim_maps
+        .then(|| PolicyMaps::new(PolicyMapSettings::new(&args.namespace, &keys)));
+    let (caches, subscriptions) = match &claim_maps {
+        Some(maps) => {
+            let (maps, keys) = (maps.clone(), keys.clone());
+            cache::start_with(&client, &shutdown, move |event| {
+                maps.observe(&policy_maps::claim_event(event, &keys))
+            })
+        }
+        None => cache::start(&client, &shutdown),
+    };
     let (node_store, node_subscription) = nodes::start(&client, &keys, &shutdown);
     let records = evidence::host_paths::RecordsConfigMap {
         namespace: args.namespace.clone(),
@@ -184,6 +201,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let lease = LeaseSettings::new(&args.namespace, &args.lease_name, &identity);
     let leadership = leader::start(client.clone(), lease, shutdown.clone());
     let leader = leadership.is_leader.clone();
+    if let Some(maps) = claim_maps {
+        let run = maps.run(client.clone(), leader.clone(), shutdown.clone());
+        tokio::spawn(until(shutdown.clone(), run));
+    }
     let source = config::Source {
         client: client.clone(),
         namespace: args.namespace.clone(),

@@ -33,10 +33,11 @@ use userns_labeler_test_support::control_plane;
 use userns_labeler_test_support::tool;
 
 const POLICY_NAME: &str = "userns-enable-when-safe";
-const GLOBAL_CONTEXT_ENTRY: &str = "userns-claims";
-/// The fewest result rows the test files may produce: the cases written today. Lower only when
-/// removing cases on purpose.
-const MIN_KYVERNO_TEST_ROWS: usize = 47;
+const CEL_POLICY_NAME: &str = "userns-enable-when-safe-cel";
+const GLOBAL_CONTEXT_ENTRY: &str = "userns-claim-maps";
+/// The fewest result rows the test files may produce: the cases written today (47 for the
+/// ClusterPolicy, 46 for the MutatingPolicy). Lower only when removing cases on purpose.
+const MIN_KYVERNO_TEST_ROWS: usize = 93;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -191,12 +192,13 @@ fn expected_blockers(tests: &[(PathBuf, Value)]) -> BTreeMap<String, String> {
     out
 }
 
-/// `<namespace>/<name>` of every resource whose result compares a patched resource.
+/// `<namespace>/<name>` of every resource whose result for the ClusterPolicy compares a patched
+/// resource.
 fn expected_mutations(tests: &[(PathBuf, Value)]) -> Vec<String> {
     tests
         .iter()
         .flat_map(|(_, t)| t["results"].as_array().cloned().unwrap_or_default())
-        .filter(|r| r["patchedResources"].is_string())
+        .filter(|r| r["policy"] == POLICY_NAME && r["patchedResources"].is_string())
         .flat_map(|r| r["resources"].as_array().cloned().unwrap_or_default())
         .map(|r| r.as_str().unwrap().to_owned())
         .collect()
@@ -239,9 +241,16 @@ fn kyverno_cli_passes_every_declared_result_of_the_policy_tests() {
         rows.len()
     );
     assert!(
-        rows.iter().all(|r| r["POLICY"] == POLICY_NAME),
-        "every row is about {POLICY_NAME}"
+        rows.iter()
+            .all(|r| r["POLICY"] == POLICY_NAME || r["POLICY"] == CEL_POLICY_NAME),
+        "every row is about {POLICY_NAME} or {CEL_POLICY_NAME}"
     );
+    for policy in [POLICY_NAME, CEL_POLICY_NAME] {
+        assert!(
+            rows.iter().filter(|r| r["POLICY"] == policy).count() >= 46,
+            "{policy} is tested on every pod"
+        );
+    }
 }
 
 #[test]
@@ -261,7 +270,11 @@ fn kyverno_cli_skips_each_test_pod_for_its_own_blocker_and_mutates_the_others() 
 
     let mut wrong = Vec::new();
     for (pod, blocker) in &blockers {
-        let pod_rows: Vec<&Value> = rows.iter().filter(|r| row_resource(r) == *pod).collect();
+        // The ClusterPolicy's rows name the failing precondition; the MutatingPolicy's cannot.
+        let pod_rows: Vec<&Value> = rows
+            .iter()
+            .filter(|r| row_resource(r) == *pod && r["POLICY"] == POLICY_NAME)
+            .collect();
         if pod_rows.is_empty() {
             wrong.push(format!("{pod}: no row"));
         }
@@ -283,10 +296,11 @@ fn kyverno_cli_skips_each_test_pod_for_its_own_blocker_and_mutates_the_others() 
     for pod in &mutations {
         let (ns, name) = pod.split_once('/').expect("namespace/name");
         let mutated = format!("mutated Pod/{name} in namespace {ns}");
-        if !rows
-            .iter()
-            .any(|r| row_resource(r) == *pod && r["Message"] == mutated.as_str())
-        {
+        if !rows.iter().any(|r| {
+            row_resource(r) == *pod
+                && r["POLICY"] == POLICY_NAME
+                && r["Message"] == mutated.as_str()
+        }) {
             wrong.push(format!("{pod}: no row saying {mutated:?}"));
         }
     }
@@ -337,8 +351,13 @@ fn no_file_under_deploy_kyverno_uses_api_call() {
     assert!(found.is_empty(), "apiCall used at:\n{}", found.join("\n"));
 }
 
+/// Whitespace-insensitive text (YAML folded scalars).
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[test]
-fn cluster_policy_reads_claims_only_through_the_shipped_global_context_entry() {
+fn both_policies_read_claims_only_through_the_shipped_claim_maps() {
     let gce = documents(&kyverno_dir().join("globalcontextentry.yaml"));
     assert_eq!(gce.len(), 1);
     let gce = &gce[0];
@@ -346,8 +365,19 @@ fn cluster_policy_reads_claims_only_through_the_shipped_global_context_entry() {
     assert_eq!(gce["metadata"]["name"], GLOBAL_CONTEXT_ENTRY);
     assert_eq!(
         gce["spec"]["kubernetesResource"],
-        json!({"group": "", "version": "v1", "resource": "persistentvolumeclaims"}),
-        "one watch on the claims of all namespaces"
+        json!({"group": "", "version": "v1", "resource": "configmaps", "namespace": "userns-labeler"}),
+        "one watch on the ConfigMaps of the labeler's namespace, not on claims"
+    );
+    let projections = gce["spec"]["projections"].as_array().expect("projections");
+    assert_eq!(projections.len(), 1);
+    assert_eq!(projections[0]["name"], "byName");
+    let projection = squeeze(projections[0]["jmesPath"].as_str().unwrap());
+    assert!(
+        projection.contains(&format!(
+            "\"{}\"",
+            userns_labeler::policy_maps::map_label(&Default::default())
+        )) && projection.contains(userns_labeler::policy_maps::MAP_FORMAT),
+        "the projection selects the maps by the publisher's label: {projection}"
     );
 
     let policy = documents(&kyverno_dir().join("enable-userns.yaml"));
@@ -362,16 +392,136 @@ fn cluster_policy_reads_claims_only_through_the_shipped_global_context_entry() {
     let rules = policy["spec"]["rules"].as_array().expect("rules");
     assert_eq!(rules.len(), 1);
     let context = rules[0]["context"].as_array().expect("a context");
-    assert!(
-        context
-            .iter()
-            .all(|c| c["globalReference"]["name"] == GLOBAL_CONTEXT_ENTRY),
-        "every context entry is a globalReference to {GLOBAL_CONTEXT_ENTRY}: {context:?}"
-    );
+    for entry in context {
+        let keys: Vec<&String> = entry
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "name")
+            .collect();
+        match keys.as_slice() {
+            [k] if *k == "variable" => {}
+            [k] if *k == "globalReference" => assert_eq!(
+                entry["globalReference"]["name"],
+                format!("{GLOBAL_CONTEXT_ENTRY}.byName")
+            ),
+            other => panic!("context entry {} reads {other:?}", entry["name"]),
+        }
+    }
+    assert!(context.iter().any(|c| c["globalReference"].is_object()));
     assert_eq!(
         rules[0]["match"]["any"][0]["resources"]["operations"],
         json!(["CREATE"])
     );
+    // Every possible shard of the pod's namespace is looked up, and only those.
+    let reference = squeeze(
+        context
+            .iter()
+            .find(|c| c["globalReference"].is_object())
+            .unwrap()["globalReference"]["jmesPath"]
+            .as_str()
+            .unwrap(),
+    );
+    for shard in 0..userns_labeler::policy_maps::MAX_SHARDS {
+        assert!(
+            reference.contains(&format!(
+                "\"userns-claims.{{{{request.namespace}}}}.{shard}\""
+            )),
+            "shard {shard} is not looked up: {reference}"
+        );
+    }
+    assert!(!reference.contains(&format!(".{}\"", userns_labeler::policy_maps::MAX_SHARDS)));
+
+    let cel = documents(&kyverno_dir().join("enable-userns-cel.yaml"));
+    assert_eq!(cel.len(), 1);
+    let cel = &cel[0];
+    assert_eq!(cel["apiVersion"], "policies.kyverno.io/v1");
+    assert_eq!(cel["kind"], "MutatingPolicy");
+    assert_eq!(cel["metadata"]["name"], CEL_POLICY_NAME);
+    assert_eq!(
+        cel["spec"]["autogen"]["podControllers"]["controllers"],
+        json!([])
+    );
+    let text = fs::read_to_string(kyverno_dir().join("enable-userns-cel.yaml")).unwrap();
+    assert!(text.contains(&format!(
+        "globalContext.Get(\"{GLOBAL_CONTEXT_ENTRY}\", \"byName\")"
+    )));
+    assert!(
+        !text.contains("resource.Get")
+            && !text.contains("resource.List")
+            && !text.contains("http.")
+    );
+    assert!(
+        text.contains(&format!(
+            "[{}]",
+            (0..userns_labeler::policy_maps::MAX_SHARDS)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        "the CEL policy looks up every possible shard"
+    );
+    // The matchConditions are offloaded to the API server's webhook: nothing but the request.
+    for condition in cel["spec"]["matchConditions"]
+        .as_array()
+        .expect("matchConditions")
+    {
+        let expression = condition["expression"].as_str().unwrap();
+        assert!(
+            !expression.contains("variables.") && !expression.contains("globalContext"),
+            "{}: a matchCondition the API server cannot evaluate",
+            condition["name"]
+        );
+    }
+
+    // The CLI tests mock the entry with the same projection.
+    for (path, test) in kyverno_test_files() {
+        for mock in test["globalContextEntries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(mock["name"], GLOBAL_CONTEXT_ENTRY, "{}", path.display());
+            assert_eq!(
+                squeeze(mock["projections"][0]["path"].as_str().unwrap()),
+                projection,
+                "{}: the mock's projection is the shipped one",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_mocked_claim_maps_are_what_the_publisher_makes_of_the_mocked_claims() {
+    use userns_labeler::policy_maps::{Support, apply_body, desired_shards};
+    let dir = kyverno_dir().join("tests/enable-userns");
+    let keys = userns_labeler::keys::Keys::default();
+    let mut claims: BTreeMap<String, BTreeMap<String, Support>> = BTreeMap::new();
+    for claim in documents(&dir.join("claims.yaml")) {
+        let support =
+            Support::from_label(claim["metadata"]["labels"]["userns.io/idmap-supported"].as_str());
+        claims
+            .entry(claim["metadata"]["namespace"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(
+                claim["metadata"]["name"].as_str().unwrap().to_owned(),
+                support,
+            );
+    }
+    let mut expected: Vec<Value> = claims
+        .iter()
+        .flat_map(|(ns, c)| desired_shards(ns, c).shards)
+        .map(|shard| apply_body("userns-labeler", &shard, &keys))
+        .collect();
+    expected.sort_by_key(|v| v["metadata"]["name"].as_str().unwrap().to_owned());
+    let mut mocked: Vec<Value> = documents(&dir.join("claim-maps.yaml"))
+        .into_iter()
+        .filter(|d| d["metadata"]["labels"]["userns.io/claim-map"].is_string())
+        .collect();
+    mocked.sort_by_key(|v| v["metadata"]["name"].as_str().unwrap().to_owned());
+    assert!(mocked.len() >= 5);
+    assert_eq!(mocked, expected);
 }
 
 // ---- the guardrail, on the real API server ----------------------------------------------------

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Builds the real command-line tools the tests use besides the control plane
-# (helm, the Kyverno CLI) from their Go modules, collects the CRDs of the
+# (helm, the Kyverno CLI and Kyverno's admission server) from their Go modules, collects the CRDs of the
 # projects our manifests refer to, and caches everything by version outside target/.
 #
 #   tests/tools/build.sh                          build what is missing (default)
-#   tests/tools/build.sh path helm|kyverno|crds   print ONLY the absolute path on stdout,
+#   tests/tools/build.sh path helm|kyverno|kyverno-server|crds
+#                                                 print ONLY the absolute path on stdout,
 #                                                 building that one thing first if missing
 #   tests/tools/build.sh dir                      print the cache root
 #
 # What `path` prints:
 #   helm     the helm binary
 #   kyverno  the Kyverno CLI (kubectl-kyverno, installed under the name `kyverno`)
+#   kyverno-server
+#            Kyverno's admission controller (cmd/kyverno of the same module and
+#            version as the CLI), run out of cluster by scripts/kyverno-server.sh
+#            and crates/test-support/src/kyverno.rs
 #   crds     a directory of CustomResourceDefinition YAML files (one CRD per file,
 #            no templating) to apply with `kubectl apply --server-side -f DIR`:
 #            Kyverno's (config/crds/ of its module), cert-manager's (deploy/crds/:
@@ -25,6 +30,7 @@
 # Cache: ${XDG_CACHE_HOME:-$HOME/.cache}/userns-labeler/tools/
 #   helm-<version>/helm             (+ wrapper/, the generated Go module it was built from)
 #   kyverno-<version>/kyverno       (+ wrapper/)
+#   kyverno-server-<version>/kyverno-server   (+ wrapper/)
 #   crds-kyverno-<v>-cert-manager-<v>-prometheus-operator-<v>/*.yaml
 # Each is rebuilt only when missing; binaries and the CRD directory are written
 # under temporary names, smoke-tested and then renamed, so a failed or
@@ -73,6 +79,7 @@ kyverno_module=github.com/kyverno/kyverno
 cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/userns-labeler/tools
 helm_dir=$cache_root/helm-$helm_version
 kyverno_dir=$cache_root/kyverno-$kyverno_version
+kyverno_server_dir=$cache_root/kyverno-server-$kyverno_version
 crds_dir=$cache_root/crds-kyverno-$kyverno_version-cert-manager-$cert_manager_version-prometheus-operator-$prometheus_operator_version
 
 # shellcheck source=../find-go.sh
@@ -209,11 +216,11 @@ locked() {
             exec {fd}>&-
             return 0
         fi
-        [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and the Kyverno CLI for the tests")
+        [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and Kyverno for the tests")
         "$make_fn"
         exec {fd}>&-
     else
-        [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and the Kyverno CLI for the tests")
+        [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and Kyverno for the tests")
         "$make_fn"
     fi
 }
@@ -267,6 +274,33 @@ make_kyverno() {
         -ldflags "-s -w -X $kyverno_module/pkg/version.BuildVersion=$kyverno_version"
 }
 
+# ---- the Kyverno admission server ----
+
+kyverno_server_done() { [[ -x $kyverno_server_dir/kyverno-server ]]; }
+
+# The server has no version flag: check that it starts far enough to print its
+# flags, and that the binary was built from exactly the pinned module version
+# (`go version -m` reads the build information Go embeds; a `tool` directive's
+# module is listed as `mod`, a plain dependency as `dep`).
+kyverno_server_smoke() {
+    local help info
+    help=$("$1" --help 2>&1) && [[ $help == *-serverIP* && $help == *-caSecretName* ]] ||
+        { echo "'--help' did not list -serverIP and -caSecretName: $(head -5 <<<"$help")"; return 1; }
+    info=$("$GO" version -m "$1") || return 1
+    grep -Eq "^[[:space:]]*(mod|dep)[[:space:]]+$kyverno_module[[:space:]]+$kyverno_version([[:space:]]|\$)" <<<"$info" ||
+        { echo "built from another $kyverno_module version: $(grep "$kyverno_module" <<<"$info" | head -2)"; return 1; }
+    echo "kyverno admission server from $kyverno_module $kyverno_version"
+}
+
+make_kyverno_server() {
+    local moddir
+    # Its own wrapper (another `tool` line), resolving the same versions as the
+    # CLI's: both come from the go.mod of the same release.
+    moddir=$(wrapper_dir "$kyverno_server_dir" "$kyverno_module" "$kyverno_version" "$kyverno_module/cmd/kyverno")
+    build "$moddir" "$kyverno_module/cmd/kyverno" "$kyverno_server_dir/kyverno-server" kyverno_server_smoke \
+        -ldflags "-s -w -X $kyverno_module/pkg/version.BuildVersion=$kyverno_version"
+}
+
 # ---- CRDs ----
 
 crds_done() { [[ -d $crds_dir ]]; }
@@ -316,7 +350,7 @@ main() {
 
     case "${1:-build}" in
     path)
-        (($# == 2)) || die "usage: build.sh path helm|kyverno|crds"
+        (($# == 2)) || die "usage: build.sh path helm|kyverno|kyverno-server|crds"
         # (No `locked ... && echo`: errexit does not apply inside an && list.)
         case $2 in
         helm)
@@ -327,11 +361,15 @@ main() {
             locked "kyverno-$kyverno_version" kyverno_done make_kyverno
             echo "$kyverno_dir/kyverno"
             ;;
+        kyverno-server)
+            locked "kyverno-server-$kyverno_version" kyverno_server_done make_kyverno_server
+            echo "$kyverno_server_dir/kyverno-server"
+            ;;
         crds)
             locked "$(basename "$crds_dir")" crds_done make_crds
             echo "$crds_dir"
             ;;
-        *) die "unknown tool '$2' (expected: helm, kyverno, crds)" ;;
+        *) die "unknown tool '$2' (expected: helm, kyverno, kyverno-server, crds)" ;;
         esac
         exit 0
         ;;
@@ -340,20 +378,21 @@ main() {
         exit 0
         ;;
     build) ;;
-    *) die "unknown command '$1' (expected: build, path helm|kyverno|crds, dir)" ;;
+    *) die "unknown command '$1' (expected: build, path helm|kyverno|kyverno-server|crds, dir)" ;;
     esac
 
-    if helm_done && kyverno_done && crds_done; then
-        log "up to date: $helm_dir/helm, $kyverno_dir/kyverno, $crds_dir"
+    if helm_done && kyverno_done && kyverno_server_done && crds_done; then
+        log "up to date: $helm_dir/helm, $kyverno_dir/kyverno, $kyverno_server_dir/kyverno-server, $crds_dir"
         exit 0
     fi
-    GO=$(find_go "Go >= 1.26 to build helm and the Kyverno CLI for the tests")
+    GO=$(find_go "Go >= 1.26 to build helm and Kyverno for the tests")
     log "helm $helm_version, kyverno $kyverno_version, $("$GO" version), cache $cache_root"
     # The CRDs need downloads only; collect them first so a slow build does not delay them.
     locked "$(basename "$crds_dir")" crds_done make_crds
     locked "helm-$helm_version" helm_done make_helm
     locked "kyverno-$kyverno_version" kyverno_done make_kyverno
-    log "done in $((SECONDS - start_all))s: $helm_dir/helm $kyverno_dir/kyverno $crds_dir"
+    locked "kyverno-server-$kyverno_version" kyverno_server_done make_kyverno_server
+    log "done in $((SECONDS - start_all))s: $helm_dir/helm $kyverno_dir/kyverno $kyverno_server_dir/kyverno-server $crds_dir"
 }
 
 main "$@"

@@ -11,8 +11,9 @@
 //!   a small HTTPS client;
 //! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
 //! - [`generate`]: generated clusters (pods, claims, volumes) for scale tests and benchmarks;
+//! - [`kyverno`]: Kyverno's real admission server, out of cluster against the control plane;
 //! - [`measure`]: the benchmarks' figures (resident memory, CPU time, load, percentiles);
-//! - [`tool`]: helm, the Kyverno CLI and third-party CRDs built by `make tools`.
+//! - [`tool`]: helm, the Kyverno CLI and server, and third-party CRDs built by `make tools`.
 //!
 //! Paths into the repository (`tests/control-plane/versions.env`, `tests/tools/build.sh`,
 //! `deploy/`) are resolved from [`repo_root`], this crate's manifest directory two levels up.
@@ -22,6 +23,7 @@
 pub mod control_plane;
 pub mod fixtures;
 pub mod generate;
+pub mod kyverno;
 pub mod labeler;
 pub mod measure;
 pub mod node;
@@ -56,7 +58,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A tool built and cached by `tests/tools/build.sh` (`helm`, `kyverno`, or `crds`, the
+/// A tool built and cached by `tests/tools/build.sh` (`helm`, `kyverno`, `kyverno-server`, or `crds`, the
 /// directory of CRDs): its path, built on first use. Fails loudly with the reason, never skips.
 pub fn tool(name: &str) -> PathBuf {
     static PATHS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();

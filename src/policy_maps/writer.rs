@@ -1,0 +1,536 @@
+//! The claim maps' index (every replica) and writer (the leader only).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::watcher,
+};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::shards::{
+    ClaimEntry, PublishedShard, ShardChange, Support, apply_body, desired_shards, diff_namespace,
+    map_label, published_from,
+};
+use crate::keys::Keys;
+
+/// Where and how fast the maps are written.
+#[derive(Debug, Clone)]
+pub struct PolicyMapSettings {
+    /// The labeler's namespace: the maps live there.
+    pub namespace: String,
+    pub keys: Keys,
+    /// The server-side-apply field manager.
+    pub field_manager: String,
+    /// Changes arriving within this window are written together (1,000 claims flipped by a
+    /// table edit make one write per shard, not 1,000).
+    pub coalesce: Duration,
+    /// At most this many writes (apply or delete) per second.
+    pub max_writes_per_second: u32,
+}
+
+impl PolicyMapSettings {
+    pub fn new(namespace: &str, keys: &Keys) -> PolicyMapSettings {
+        PolicyMapSettings {
+            namespace: namespace.to_owned(),
+            keys: keys.clone(),
+            field_manager: "userns-labeler".to_owned(),
+            coalesce: Duration::from_millis(200),
+            max_writes_per_second: 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyMapError {
+    #[error("listing the claim maps in namespace {namespace}: {source}")]
+    List {
+        namespace: String,
+        source: kube::Error,
+    },
+    #[error("applying claim map {name}: {source}")]
+    Apply { name: String, source: kube::Error },
+    #[error("deleting claim map {name}: {source}")]
+    Delete { name: String, source: kube::Error },
+}
+
+impl PolicyMapError {
+    /// A bounded label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            PolicyMapError::List { .. } => "list",
+            PolicyMapError::Apply { .. } => "apply",
+            PolicyMapError::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// The claims as the watch last reported them, and which namespaces changed since written.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    claims: BTreeMap<String, BTreeMap<String, Support>>,
+    /// Claims of a relist in progress (`Init` … `InitDone`).
+    relist: Option<BTreeMap<String, BTreeMap<String, Support>>>,
+    /// At least one full list has been seen: before that nothing may be written (a partial
+    /// index would delete or shrink maps).
+    synced: bool,
+    dirty: BTreeSet<String>,
+}
+
+impl Index {
+    pub(crate) fn observe(&mut self, event: &watcher::Event<ClaimEntry>) {
+        match event {
+            watcher::Event::Init => self.relist = Some(BTreeMap::new()),
+            watcher::Event::InitApply(c) => {
+                let relist = self.relist.get_or_insert_with(BTreeMap::new);
+                relist
+                    .entry(c.namespace.clone())
+                    .or_default()
+                    .insert(c.name.clone(), c.support);
+            }
+            watcher::Event::InitDone => {
+                let fresh = self.relist.take().unwrap_or_default();
+                // Namespaces whose content differs (including those now empty).
+                for ns in fresh.keys().chain(self.claims.keys()) {
+                    if fresh.get(ns) != self.claims.get(ns) || !self.synced {
+                        self.dirty.insert(ns.clone());
+                    }
+                }
+                self.claims = fresh;
+                self.synced = true;
+            }
+            watcher::Event::Apply(c) => {
+                let previous = self
+                    .claims
+                    .entry(c.namespace.clone())
+                    .or_default()
+                    .insert(c.name.clone(), c.support);
+                if previous != Some(c.support) {
+                    self.dirty.insert(c.namespace.clone());
+                }
+            }
+            watcher::Event::Delete(c) => {
+                if let Some(ns) = self.claims.get_mut(&c.namespace)
+                    && ns.remove(&c.name).is_some()
+                {
+                    if ns.is_empty() {
+                        self.claims.remove(&c.namespace);
+                    }
+                    self.dirty.insert(c.namespace.clone());
+                }
+            }
+        }
+    }
+
+    /// The dirty namespaces with their claims, clearing the dirty set.
+    fn take_dirty(&mut self) -> Vec<(String, BTreeMap<String, Support>)> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|ns| {
+                let claims = self.claims.get(&ns).cloned().unwrap_or_default();
+                (ns, claims)
+            })
+            .collect()
+    }
+
+    fn mark_dirty(&mut self, namespaces: impl IntoIterator<Item = String>) {
+        self.dirty.extend(namespaces);
+    }
+
+    fn namespaces(&self) -> impl Iterator<Item = &String> {
+        self.claims.keys()
+    }
+}
+
+/// The claim maps: a cheap handle (clone it freely) to the index every replica keeps, and the
+/// writer task ([`PolicyMaps::run`]).
+#[derive(Clone)]
+pub struct PolicyMaps {
+    settings: Arc<PolicyMapSettings>,
+    index: Arc<Mutex<Index>>,
+    wake: Arc<Notify>,
+}
+
+impl PolicyMaps {
+    pub fn new(settings: PolicyMapSettings) -> PolicyMaps {
+        PolicyMaps {
+            settings: Arc::new(settings),
+            index: Arc::default(),
+            wake: Arc::default(),
+        }
+    }
+
+    /// Feeds one event of the claim watcher (each claim reduced to a [`ClaimEntry`]). Never
+    /// blocks on I/O; wakes the writer when a namespace's content changed.
+    pub fn observe(&self, event: &watcher::Event<ClaimEntry>) {
+        let changed = {
+            let mut index = self.index.lock().expect("index lock");
+            index.observe(event);
+            index.synced && !index.dirty.is_empty()
+        };
+        if changed {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes the maps while `is_leader` is `true`, until `shutdown`. Errors are logged and the
+    /// namespace retried after a pause; this never returns an error.
+    pub async fn run(
+        self,
+        client: Client,
+        mut is_leader: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let api: Api<ConfigMap> = Api::namespaced(client, &self.settings.namespace);
+        let pace = Duration::from_secs(1) / self.settings.max_writes_per_second.max(1);
+        // What exists, by name: `None` until listed in this leadership term.
+        let mut published: Option<BTreeMap<String, PublishedShard>> = None;
+        let mut retry_after = Duration::ZERO;
+        loop {
+            let leading = *is_leader.borrow_and_update();
+            if !leading {
+                published = None;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = is_leader.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            if published.is_none() {
+                match self.list(&api).await {
+                    Ok(listed) => {
+                        let mut index = self.index.lock().expect("index lock");
+                        let all: Vec<String> = index
+                            .namespaces()
+                            .cloned()
+                            .chain(listed.values().map(|p| p.namespace.clone()))
+                            .collect();
+                        index.mark_dirty(all);
+                        published = Some(listed);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, category = e.category(), "claim maps: cannot list");
+                        retry_after = backoff(retry_after);
+                        if pause(retry_after, &shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let work = {
+                let mut index = self.index.lock().expect("index lock");
+                if index.synced {
+                    index.take_dirty()
+                } else {
+                    Vec::new()
+                }
+            };
+            if work.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = is_leader.changed() => {}
+                }
+                // Let more changes of the same burst arrive before writing.
+                if pause(self.settings.coalesce, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            let published_now = published.as_mut().expect("listed above");
+            let mut failed = Vec::new();
+            for (namespace, claims) in work {
+                if shutdown.is_cancelled() || !*is_leader.borrow() {
+                    failed.push(namespace);
+                    continue;
+                }
+                let desired = desired_shards(&namespace, &claims);
+                if desired.overflow > 0 {
+                    warn!(
+                        namespace,
+                        left_out = desired.overflow,
+                        "claim maps: the namespace has more claims than its maps hold; pods on the claims left out are not enabled by the policies"
+                    );
+                }
+                let ours: BTreeMap<String, PublishedShard> = published_now
+                    .iter()
+                    .filter(|(_, p)| p.namespace == namespace)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for change in diff_namespace(&desired, &ours) {
+                    match self.execute(&api, &change).await {
+                        Ok(()) => match change {
+                            ShardChange::Apply(shard) => {
+                                published_now.insert(
+                                    shard.name.clone(),
+                                    PublishedShard {
+                                        name: shard.name.clone(),
+                                        namespace: shard.namespace.clone(),
+                                        data: shard
+                                            .data
+                                            .iter()
+                                            .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+                                            .collect(),
+                                    },
+                                );
+                            }
+                            ShardChange::Delete(name) => {
+                                published_now.remove(&name);
+                            }
+                        },
+                        Err(e) => {
+                            warn!(error = %e, category = e.category(), namespace, "claim maps: write failed; retrying");
+                            failed.push(namespace.clone());
+                            break;
+                        }
+                    }
+                    if pause(pace, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+            if failed.is_empty() {
+                retry_after = Duration::ZERO;
+            } else {
+                self.index.lock().expect("index lock").mark_dirty(failed);
+                // A failed write may have left `published` wrong (a conflict, a deletion by
+                // someone else): list again before the retry.
+                published = None;
+                retry_after = backoff(retry_after);
+                if pause(retry_after, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        api: &Api<ConfigMap>,
+    ) -> Result<BTreeMap<String, PublishedShard>, PolicyMapError> {
+        let keys = &self.settings.keys;
+        let params = ListParams::default().labels(&map_label(keys));
+        let list = api
+            .list(&params)
+            .await
+            .map_err(|source| PolicyMapError::List {
+                namespace: self.settings.namespace.clone(),
+                source,
+            })?;
+        let shards: BTreeMap<String, PublishedShard> = list
+            .items
+            .iter()
+            .filter_map(|cm| {
+                let name = cm.metadata.name.as_deref()?;
+                published_from(
+                    name,
+                    cm.metadata.labels.as_ref(),
+                    cm.metadata.annotations.as_ref(),
+                    cm.data.as_ref(),
+                    keys,
+                )
+            })
+            .map(|p| (p.name.clone(), p))
+            .collect();
+        info!(
+            shards = shards.len(),
+            "claim maps: listed the published maps"
+        );
+        Ok(shards)
+    }
+
+    async fn execute(
+        &self,
+        api: &Api<ConfigMap>,
+        change: &ShardChange,
+    ) -> Result<(), PolicyMapError> {
+        match change {
+            ShardChange::Apply(shard) => {
+                let body = apply_body(&self.settings.namespace, shard, &self.settings.keys);
+                let params = PatchParams::apply(&self.settings.field_manager).force();
+                api.patch(&shard.name, &params, &Patch::Apply(&body))
+                    .await
+                    .map_err(|source| PolicyMapError::Apply {
+                        name: shard.name.clone(),
+                        source,
+                    })?;
+                debug!(
+                    name = shard.name,
+                    claims = shard.data.len(),
+                    "claim map written"
+                );
+            }
+            ShardChange::Delete(name) => {
+                match api.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(source) => {
+                        return Err(PolicyMapError::Delete {
+                            name: name.clone(),
+                            source,
+                        });
+                    }
+                }
+                debug!(name, "claim map deleted");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn backoff(previous: Duration) -> Duration {
+    (previous * 2).clamp(Duration::from_millis(500), Duration::from_secs(30))
+}
+
+/// Sleeps `duration`; `true` when shutdown came first.
+async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(ns: &str, name: &str, support: Support) -> ClaimEntry {
+        ClaimEntry {
+            namespace: ns.into(),
+            name: name.into(),
+            support,
+        }
+    }
+
+    fn listed(index: &mut Index, claims: &[ClaimEntry]) {
+        index.observe(&watcher::Event::Init);
+        for c in claims {
+            index.observe(&watcher::Event::InitApply(c.clone()));
+        }
+        index.observe(&watcher::Event::InitDone);
+    }
+
+    fn dirty(index: &mut Index) -> Vec<String> {
+        index.take_dirty().into_iter().map(|(ns, _)| ns).collect()
+    }
+
+    #[test]
+    fn nothing_is_dirty_before_the_first_full_list() {
+        let mut index = Index::default();
+        index.observe(&watcher::Event::Init);
+        index.observe(&watcher::Event::InitApply(claim("a", "x", Support::True)));
+        assert!(!index.synced);
+        assert!(index.claims.is_empty(), "a partial list is not the index");
+        index.observe(&watcher::Event::InitDone);
+        assert!(index.synced);
+        assert_eq!(dirty(&mut index), vec!["a"]);
+    }
+
+    #[test]
+    fn only_a_changed_value_marks_its_namespace() {
+        let mut index = Index::default();
+        listed(
+            &mut index,
+            &[
+                claim("a", "x", Support::True),
+                claim("b", "y", Support::True),
+            ],
+        );
+        dirty(&mut index);
+        // A label write the watch echoes back unchanged, or another field of the claim.
+        index.observe(&watcher::Event::Apply(claim("a", "x", Support::True)));
+        assert!(dirty(&mut index).is_empty());
+        index.observe(&watcher::Event::Apply(claim("a", "x", Support::False)));
+        assert_eq!(dirty(&mut index), vec!["a"]);
+        index.observe(&watcher::Event::Apply(claim("b", "new", Support::Unknown)));
+        assert_eq!(dirty(&mut index), vec!["b"]);
+    }
+
+    #[test]
+    fn a_deleted_claim_marks_its_namespace_and_the_last_one_empties_it() {
+        let mut index = Index::default();
+        listed(&mut index, &[claim("a", "x", Support::True)]);
+        dirty(&mut index);
+        index.observe(&watcher::Event::Delete(claim(
+            "a",
+            "missing",
+            Support::True,
+        )));
+        assert!(
+            dirty(&mut index).is_empty(),
+            "an unknown claim changes nothing"
+        );
+        index.observe(&watcher::Event::Delete(claim("a", "x", Support::True)));
+        let work = index.take_dirty();
+        assert_eq!(work, vec![("a".to_owned(), BTreeMap::new())]);
+        assert!(index.claims.is_empty());
+    }
+
+    #[test]
+    fn a_relist_marks_exactly_the_namespaces_that_differ() {
+        let mut index = Index::default();
+        listed(
+            &mut index,
+            &[
+                claim("same", "x", Support::True),
+                claim("flipped", "y", Support::True),
+                claim("gone", "z", Support::True),
+            ],
+        );
+        dirty(&mut index);
+        listed(
+            &mut index,
+            &[
+                claim("same", "x", Support::True),
+                claim("flipped", "y", Support::False),
+                claim("new", "w", Support::True),
+            ],
+        );
+        assert_eq!(dirty(&mut index), vec!["flipped", "gone", "new"]);
+    }
+
+    #[test]
+    fn a_burst_of_flips_in_one_namespace_is_one_unit_of_work() {
+        let mut index = Index::default();
+        let claims: Vec<ClaimEntry> = (0..1000)
+            .map(|i| claim("apps", &format!("data-{i}"), Support::True))
+            .collect();
+        listed(&mut index, &claims);
+        dirty(&mut index);
+        for c in &claims {
+            index.observe(&watcher::Event::Apply(claim(
+                "apps",
+                &c.name,
+                Support::False,
+            )));
+        }
+        let work = index.take_dirty();
+        assert_eq!(work.len(), 1);
+        assert!(work[0].1.values().all(|s| *s == Support::False));
+    }
+
+    #[test]
+    fn backoff_doubles_within_bounds() {
+        assert_eq!(backoff(Duration::ZERO), Duration::from_millis(500));
+        assert_eq!(backoff(Duration::from_secs(1)), Duration::from_secs(2));
+        assert_eq!(backoff(Duration::from_secs(20)), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn error_categories_are_a_closed_set() {
+        let e = PolicyMapError::Delete {
+            name: "x".into(),
+            source: kube::Error::LinesCodecMaxLineLengthExceeded,
+        };
+        assert_eq!(e.category(), "delete");
+    }
+}
