@@ -10,6 +10,8 @@
 //! - [`webhook`]: webhook state without an API server, AdmissionReview builders and decoding,
 //!   a small HTTPS client;
 //! - [`fixtures`]: typed Kubernetes objects built from JSON, for table tests;
+//! - [`cases`]: the table of pod cases shared by the webhook's and the Kyverno policies' tests
+//!   (`tests/cases/pods.yaml`);
 //! - [`generate`]: generated clusters (pods, claims, volumes) for scale tests and benchmarks;
 //! - [`kyverno`]: Kyverno's real admission server, out of cluster against the control plane;
 //! - [`measure`]: the benchmarks' figures (resident memory, CPU time, load, percentiles);
@@ -20,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cases;
 pub mod control_plane;
 pub mod fixtures;
 pub mod generate;
