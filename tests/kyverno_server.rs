@@ -1,9 +1,12 @@
 //! The Kyverno policies of `deploy/kyverno/` on Kyverno's real admission server (out of cluster,
 //! `crates/test-support/src/kyverno.rs`) called by the real kube-apiserver of the test control
 //! plane: the shipped GlobalContextEntry caching claim maps exactly as the publisher
-//! (`src/policy_maps/`) writes them, each policy applied in turn, pods created (server-side dry
-//! run) and their mutation checked; then a claim flipped in its map and the window until pods on
-//! it stop being enabled. Needs the control plane and the tools; fails with the reason without.
+//! (`src/policy_maps/`) writes them, each policy applied in turn, and every case of the pod
+//! table shared with the webhook's tests (`tests/cases/pods.yaml`: the claim maps hold each
+//! claim's label from it) created (server-side dry run) and its mutation checked against the
+//! table (the `policies:` override where the policies are allowed to differ, else the webhook's
+//! decision); then a claim flipped in its map and the window until pods on it stop being enabled.
+//! Needs the control plane and the tools; fails with the reason without.
 
 use std::{
     collections::BTreeMap,
@@ -18,12 +21,17 @@ use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use userns_labeler::{
     keys::Keys,
     policy_maps::{Support, apply_body, desired_shards},
 };
-use userns_labeler_test_support::{control_plane, kyverno::KyvernoServer, repo_root};
+use userns_labeler_test_support::{
+    cases::{Case, Decision, Table},
+    control_plane,
+    kyverno::KyvernoServer,
+    repo_root,
+};
 
 const LABELER_NAMESPACE: &str = "userns-labeler";
 
@@ -77,33 +85,6 @@ async fn publish(cms: &Api<ConfigMap>, namespace: &str, claims: &[(&str, Support
     }
 }
 
-fn pod(name: &str, spec_extra: Value, volumes: Value) -> Pod {
-    let mut spec = json!({
-        "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        "volumes": volumes,
-    });
-    for (k, v) in spec_extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": spec,
-    }))
-    .unwrap()
-}
-
-fn claim_volumes(claims: &[&str]) -> Value {
-    Value::Array(
-        claims
-            .iter()
-            .enumerate()
-            .map(|(i, c)| json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": c}}))
-            .collect(),
-    )
-}
-
 /// The pod as the API server would store it (server-side dry run).
 async fn admitted(pods: &Api<Pod>, pod: &Pod) -> Pod {
     pods.create(
@@ -144,103 +125,102 @@ async fn wait_for(
     }
 }
 
-/// The cases every policy must decide the same way (from the blockers in the README).
-async fn check_cases(pods: &Api<Pod>, policy: &str) {
-    let cases: Vec<(&str, Pod, bool)> = vec![
-        (
-            "true-claim",
-            pod("true-claim", json!({}), claim_volumes(&["db"])),
-            true,
-        ),
-        ("no-volumes", pod("no-volumes", json!({}), json!([])), true),
-        (
-            "false-claim",
-            pod("false-claim", json!({}), claim_volumes(&["nfs"])),
-            false,
-        ),
-        (
-            "unknown-claim",
-            pod("unknown-claim", json!({}), claim_volumes(&["vendor"])),
-            false,
-        ),
-        (
-            "missing-claim",
-            pod("missing-claim", json!({}), claim_volumes(&["not-there"])),
-            false,
-        ),
-        (
-            "true-and-false",
-            pod("true-and-false", json!({}), claim_volumes(&["db", "nfs"])),
-            false,
-        ),
-        (
-            "host-network",
-            pod(
-                "host-network",
-                json!({"hostNetwork": true}),
-                claim_volumes(&["db"]),
-            ),
-            false,
-        ),
-        (
-            "host-users-true",
-            pod("host-users-true", json!({"hostUsers": true}), json!([])),
-            false,
-        ),
-        (
-            "inline-nfs",
-            pod(
-                "inline-nfs",
-                json!({}),
-                json!([{"name": "n", "nfs": {"server": "nfs.example", "path": "/x"}}]),
-            ),
-            false,
-        ),
-        (
-            "hostpath-dev",
-            pod(
-                "hostpath-dev",
-                json!({}),
-                json!([{"name": "d", "hostPath": {"path": "/dev/ttyUSB0"}}]),
-            ),
-            false,
-        ),
-    ];
+/// Every case of the shared table (`tests/cases/pods.yaml`) decided by `policy`: its `policies:`
+/// expectation where the policies may differ, else the webhook's. The pod is created (dry run) in
+/// `namespace_of(case)`. On the pod a policy's skip and an opt-out look the same: no decision
+/// annotation, `hostUsers` as written (which blocker the ClusterPolicy named is checked with the
+/// CLI, `tests/kyverno_policies.rs`).
+async fn check_cases(
+    client: &kube::Client,
+    table: &Table,
+    namespace_of: impl Fn(&Case) -> String,
+    policy: &str,
+) {
     let mut wrong = Vec::new();
-    for (name, pod, want) in cases {
-        let got = admitted(pods, &pod).await;
-        if enabled(&got) != want {
-            wrong.push(format!("{name}: enabled {} (want {want})", enabled(&got)));
-            continue;
-        }
+    for case in &table.cases {
+        let expected = case.policies_expect();
+        let pod: Pod = serde_json::from_value(case.pod()).unwrap();
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace_of(case));
+        let got = match pods
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &pod,
+            )
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => {
+                wrong.push(format!(
+                    "{}: the API server refused the pod: {e}",
+                    case.name
+                ));
+                continue;
+            }
+        };
         let annotations = got.metadata.annotations.clone().unwrap_or_default();
-        if want {
-            assert_eq!(
-                annotations.get("userns.io/decision").map(String::as_str),
-                Some("enabled"),
-                "{policy} {name}"
-            );
-            assert!(
-                annotations["userns.io/decision-reason"].contains(policy),
-                "{policy} {name}: {annotations:?}"
-            );
-            // Only hostUsers and the two annotations change: no label added.
-            assert_eq!(
-                got.metadata.labels, pod.metadata.labels,
-                "{policy} {name}: labels"
-            );
-        } else {
-            assert!(
-                !annotations.contains_key("userns.io/decision"),
-                "{policy} {name}: {annotations:?}"
-            );
+        let host_users = got.spec.as_ref().and_then(|s| s.host_users);
+        let ok = match expected.decision {
+            Decision::Enabled => {
+                host_users == Some(false)
+                    && annotations.get("userns.io/decision").map(String::as_str) == Some("enabled")
+                    && annotations
+                        .get("userns.io/decision-reason")
+                        .is_some_and(|r| r.contains(policy))
+                    // Only hostUsers and the two annotations change: no label added.
+                    && got.metadata.labels == pod.metadata.labels
+            }
+            Decision::Skipped | Decision::Untouched => {
+                host_users == case.written_host_users()
+                    && !annotations.contains_key("userns.io/decision")
+            }
+        };
+        if !ok {
+            let why = case.policies.as_ref().map_or(String::new(), |p| {
+                format!(" (allowed difference: {})", p.why)
+            });
+            wrong.push(format!(
+                "{}: expected {expected}{why}, got hostUsers {host_users:?}, annotations \
+                 {annotations:?}, labels {:?} — {}",
+                case.name, got.metadata.labels, case.proves
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{policy}:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{policy}: {} of {} cases decided otherwise than tests/cases/pods.yaml says:\n{}",
+        wrong.len(),
+        table.cases.len(),
+        wrong.join("\n")
+    );
+}
+
+/// The claim maps of the pods' namespace: every claim of the table that exists there, with its
+/// label; `flipped` published as `false` instead.
+fn table_maps(table: &Table, flipped: Option<&str>) -> Vec<(String, Support)> {
+    table
+        .present_claims()
+        .map(|c| {
+            // The publisher's own reading of the label.
+            let support = if Some(c.name.as_str()) == flipped {
+                Support::False
+            } else {
+                Support::from_label(c.label.value())
+            };
+            (c.name.clone(), support)
+        })
+        .collect()
+}
+
+fn as_refs(maps: &[(String, Support)]) -> Vec<(&str, Support)> {
+    maps.iter().map(|(n, s)| (n.as_str(), *s)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn both_policies_decide_pods_on_the_live_kyverno_server_from_the_published_claim_maps() {
+async fn both_policies_decide_every_pod_case_of_the_shared_table_on_the_live_kyverno_server() {
+    let table = Table::load();
     let cp = control_plane::shared();
     assert!(
         !cp.is_external(),
@@ -255,41 +235,62 @@ async fn both_policies_decide_pods_on_the_live_kyverno_server_from_the_published
         )
         .await;
     let ns = cp.namespace("kyverno-live").await;
+    // A namespace of its own, labelled as the case says, for each case with namespaceLabels
+    // (before the policies are applied, so that Kyverno's namespace cache has the labels).
+    let mut own_namespaces = Vec::new();
+    for case in table
+        .cases
+        .iter()
+        .filter(|c| !c.namespace_labels.is_empty())
+    {
+        let case_ns = cp.namespace(&case.name).await;
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                &case_ns,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": case.namespace_labels}})),
+            )
+            .await
+            .unwrap();
+        own_namespaces.push((case.name.clone(), case_ns));
+    }
+    let namespace_of = |case: &Case| {
+        own_namespaces
+            .iter()
+            .find(|(name, _)| *name == case.name)
+            .map_or(ns.to_string(), |(_, n)| n.to_string())
+    };
+
     let cms = Api::<ConfigMap>::namespaced(client.clone(), LABELER_NAMESPACE);
-    publish(
-        &cms,
-        &ns,
-        &[
-            ("db", Support::True),
-            ("nfs", Support::False),
-            ("vendor", Support::Unknown),
-        ],
-    )
-    .await;
-    // A claim "true" only in another namespace's map must not count here.
-    publish(&cms, "elsewhere", &[("not-there", Support::True)]).await;
+    // Claims that exist, with their label, only in another namespace's map must not count here.
+    let elsewhere = cp.namespace("kyverno-live-elsewhere").await;
+    let elsewhere_maps: Vec<(&str, Support)> = table
+        .claims_elsewhere()
+        .map(|(c, label)| (c.name.as_str(), Support::from_label(label.value())))
+        .collect();
+    publish(&cms, &elsewhere, &elsewhere_maps).await;
 
     let deploy = repo_root().join("deploy/kyverno");
     kubectl_apply(cp, &deploy.join("globalcontextentry.yaml"));
     // Not `kubectl wait --for=condition=Ready`: out of cluster the entry's status did not
     // turn Ready within 120 s; the first mutation below (polled) shows the entry is loaded.
 
+    // The probe: the table's pod on one true claim, which is then flipped to false.
+    let probe_case = table
+        .cases
+        .iter()
+        .find(|c| c.name == "claim-true")
+        .expect("the table has the case claim-true");
+    assert_eq!(probe_case.policies_expect().decision, Decision::Enabled);
+    let flipped = probe_case.claim_names()[0];
+    let mut probe: Pod = serde_json::from_value(probe_case.pod()).unwrap();
+    probe.metadata.name = Some("probe".into());
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let probe = pod("probe", json!({}), claim_volumes(&["db"]));
     for (file, policy) in [
         ("enable-userns.yaml", "userns-enable-when-safe"),
         ("enable-userns-cel.yaml", "userns-enable-when-safe-cel"),
     ] {
-        publish(
-            &cms,
-            &ns,
-            &[
-                ("db", Support::True),
-                ("nfs", Support::False),
-                ("vendor", Support::Unknown),
-            ],
-        )
-        .await;
+        publish(&cms, &ns, &as_refs(&table_maps(&table, None))).await;
         kubectl_apply(cp, &deploy.join(file));
         let took = wait_for(
             &pods,
@@ -300,24 +301,21 @@ async fn both_policies_decide_pods_on_the_live_kyverno_server_from_the_published
         )
         .await;
         eprintln!("{policy}: first mutation seen {took:?} after apply");
-        check_cases(&pods, policy).await;
+        let started = Instant::now();
+        check_cases(&client, &table, &namespace_of, policy).await;
+        eprintln!(
+            "{policy}: {} pod cases decided as the table says in {:?}",
+            table.cases.len(),
+            started.elapsed()
+        );
 
         // The table says "false" now: the map changes, Kyverno's projection follows.
-        publish(
-            &cms,
-            &ns,
-            &[
-                ("db", Support::False),
-                ("nfs", Support::False),
-                ("vendor", Support::Unknown),
-            ],
-        )
-        .await;
+        publish(&cms, &ns, &as_refs(&table_maps(&table, Some(flipped)))).await;
         let window = wait_for(
             &pods,
             &probe,
             false,
-            &format!("{policy} after db flipped to false"),
+            &format!("{policy} after {flipped} flipped to false"),
             &server,
         )
         .await;
