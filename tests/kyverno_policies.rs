@@ -29,6 +29,7 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 use serde_json::{Value, json};
+use userns_labeler_test_support::cases::{Case, Decision, Table};
 use userns_labeler_test_support::control_plane;
 use userns_labeler_test_support::tool;
 
@@ -522,6 +523,246 @@ fn the_mocked_claim_maps_are_what_the_publisher_makes_of_the_mocked_claims() {
     mocked.sort_by_key(|v| v["metadata"]["name"].as_str().unwrap().to_owned());
     assert!(mocked.len() >= 5);
     assert_eq!(mocked, expected);
+}
+
+// ---- the shared pod-case table, through the CLI ------------------------------------------------
+
+/// The namespace of the table's pods (those of cases with `namespaceLabels` are in a namespace
+/// named after the case), and the one where the table's `elsewhere` claims exist.
+const CASES_NAMESPACE: &str = "cases";
+const CASES_ELSEWHERE: &str = "cases-elsewhere";
+
+/// The codes the claim maps decide inside Kyverno; every other blocker is a matchCondition of
+/// the MutatingPolicy (and a precondition of the ClusterPolicy).
+const CLAIM_CODES: [&str; 3] = ["ClaimNotFound", "ClaimNotSupported", "ClaimSupportUnknown"];
+
+/// What each policy writes on a pod it enables.
+fn enabled_reason(policy: &str) -> String {
+    format!(
+        "set by the Kyverno policy {policy}: nothing blocks a user namespace and every claim is \
+         labelled userns.io/idmap-supported=true"
+    )
+}
+
+fn case_namespace(case: &Case) -> &str {
+    if case.namespace_labels.is_empty() {
+        CASES_NAMESPACE
+    } else {
+        &case.name
+    }
+}
+
+fn write_documents(path: &Path, docs: &[Value]) {
+    let text: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::to_string_pretty(d).unwrap())
+        .collect();
+    fs::write(path, text.join("\n---\n")).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// A `kyverno test` directory for `policy` (the file under `deploy/kyverno/`) over every pod of
+/// the table, with the claim maps the labeler would publish for the table's claims, the pods
+/// it must enable (patched as it patches them) and the results each case expects.
+fn write_table_test(dir: &Path, table: &Table, file: &str, policy: &str, cel: bool) -> usize {
+    use userns_labeler::policy_maps::{Support, apply_body, desired_shards};
+    fs::create_dir_all(dir).unwrap();
+    fs::copy(kyverno_dir().join(file), dir.join(file)).unwrap();
+
+    let keys = userns_labeler::keys::Keys::default();
+    let here: BTreeMap<String, Support> = table
+        .present_claims()
+        .map(|c| (c.name.clone(), Support::from_label(c.label.value())))
+        .collect();
+    let elsewhere: BTreeMap<String, Support> = table
+        .claims_elsewhere()
+        .map(|(c, l)| (c.name.clone(), Support::from_label(l.value())))
+        .collect();
+    let maps: Vec<Value> = [(CASES_NAMESPACE, &here), (CASES_ELSEWHERE, &elsewhere)]
+        .into_iter()
+        .flat_map(|(ns, claims)| desired_shards(ns, claims).shards)
+        .map(|shard| apply_body("userns-labeler", &shard, &keys))
+        .collect();
+    write_documents(&dir.join("claim-maps.yaml"), &maps);
+
+    let mut pods = Vec::new();
+    let mut patched = Vec::new();
+    let mut unchanged = Vec::new();
+    // result → the resources (`<namespace>/<name>`) expecting it
+    let (mut enabled, mut skipped, mut applied_unchanged) = (Vec::new(), Vec::new(), Vec::new());
+    for case in &table.cases {
+        let mut pod = case.pod();
+        pod["metadata"]["namespace"] = json!(case_namespace(case));
+        let resource = format!("{}/{}", case_namespace(case), case.name);
+        let expected = case.policies_expect();
+        match expected.decision {
+            Decision::Enabled => {
+                let mut p = pod.clone();
+                p["metadata"]["annotations"] = json!({
+                    "userns.io/decision": "enabled",
+                    "userns.io/decision-reason": enabled_reason(policy),
+                });
+                p["spec"]["hostUsers"] = json!(false);
+                patched.push(p);
+                enabled.push(resource);
+            }
+            // The MutatingPolicy applies when only the claim maps block, and patches nothing.
+            Decision::Skipped
+                if cel
+                    && expected
+                        .blockers
+                        .iter()
+                        .all(|b| CLAIM_CODES.contains(&b.as_str())) =>
+            {
+                unchanged.push(pod.clone());
+                applied_unchanged.push(resource);
+            }
+            Decision::Skipped | Decision::Untouched => skipped.push(resource),
+        }
+        pods.push(pod);
+    }
+    write_documents(&dir.join("pods.yaml"), &pods);
+    write_documents(&dir.join("patched.yaml"), &patched);
+    write_documents(&dir.join("unchanged.yaml"), &unchanged);
+
+    let identify = |mut result: Value| {
+        if cel {
+            result["isMutatingPolicy"] = json!(true);
+        } else {
+            result["rule"] = json!("set-host-users-false");
+        }
+        result
+    };
+    let mut results = vec![
+        identify(
+            json!({"policy": policy, "kind": "Pod", "resources": enabled,
+                        "patchedResources": "patched.yaml", "failOnMissingResources": true,
+                        "result": "pass"}),
+        ),
+        identify(json!({"policy": policy, "kind": "Pod", "resources": skipped, "result": "skip"})),
+    ];
+    if !applied_unchanged.is_empty() {
+        results.push(identify(json!({"policy": policy, "kind": "Pod",
+            "resources": applied_unchanged, "patchedResources": "unchanged.yaml",
+            "result": "pass"})));
+    }
+    let mut namespaces: Vec<Value> = vec![
+        json!({"name": CASES_NAMESPACE, "labels": {}}),
+        json!({"name": CASES_ELSEWHERE, "labels": {}}),
+    ];
+    namespaces.extend(
+        table
+            .cases
+            .iter()
+            .filter(|c| !c.namespace_labels.is_empty())
+            .map(|c| json!({"name": c.name, "labels": c.namespace_labels})),
+    );
+    let projection = documents(&kyverno_dir().join("globalcontextentry.yaml"))[0]["spec"]
+        ["projections"][0]["jmesPath"]
+        .clone();
+    let test = json!({
+        "apiVersion": "cli.kyverno.io/v1alpha1",
+        "kind": "Test",
+        "metadata": {"name": format!("pod-cases-{policy}")},
+        "policies": [file],
+        "resources": ["pods.yaml"],
+        "globalContextEntries": [{
+            "name": GLOBAL_CONTEXT_ENTRY,
+            "resourceFiles": ["claim-maps.yaml"],
+            "projections": [{"name": "byName", "path": projection}],
+        }],
+        "values": {"namespaceSelector": namespaces},
+        "results": results,
+    });
+    write_documents(&dir.join("kyverno-test.yaml"), std::slice::from_ref(&test));
+    declared_rows(&test)
+}
+
+#[test]
+fn kyverno_cli_decides_every_pod_case_of_the_shared_table_and_the_cluster_policy_names_one_of_its_blockers()
+ {
+    let table = Table::load();
+    let dir = tempfile::Builder::new()
+        .prefix("kyverno-pod-cases.")
+        .tempdir()
+        .unwrap();
+    let declared = write_table_test(
+        &dir.path().join("cluster-policy"),
+        &table,
+        "enable-userns.yaml",
+        POLICY_NAME,
+        false,
+    ) + write_table_test(
+        &dir.path().join("mutating-policy"),
+        &table,
+        "enable-userns-cel.yaml",
+        CEL_POLICY_NAME,
+        true,
+    );
+    assert_eq!(
+        declared,
+        2 * table.cases.len(),
+        "one result per case and policy"
+    );
+
+    let cli = kyverno_cli();
+    let output = Command::new(&cli)
+        .arg("test")
+        .arg(dir.path())
+        .args([
+            "--require-tests",
+            "--remove-color",
+            "--detailed-results",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let rows = json_rows(&stdout);
+    let failed: Vec<&Value> = rows.iter().filter(|r| r["RESULT"] != "Pass").collect();
+    assert!(
+        output.status.success() && failed.is_empty(),
+        "kyverno test on tests/cases/pods.yaml ({}): rows that did not pass:\n{}\n{stderr}",
+        output.status,
+        serde_json::to_string_pretty(&failed).unwrap()
+    );
+    assert_eq!(
+        rows.len(),
+        declared,
+        "kyverno test produced {} rows for {declared} declared results:\n{stdout}",
+        rows.len()
+    );
+
+    // The ClusterPolicy's skip names its first failing precondition: one of the case's blockers.
+    let mut wrong = Vec::new();
+    for case in &table.cases {
+        let expected = case.policies_expect();
+        let resource = format!("{}/{}", case_namespace(case), case.name);
+        let Some(row) = rows
+            .iter()
+            .find(|r| r["POLICY"] == POLICY_NAME && row_resource(r) == resource)
+        else {
+            wrong.push(format!("{}: no row for {POLICY_NAME}", case.name));
+            continue;
+        };
+        let message = row["Message"].as_str().unwrap_or_default();
+        let ok = match expected.decision {
+            Decision::Enabled => true,
+            Decision::Untouched => row["REASON"] == "Excluded",
+            Decision::Skipped => expected
+                .blockers
+                .iter()
+                .any(|code| message.starts_with(&format!("preconditions not met; {code}: "))),
+        };
+        if !ok {
+            wrong.push(format!(
+                "{}: expected {expected}, got reason {} / message {message:?}",
+                case.name, row["REASON"]
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 // ---- the guardrail, on the real API server ----------------------------------------------------
