@@ -29,11 +29,13 @@ const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const WAIT: Duration = Duration::from_secs(30);
 const LABEL: &str = "userns.io/idmap-supported";
 /// Calls the scenario is known to make (verb, resource): the audit log is judged once all are in.
-const EXPECTED_CALLS: [(&str, &str); 16] = [
+const EXPECTED_CALLS: [(&str, &str); 17] = [
     ("watch", "persistentvolumeclaims"),
     ("watch", "nodes"),
     ("watch", "events"),
     ("watch", "configmaps"),
+    // The claim maps (chart default claimMaps.enabled).
+    ("patch", "configmaps"),
     ("watch", "namespaces"),
     ("patch", "persistentvolumeclaims"),
     ("patch", "persistentvolumes"),
