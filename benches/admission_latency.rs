@@ -10,7 +10,17 @@
 //!   every review with the same patch ours returns for the pod, without reading the request
 //!   beyond its uid: the API server's cost of calling any webhook;
 //! - `userns-labeler`: the real binary (`userns-labeler run`, controller and webhook), as the
-//!   chart's least-privileged user, registered the same way.
+//!   chart's least-privileged user, registered the same way, publishing the claim maps as the
+//!   chart does by default;
+//! - `kyverno-noop`, `kyverno-seed`, `kyverno-policy`, `kyverno-cel`: Kyverno's real admission
+//!   server with a no-op mutate policy, the seed write-up's apiCall policy, and the two policies
+//!   of `deploy/kyverno` ([`kyverno`]).
+//!
+//! The claims of the cluster: the namespaces' claims (`USERNS_ADMISSION_SIZES`), then, for each
+//! total of `USERNS_ADMISSION_CLUSTER` (default `0,20000`: as created, then 20,000), filler
+//! claims in another namespace up to that total; every chain is measured at each total.
+//! Afterwards the churn scenario runs ([`churn`]; `USERNS_ADMISSION_SCENARIOS`, default
+//! `latency,churn`).
 //!
 //! "Registered the same way": the chart's MutatingWebhookConfiguration
 //! (`deploy/manifests/userns-labeler.yaml`) with its client config pointed at the server by URL
@@ -18,8 +28,8 @@
 //! server) is one more [`Chain`] entry in [`chains`]: it starts its server, registers it for pods
 //! labelled with its name, and returns a guard that tears it down.
 //!
-//! Run: `cargo bench --bench admission_latency` (needs `make control-plane`). Environment:
-//! `USERNS_ADMISSION_SIZES` (claims per namespace, default `2,2001,20000`),
+//! Run: `cargo bench --bench admission_latency` (needs `make control-plane` and `make tools`).
+//! Environment: `USERNS_ADMISSION_SIZES` (claims per namespace, default `2,2001`),
 //! `USERNS_ADMISSION_ROUNDS` (default 3), `USERNS_ADMISSION_REQUESTS` (per chain, size, mode and
 //! round, default 300), `USERNS_ADMISSION_CONCURRENCY` (the parallel mode, default 8),
 //! `USERNS_ADMISSION_CHAINS` (a subset, by name).
@@ -36,11 +46,17 @@ use base64::Engine;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
+#[path = "admission_latency/churn.rs"]
+mod churn;
+#[path = "admission_latency/kyverno.rs"]
+mod kyverno;
+
 use userns_labeler_test_support::control_plane::{self, CertPair, ControlPlane};
+use userns_labeler_test_support::kyverno::KyvernoServer;
 use userns_labeler_test_support::labeler::{self, Labeler};
 use userns_labeler_test_support::measure::{self, ms, percentile};
 use userns_labeler_test_support::repo_root;
@@ -62,8 +78,14 @@ pub struct Env {
     pub labeler_ns: String,
     /// The namespaces pods are created in, by claims held.
     pub namespaces: Vec<(usize, String)>,
+    /// The namespace of the churn claims, when the churn scenario runs.
+    pub churn_ns: Option<String>,
+    /// The claims of the cluster.
+    pub claims: usize,
     /// What the labeler's webhook answered for the benchmark pod: the constant chain's patch.
     pub patch: Mutex<Option<Value>>,
+    /// Kyverno's admission server, started by the first Kyverno chain.
+    pub kyverno: Mutex<Option<KyvernoServer>>,
 }
 
 /// A running chain; dropping it stops what it started.
@@ -112,6 +134,22 @@ fn chains() -> Vec<Chain> {
         Chain {
             name: "constant",
             start: |env| start_constant(env).boxed(),
+        },
+        Chain {
+            name: "kyverno-noop",
+            start: |env| kyverno::start(env, "kyverno-noop").boxed(),
+        },
+        Chain {
+            name: "kyverno-seed",
+            start: |env| kyverno::start(env, "kyverno-seed").boxed(),
+        },
+        Chain {
+            name: "kyverno-policy",
+            start: |env| kyverno::start(env, "kyverno-policy").boxed(),
+        },
+        Chain {
+            name: "kyverno-cel",
+            start: |env| kyverno::start(env, "kyverno-cel").boxed(),
         },
     ]
 }
@@ -164,18 +202,16 @@ async fn start_labeler(env: &Env) -> Running {
         &env.labeler_ns,
         env.cp.dir(),
         "bench",
-        &["--tls-cert-file", &cert, "--tls-key-file", &key],
+        &[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--claim-maps",
+        ],
     );
     labeler.wait_ready(Duration::from_secs(60));
-    let claims: usize = env.namespaces.iter().map(|(n, _)| n).sum();
-    labeler::eventually("every claim labelled", Duration::from_secs(600), || async {
-        let labelled = labeler.metric(
-            "userns_labeler_objects",
-            &["kind=\"claim\"", "value=\"true\""],
-        );
-        (labelled as usize >= claims).then_some(())
-    })
-    .await;
+    wait_published(env, env.claims).await;
     let url = format!("https://{}{MUTATE_PODS}", labeler.webhook);
     register(env, &webhook_configuration(env, "userns-labeler", &url)).await;
     // The patch it answers for the benchmark pod, for the constant chain.
@@ -353,8 +389,53 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// Latencies by (claims in the namespace, mode, chain), and per round.
-type Samples = BTreeMap<(usize, Mode, usize), Vec<Vec<Duration>>>;
+/// Latencies by (claims in the cluster, claims in the namespace, mode, chain), and per round.
+type Samples = BTreeMap<(usize, usize, Mode, usize), Vec<Vec<Duration>>>;
+
+/// Waits until `total` claims of the cluster are labelled `true` and `true` in the claim maps
+/// (the Kyverno chains read those).
+async fn wait_published(env: &Env, total: usize) {
+    let started = Instant::now();
+    let what = format!("{total} claims labelled true and in the claim maps");
+    labeler::eventually(&what, Duration::from_secs(1200), || async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let claims: Api<PersistentVolumeClaim> = Api::all(env.admin.clone());
+        let labelled = claims
+            .list_metadata(&ListParams::default().labels("userns.io/idmap-supported=true"))
+            .await
+            .ok()?
+            .items
+            .len();
+        let maps: Api<ConfigMap> = Api::namespaced(env.admin.clone(), &env.labeler_ns);
+        let mapped: usize = maps
+            .list(&ListParams::default().labels("userns.io/claim-map=v1"))
+            .await
+            .ok()?
+            .items
+            .iter()
+            .map(|m| m.data.iter().flatten().filter(|(_, v)| *v == "true").count())
+            .sum();
+        (labelled >= total && mapped >= total).then_some(())
+    })
+    .await;
+    eprintln!("{what} after {:.1?}", started.elapsed());
+}
+
+/// Creates `names` as claims of `ns` (the benchmark's driver, `true` in the default table).
+async fn create_claims(admin: &Client, ns: &str, names: std::ops::Range<usize>, prefix: &str) {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), ns);
+    futures::stream::iter(names)
+        .map(|i| {
+            let api = api.clone();
+            let mut claim = claim(i);
+            claim.metadata.name = Some(format!("{prefix}-{i}"));
+            async move { api.create(&PostParams::default(), &claim).await.map(|_| ()) }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("claims");
+}
 
 /// `requests` creates per chain, round-robin over the chains (each worker starting at another
 /// chain), by `workers` at once.
@@ -407,13 +488,23 @@ fn main() {
             .map(str::to_string)
             .collect()
     };
-    let sizes: Vec<usize> = list("USERNS_ADMISSION_SIZES", "2,2001,20000")
-        .iter()
-        .map(|s| s.parse().expect("USERNS_ADMISSION_SIZES"))
-        .collect();
+    let numbers = |k: &str, default: &str| -> Vec<usize> {
+        list(k, default)
+            .iter()
+            .map(|s| s.parse().unwrap_or_else(|_| panic!("{k}: numbers")))
+            .collect()
+    };
+    let sizes = numbers("USERNS_ADMISSION_SIZES", "2,2001");
+    let totals = numbers("USERNS_ADMISSION_CLUSTER", "0,20000");
     let rounds: usize = var("USERNS_ADMISSION_ROUNDS").map_or(3, |v| v.parse().unwrap());
     let requests: usize = var("USERNS_ADMISSION_REQUESTS").map_or(300, |v| v.parse().unwrap());
     let parallel: usize = var("USERNS_ADMISSION_CONCURRENCY").map_or(8, |v| v.parse().unwrap());
+    let scenarios = list("USERNS_ADMISSION_SCENARIOS", "latency,churn");
+    let latency = scenarios.iter().any(|s| s == "latency");
+    let churn_settings = scenarios
+        .iter()
+        .any(|s| s == "churn")
+        .then(churn::Settings::from_env);
     let wanted = var("USERNS_ADMISSION_CHAINS");
     let chains: Vec<Chain> = chains()
         .into_iter()
@@ -435,27 +526,34 @@ fn main() {
         for &size in &sizes {
             let ns = cp.namespace(&format!("claims-{size}")).await;
             let t = Instant::now();
-            let api: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), ns.name());
-            futures::stream::iter(0..size.max(2))
-                .map(|i| {
-                    let api = api.clone();
-                    async move { api.create(&PostParams::default(), &claim(i)).await.map(|_| ()) }
-                })
-                .buffer_unordered(32)
-                .try_collect::<Vec<()>>()
-                .await
-                .expect("claims");
+            create_claims(&admin, ns.name(), 0..size.max(2), "claim").await;
             eprintln!("{size} claims in {} in {:.1?}", ns.name(), t.elapsed());
             namespaces.push((size.max(2), ns.name().to_string()));
             guards.push(ns);
         }
+        let mut total: usize = namespaces.iter().map(|(n, _)| n).sum();
+        let churn_ns = match &churn_settings {
+            Some(settings) => {
+                let ns = cp.namespace("churn").await;
+                churn::set_table(&admin, labeler_ns.name(), true).await;
+                churn::create_claims(&admin, ns.name(), settings.claims).await;
+                total += settings.claims;
+                let name = ns.name().to_string();
+                guards.push(ns);
+                Some(name)
+            }
+            None => None,
+        };
         let env = Env {
             cp,
             admin: admin.clone(),
             cert: cp.issue_server_cert(&["127.0.0.1", "localhost"]),
             labeler_ns: labeler_ns.name().to_string(),
             namespaces,
+            churn_ns,
+            claims: total,
             patch: Mutex::new(None),
+            kyverno: Mutex::new(None),
         };
         // Every chain's namespaces see every chain's webhook configuration; the pod label picks.
         let mut running = Vec::new();
@@ -478,7 +576,7 @@ fn main() {
                 let enabled = *host_users == json!(false);
                 assert_eq!(
                     enabled,
-                    chain.name != "none",
+                    kyverno::enables(chain.name),
                     "chain {} in {ns}: hostUsers {host_users}",
                     chain.name
                 );
@@ -487,75 +585,143 @@ fn main() {
 
         let modes = [Mode::Sequential, Mode::Parallel(parallel)];
         let mut samples: Samples = BTreeMap::new();
-        for round in 0..rounds {
-            for &(size, ref ns) in &env.namespaces {
-                for mode in modes {
-                    let workers = match mode {
-                        Mode::Sequential => 1,
-                        Mode::Parallel(n) => n,
-                    };
-                    let block = measure_block(&admin, ns, &bodies, requests, workers).await;
-                    for (chain, latencies) in block.into_iter().enumerate() {
-                        samples
-                            .entry((size, mode, chain))
-                            .or_default()
-                            .push(latencies);
+        let filler = cp.namespace("filler").await;
+        let mut fillers = 0;
+        for &target in totals.iter().filter(|_| latency) {
+            if target > total {
+                let t = Instant::now();
+                let more = target - total;
+                create_claims(&admin, filler.name(), fillers..fillers + more, "filler").await;
+                eprintln!("{more} more claims in {} in {:.1?}", filler.name(), t.elapsed());
+                fillers += more;
+                total = target;
+                wait_published(&env, total).await;
+            }
+            for round in 0..rounds {
+                for &(size, ref ns) in &env.namespaces {
+                    for mode in modes {
+                        let workers = match mode {
+                            Mode::Sequential => 1,
+                            Mode::Parallel(n) => n,
+                        };
+                        let block = measure_block(&admin, ns, &bodies, requests, workers).await;
+                        for (chain, latencies) in block.into_iter().enumerate() {
+                            samples
+                                .entry((total, size, mode, chain))
+                                .or_default()
+                                .push(latencies);
+                        }
                     }
                 }
+                eprintln!(
+                    "{total} claims: round {} done; {}",
+                    round + 1,
+                    measure::load()
+                );
             }
-            eprintln!("round {} done; {}", round + 1, measure::load());
         }
-
-        println!(
-            "\npod create (server-side dry run) through the real API server, {rounds} round(s) × {requests} requests per chain, interleaved request by request; at the end: {}",
-            measure::load()
-        );
-        println!(
-            "  {:>7} {:<10} {:<15} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9}   p50 per round",
-            "claims", "mode", "chain", "n", "p50 ms", "p90 ms", "p99 ms", "Δp50 ms", "Δp99 ms"
-        );
-        let reference = chains.iter().position(|c| c.name == "constant");
-        for (&(size, mode, chain), rounds) in &samples {
-            let sorted = |v: &mut Vec<Duration>| v.sort();
-            let mut all: Vec<Duration> = rounds.iter().flatten().copied().collect();
-            sorted(&mut all);
-            let p = |q| percentile(&all, q);
-            let delta = |q: f64| {
-                reference
-                    .filter(|r| *r != chain)
-                    .and_then(|r| samples.get(&(size, mode, r)))
-                    .map(|other| {
-                        let mut other: Vec<Duration> = other.iter().flatten().copied().collect();
-                        other.sort();
-                        let (a, b) = (percentile(&all, q), percentile(&other, q));
-                        format!("{:+.2}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
-                    })
-                    .unwrap_or_else(|| "-".into())
-            };
-            let per_round: Vec<String> = rounds
+        if latency {
+            print_latencies(&samples, &chains, rounds, requests);
+        }
+        if let (Some(settings), Some(ns)) = (&churn_settings, &env.churn_ns) {
+            let enabling: Vec<&'static str> = chains
                 .iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    r.sort();
-                    ms(percentile(&r, 50.0))
-                })
+                .map(|c| c.name)
+                .filter(|c| ["userns-labeler", "kyverno-policy", "kyverno-cel"].contains(c))
                 .collect();
-            println!(
-                "  {:>7} {:<10} {:<15} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9}   {}",
-                size,
-                mode.to_string(),
-                chains[chain].name,
-                all.len(),
-                ms(p(50.0)),
-                ms(p(90.0)),
-                ms(p(99.0)),
-                delta(50.0),
-                delta(99.0),
-                per_round.join(" ")
-            );
+            churn::run(&env, ns, &enabling, settings).await;
         }
-        println!("  (Δ: against the constant webhook in the same cells)");
         drop(running);
+        drop(env.kyverno.lock().unwrap().take());
+        drop(filler);
         drop(guards);
     });
+}
+
+/// The reference a chain is compared with: the Kyverno no-op policy for Kyverno's chains, the
+/// constant webhook for the others.
+fn reference(chains: &[Chain], chain: usize) -> Option<usize> {
+    let name = if chains[chain].name.starts_with("kyverno-") {
+        "kyverno-noop"
+    } else {
+        "constant"
+    };
+    chains
+        .iter()
+        .position(|c| c.name == name)
+        .filter(|r| *r != chain)
+}
+
+fn print_latencies(samples: &Samples, chains: &[Chain], rounds: usize, requests: usize) {
+    println!(
+        "\npod create (server-side dry run) through the real API server, {rounds} round(s) × {requests} requests per chain, interleaved request by request; at the end: {}",
+        measure::load()
+    );
+    println!(
+        "  {:>7} {:>7} {:<10} {:<15} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}   p50 per round",
+        "cluster",
+        "claims",
+        "mode",
+        "chain",
+        "n",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "Δp50 ms",
+        "Δp99 ms",
+        "÷seed"
+    );
+    let seed = chains.iter().position(|c| c.name == "kyverno-seed");
+    let all = |key: &(usize, usize, Mode, usize)| -> Option<Vec<Duration>> {
+        let mut all: Vec<Duration> = samples.get(key)?.iter().flatten().copied().collect();
+        all.sort();
+        Some(all)
+    };
+    for (&(total, size, mode, chain), per_round) in samples {
+        let this = all(&(total, size, mode, chain)).unwrap();
+        let p = |q| percentile(&this, q);
+        let delta = |q: f64| {
+            reference(chains, chain)
+                .and_then(|r| all(&(total, size, mode, r)))
+                .map(|other| {
+                    let (a, b) = (percentile(&this, q), percentile(&other, q));
+                    format!("{:+.2}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        let ratio = seed
+            .filter(|s| *s != chain && chains[chain].name.starts_with("kyverno-"))
+            .and_then(|s| all(&(total, size, mode, s)))
+            .map(|seed| {
+                let ratio = percentile(&this, 50.0).as_secs_f64() / percentile(&seed, 50.0).as_secs_f64();
+                format!("{ratio:.2}")
+            })
+            .unwrap_or_else(|| "-".into());
+        let by_round: Vec<String> = per_round
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.sort();
+                ms(percentile(&r, 50.0))
+            })
+            .collect();
+        println!(
+            "  {:>7} {:>7} {:<10} {:<15} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}   {}",
+            total,
+            size,
+            mode.to_string(),
+            chains[chain].name,
+            this.len(),
+            ms(p(50.0)),
+            ms(p(90.0)),
+            ms(p(99.0)),
+            delta(50.0),
+            delta(99.0),
+            ratio,
+            by_round.join(" ")
+        );
+    }
+    println!(
+        "  (Δ: against the constant webhook, for Kyverno's chains against the Kyverno no-op policy, in the same cells; ÷seed: p50 over the seed policy's)"
+    );
 }
