@@ -413,7 +413,13 @@ async fn wait_published(env: &Env, total: usize) {
             .ok()?
             .items
             .iter()
-            .map(|m| m.data.iter().flatten().filter(|(_, v)| *v == "true").count())
+            .map(|m| {
+                m.data
+                    .iter()
+                    .flatten()
+                    .filter(|(_, v)| *v == "true")
+                    .count()
+            })
             .sum();
         (labelled >= total && mapped >= total).then_some(())
     })
@@ -592,7 +598,11 @@ fn main() {
                 let t = Instant::now();
                 let more = target - total;
                 create_claims(&admin, filler.name(), fillers..fillers + more, "filler").await;
-                eprintln!("{more} more claims in {} in {:.1?}", filler.name(), t.elapsed());
+                eprintln!(
+                    "{more} more claims in {} in {:.1?}",
+                    filler.name(),
+                    t.elapsed()
+                );
                 fillers += more;
                 total = target;
                 wait_published(&env, total).await;
@@ -693,7 +703,8 @@ fn print_latencies(samples: &Samples, chains: &[Chain], rounds: usize, requests:
             .filter(|s| *s != chain && chains[chain].name.starts_with("kyverno-"))
             .and_then(|s| all(&(total, size, mode, s)))
             .map(|seed| {
-                let ratio = percentile(&this, 50.0).as_secs_f64() / percentile(&seed, 50.0).as_secs_f64();
+                let ratio =
+                    percentile(&this, 50.0).as_secs_f64() / percentile(&seed, 50.0).as_secs_f64();
                 format!("{ratio:.2}")
             })
             .unwrap_or_else(|| "-".into());

@@ -5,9 +5,9 @@
 //! any more, over `USERNS_CHURN_EDITS` edits (default 5; the table is set back to `true`
 //! between them), beside when the labels and the claim maps had all flipped.
 //!
-//! Pods pick the claims in turn, so each pod samples another claim: "half" is the first
-//! moment from which at least half of the last 10 pods were skipped, "window" the send time
-//! of the last pod that was still enabled (0 when the first pod after the edit was skipped).
+//! Pods pick the claims in turn, so each pod samples another claim. Per chain and edit: "first
+//! skipped", the send time of the first pod skipped after the edit, and "window", the send time
+//! of the last pod that was still enabled (0 when none was); p50 and maximum over the edits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,8 +27,6 @@ pub const DRIVER: &str = "churn.csi.example.com";
 const TABLE_NAME: &str = "userns-labeler-drivers";
 const TABLE_KEY: &str = "drivers.yaml";
 const LABEL: &str = "userns.io/idmap-supported";
-/// The pods "half" looks back over.
-const HALF_OVER: usize = 10;
 
 pub struct Settings {
     pub claims: usize,
@@ -41,11 +39,13 @@ impl Settings {
     pub fn from_env() -> Settings {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Settings {
-            claims: var("USERNS_CHURN_CLAIMS").map_or(1000, |v| v.parse().expect("USERNS_CHURN_CLAIMS")),
+            claims: var("USERNS_CHURN_CLAIMS")
+                .map_or(1000, |v| v.parse().expect("USERNS_CHURN_CLAIMS")),
             rate: var("USERNS_CHURN_RATE").map_or(20.0, |v| v.parse().expect("USERNS_CHURN_RATE")),
             edits: var("USERNS_CHURN_EDITS").map_or(5, |v| v.parse().expect("USERNS_CHURN_EDITS")),
             after: Duration::from_secs_f64(
-                var("USERNS_CHURN_SECONDS").map_or(15.0, |v| v.parse().expect("USERNS_CHURN_SECONDS")),
+                var("USERNS_CHURN_SECONDS")
+                    .map_or(15.0, |v| v.parse().expect("USERNS_CHURN_SECONDS")),
             ),
         }
     }
@@ -93,7 +93,11 @@ pub async fn create_claims(admin: &Client, ns: &str, count: usize) {
     futures::stream::iter(0..count)
         .map(|i| {
             let api = api.clone();
-            async move { api.create(&PostParams::default(), &claim(i)).await.map(|_| ()) }
+            async move {
+                api.create(&PostParams::default(), &claim(i))
+                    .await
+                    .map(|_| ())
+            }
         })
         .buffer_unordered(32)
         .try_collect::<Vec<()>>()
@@ -130,7 +134,12 @@ async fn flipped(env: &Env, ns: &str, value: &str) -> (usize, usize) {
         .map(|l| {
             l.items
                 .into_iter()
-                .filter(|m| m.metadata.name.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+                .filter(|m| {
+                    m.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(&prefix))
+                })
                 .flat_map(|m| m.data.unwrap_or_default().into_values())
                 .filter(|v| v == value)
                 .count()
@@ -213,7 +222,12 @@ async fn one_edit(env: &Env, ns: &str, chains: &[&'static str], settings: &Setti
                     let enabled = answer["spec"]["hostUsers"] == json!(false);
                     if let Some(at) = edit_at.get().copied().filter(|at| sent >= *at) {
                         let t = sent.duration_since(at).as_secs_f64();
-                        traces.lock().await.entry(chain).or_default().push((t, enabled));
+                        traces
+                            .lock()
+                            .await
+                            .entry(chain)
+                            .or_default()
+                            .push((t, enabled));
                     }
                 }));
             }
@@ -258,21 +272,15 @@ async fn one_edit(env: &Env, ns: &str, chains: &[&'static str], settings: &Setti
     }
 }
 
-/// (first skipped, half, window) of one trace, in seconds after the edit.
-fn windows(trace: &Trace) -> (Option<f64>, Option<f64>, f64) {
+/// (first skipped, window) of one trace, in seconds after the edit.
+fn windows(trace: &Trace) -> (Option<f64>, f64) {
     let first_skip = trace.iter().find(|(_, e)| !e).map(|(t, _)| *t);
-    let half = (0..trace.len()).find_map(|k| {
-        let from = (k + 1).saturating_sub(HALF_OVER);
-        let recent = &trace[from..=k];
-        let skipped = recent.iter().filter(|(_, e)| !e).count();
-        (recent.len() == HALF_OVER && skipped * 2 >= HALF_OVER).then_some(trace[from].0)
-    });
     let window = trace
         .iter()
         .filter(|(_, e)| *e)
         .map(|(t, _)| *t)
         .fold(0.0, f64::max);
-    (first_skip, half, window)
+    (first_skip, window)
 }
 
 fn secs(t: Option<f64>) -> String {
@@ -297,39 +305,40 @@ fn report(edits: &[Edit], chains: &[&'static str], settings: &Settings) {
         );
         for chain in chains {
             let trace = edit.traces.get(chain).cloned().unwrap_or_default();
-            let (first, half, window) = windows(&trace);
+            let (first, window) = windows(&trace);
             let enabled = trace.iter().filter(|(_, e)| *e).count();
             println!(
-                "    {chain:<15} pods {:>4} enabled {:>4}  first skipped {:>6}  half {:>6}  window {:>6.2}",
+                "    {chain:<15} pods {:>4} enabled {:>4}  first skipped {:>6}  window {:>6.2}",
                 trace.len(),
                 enabled,
                 secs(first),
-                secs(half),
                 window
             );
         }
     }
     println!(
         "  {:<15} {:>12} {:>12} {:>12} {:>12}",
-        "chain", "window p50", "window max", "half p50", "half max"
+        "chain", "window p50", "window max", "1st skip p50", "1st skip max"
     );
     for chain in chains {
         let mut window: Vec<Duration> = Vec::new();
-        let mut half: Vec<Duration> = Vec::new();
+        let mut first: Vec<Duration> = Vec::new();
         for edit in edits {
             let trace = edit.traces.get(chain).cloned().unwrap_or_default();
-            let (_, h, w) = windows(&trace);
+            let (f, w) = windows(&trace);
             window.push(Duration::from_secs_f64(w));
-            half.push(Duration::from_secs_f64(h.unwrap_or(settings.after.as_secs_f64())));
+            first.push(Duration::from_secs_f64(
+                f.unwrap_or(settings.after.as_secs_f64()),
+            ));
         }
         window.sort();
-        half.sort();
+        first.sort();
         println!(
             "  {chain:<15} {:>10} s {:>10} s {:>10} s {:>10} s",
             ms_to_s(percentile(&window, 50.0)),
             ms_to_s(*window.last().unwrap_or(&Duration::ZERO)),
-            ms_to_s(percentile(&half, 50.0)),
-            ms_to_s(*half.last().unwrap_or(&Duration::ZERO)),
+            ms_to_s(percentile(&first, 50.0)),
+            ms_to_s(*first.last().unwrap_or(&Duration::ZERO)),
         );
     }
 }

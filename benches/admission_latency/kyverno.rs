@@ -28,7 +28,12 @@ use userns_labeler_test_support::repo_root;
 use super::{CHAIN_LABEL, Env, Running, create, pod};
 
 /// The chains served by Kyverno, in the order they start.
-pub const CHAINS: [&str; 4] = ["kyverno-noop", "kyverno-seed", "kyverno-policy", "kyverno-cel"];
+pub const CHAINS: [&str; 4] = [
+    "kyverno-noop",
+    "kyverno-seed",
+    "kyverno-policy",
+    "kyverno-cel",
+];
 
 /// The policy file of a Kyverno chain and whether it enables the benchmark pod.
 fn policy(chain: &str) -> (&'static str, bool) {
@@ -179,7 +184,10 @@ async fn wait_served(env: &Env, chain: &str) {
                     e.iter().any(|r| {
                         r.key == CHAIN_LABEL
                             && r.operator == "In"
-                            && r.values.iter().flatten().all(|v| CHAINS.contains(&v.as_str()))
+                            && r.values
+                                .iter()
+                                .flatten()
+                                .all(|v| CHAINS.contains(&v.as_str()))
                     })
                 });
             assert!(
