@@ -29,7 +29,9 @@
 //! - `USERNS_BENCH_BINARIES` (optional): more builds to run beside this one, `name=path,…`
 //!   (e.g. the previous release);
 //! - `USERNS_BENCH_PERF` (optional): a directory; each controller run is recorded there with
-//!   `perf record` (no call graphs) while it labels.
+//!   `perf record` (no call graphs) while it labels;
+//! - `USERNS_BENCH_ARGS` (default `--claim-maps`, as the chart runs it): more flags for every
+//!   build, space-separated; set it empty to compare with a build that lacks a flag.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -146,6 +148,8 @@ struct Settings {
     scenarios: Vec<String>,
     contenders: Vec<Contender>,
     perf: Option<PathBuf>,
+    /// Flags given to every build.
+    args: Vec<String>,
 }
 
 impl Settings {
@@ -183,6 +187,11 @@ impl Settings {
                 .collect(),
             contenders,
             perf: var("USERNS_BENCH_PERF").map(PathBuf::from),
+            args: std::env::var("USERNS_BENCH_ARGS")
+                .unwrap_or_else(|_| "--claim-maps".into())
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
@@ -385,13 +394,15 @@ impl World {
 
     fn start(&self, path: &Path, identity: &str) -> Labeler {
         let concurrency = self.settings.concurrency.to_string();
+        let mut args = vec!["--concurrency", &concurrency];
+        args.extend(self.settings.args.iter().map(String::as_str));
         Labeler::start_with(
             path,
             &self.kubeconfig,
             &self.controller_ns,
             self.cp.dir(),
             identity,
-            &["--concurrency", &concurrency],
+            &args,
         )
     }
 }
