@@ -140,6 +140,14 @@ fn chains() -> Vec<Chain> {
             start: |env| kyverno::start(env, "kyverno-noop").boxed(),
         },
         Chain {
+            name: "kyverno-const",
+            start: |env| kyverno::start(env, "kyverno-const").boxed(),
+        },
+        Chain {
+            name: "kyverno-const-cel",
+            start: |env| kyverno::start(env, "kyverno-const-cel").boxed(),
+        },
+        Chain {
             name: "kyverno-seed",
             start: |env| kyverno::start(env, "kyverno-seed").boxed(),
         },

@@ -6,7 +6,10 @@
 //! - `kyverno-seed`: the seed write-up's approach, a LIST of the namespace's claims per
 //!   admission (`benches/fixtures/kyverno/apicall-list-per-pod.yaml`);
 //! - `kyverno-policy`: `deploy/kyverno/enable-userns.yaml` (ClusterPolicy);
-//! - `kyverno-cel`: `deploy/kyverno/enable-userns-cel.yaml` (MutatingPolicy).
+//! - `kyverno-cel`: `deploy/kyverno/enable-userns-cel.yaml` (MutatingPolicy);
+//! - `kyverno-const`, `kyverno-const-cel`: the same mutation as those two, made on every pod
+//!   without a condition or a lookup (`benches/fixtures/kyverno/constant-mutate*.yaml`), Kyverno's
+//!   floor for producing that patch, as a ClusterPolicy and as a MutatingPolicy.
 //!
 //! The last two read the claim maps the labeler publishes (it runs with `--claim-maps`) through
 //! `deploy/kyverno/globalcontextentry.yaml`, pointed at the labeler's namespace. Kyverno's own
@@ -28,8 +31,10 @@ use userns_labeler_test_support::repo_root;
 use super::{CHAIN_LABEL, Env, Running, create, pod};
 
 /// The chains served by Kyverno, in the order they start.
-pub const CHAINS: [&str; 4] = [
+pub const CHAINS: [&str; 6] = [
     "kyverno-noop",
+    "kyverno-const",
+    "kyverno-const-cel",
     "kyverno-seed",
     "kyverno-policy",
     "kyverno-cel",
@@ -39,6 +44,8 @@ pub const CHAINS: [&str; 4] = [
 fn policy(chain: &str) -> (&'static str, bool) {
     match chain {
         "kyverno-noop" => ("benches/fixtures/kyverno/noop-mutate.yaml", false),
+        "kyverno-const" => ("benches/fixtures/kyverno/constant-mutate.yaml", true),
+        "kyverno-const-cel" => ("benches/fixtures/kyverno/constant-mutate-cel.yaml", true),
         "kyverno-seed" => ("benches/fixtures/kyverno/apicall-list-per-pod.yaml", true),
         "kyverno-policy" => ("deploy/kyverno/enable-userns.yaml", true),
         "kyverno-cel" => ("deploy/kyverno/enable-userns-cel.yaml", true),
