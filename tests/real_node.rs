@@ -32,6 +32,9 @@ use kube::{
 };
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
+use userns_labeler_test_support::node::pods::{
+    annotation, eventually, fixture_dir, image, namespace, node_name, running,
+};
 use userns_labeler_test_support::node::{self, Cluster};
 
 const RELEASE_NAMESPACE: &str = "userns-system";
@@ -64,27 +67,6 @@ fn cluster() -> &'static Cluster {
         );
     });
     cluster
-}
-
-/// A reference read from `target/images/<name>.ref` (written by `make image test-images`).
-fn image(name: &str) -> String {
-    let path = userns_labeler_test_support::repo_root().join(format!("target/images/{name}.ref"));
-    fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run `make image test-images`)", path.display()))
-        .trim()
-        .to_owned()
-}
-
-async fn namespace(client: &Client, name: &str) -> String {
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"userns-test": "real-node"}}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-    name.to_owned()
 }
 
 /// A pod of the local shell image: prints the owner (as seen inside) of `probe`, writes
@@ -133,52 +115,6 @@ fn merge(target: &mut Value, patch: Value) {
     }
 }
 
-/// Polls `check` every 500 ms until it returns `Some`, or panics with `what` and the last
-/// state after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-}
-
-/// Waits until the pod's container runs, and returns the pod.
-async fn running(pods: &Api<Pod>, name: &str) -> Pod {
-    eventually(
-        &format!("pod {name} Running"),
-        Duration::from_secs(180),
-        || async {
-            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
-            let status = pod.status.clone().unwrap_or_default();
-            let running = status
-                .container_statuses
-                .iter()
-                .flatten()
-                .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-                && status
-                    .container_statuses
-                    .as_ref()
-                    .is_some_and(|c| !c.is_empty());
-            if status.phase.as_deref() == Some("Running") && running {
-                Ok(pod)
-            } else {
-                Err(format!("{:?}", status))
-            }
-        },
-    )
-    .await
-}
-
 /// The host pid of the pod's first container.
 fn container_pid(cluster: &Cluster, pod: &Pod) -> u32 {
     let id = pod
@@ -224,17 +160,6 @@ async fn logs(pods: &Api<Pod>, name: &str) -> String {
         },
     )
     .await
-}
-
-fn annotation(pod: &Pod, key: &str) -> Option<String> {
-    pod.metadata.annotations.as_ref()?.get(key).cloned()
-}
-
-/// A fixture directory under the node's state directory (removed with the cluster).
-fn fixture_dir(cluster: &Cluster, name: &str) -> PathBuf {
-    let dir = cluster.state_dir().join("fixtures").join(name);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
 }
 
 fn run(cmd: &mut Command) {
@@ -336,13 +261,6 @@ fn replica_of(holder: &str) -> &str {
     holder
         .rsplit_once('_')
         .map_or(holder, |(replica, _)| replica)
-}
-
-fn node_name() -> String {
-    let output = Command::new("hostname").output().expect("hostname");
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .to_lowercase()
 }
 
 #[tokio::test]
@@ -456,27 +374,7 @@ async fn the_chart_runs_two_ready_replicas_in_user_namespaces_under_restricted_p
     }
     let ns = namespace(&client, "rn-chart").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    // The rollout being done does not mean the API server reaches the replicas through the
-    // Service yet (endpoints and kube-proxy follow); until it does, pods are admitted unchanged
-    // (failurePolicy Ignore). Dry-run pods show when it does.
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    eventually(
-        "a dry-run pod decided through the Service",
-        Duration::from_secs(60),
-        || async {
-            let probe = pods
-                .create(&dry_run, &shell_pod("probe", "/tmp", None, json!({})))
-                .await
-                .map_err(|e| e.to_string())?;
-            annotation(&probe, DECISION)
-                .map(|_| ())
-                .ok_or_else(|| "not decided yet".to_owned())
-        },
-    )
-    .await;
+    // `cluster.sh install` returned once a dry-run pod came back decided through the Service.
     let pod = pods
         .create(
             &PostParams::default(),

@@ -17,7 +17,6 @@
 //! machine that cannot run the node.
 
 use std::{
-    fs,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -25,7 +24,7 @@ use std::{
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod},
+    core::v1::{ConfigMap, Event, Node, PersistentVolume, PersistentVolumeClaim, Pod},
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -34,6 +33,9 @@ use kube::{
 };
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use userns_labeler_test_support::node::pods::{
+    annotation, eventually, fixture_dir, image, namespace, node_name, running,
+};
 use userns_labeler_test_support::node::{self, Cluster};
 
 const RELEASE_NAMESPACE: &str = "userns-system";
@@ -79,71 +81,13 @@ async fn cluster_with(
             "--set",
             &mode,
         ]);
-        webhook_decides(cluster).await;
         eprintln!(
-            "real node: chart installed with {values:?} and its webhook deciding pods in {:.1}s",
+            "real node: chart installed with {values:?} and its webhook deciding pods (cluster.sh install waits for it) in {:.1}s",
             started.elapsed().as_secs_f64()
         );
         *installed = Some(values);
     }
     (cluster, installed)
-}
-
-/// Waits until a pod created through the API server (a server-side dry run in `default`) comes
-/// back with our decision: the install's rollout being done does not mean the API server
-/// already reaches the new replica through the Service (endpoints and kube-proxy follow), and
-/// until it does, pods are admitted unchanged (failurePolicy Ignore).
-async fn webhook_decides(cluster: &Cluster) {
-    let pods: Api<Pod> = Api::namespaced(cluster.client().await, "default");
-    let probe: Pod = serde_json::from_value(json!({
-        "metadata": {"generateName": "webhook-probe-"},
-        "spec": {"containers": [{"name": "c", "image": image("shell"), "command": ["true"]}]}
-    }))
-    .unwrap();
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(pod) = pods.create(&dry_run, &probe).await
-            && annotation(&pod, DECISION).is_some()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reinstalled webhook decided no pod within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn image(name: &str) -> String {
-    let path = userns_labeler_test_support::repo_root().join(format!("target/images/{name}.ref"));
-    fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run `make image test-images`)", path.display()))
-        .trim()
-        .to_owned()
-}
-
-async fn namespace(client: &Client, name: &str) -> String {
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"userns-test": "real-node"}}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-    name.to_owned()
-}
-
-fn node_name() -> String {
-    let output = Command::new("hostname").output().expect("hostname");
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .to_lowercase()
 }
 
 /// A pod spec of the shell image that sleeps, with `volumes` mounted at `/vol`.
@@ -174,56 +118,6 @@ fn plain_pod(name: &str) -> Pod {
 }
 
 /// Polls `check` every 500 ms until it returns `Ok`, or panics with `what` and the last state.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-}
-
-/// Waits until the pod's containers run, and returns the pod.
-async fn running(pods: &Api<Pod>, name: &str) -> Pod {
-    eventually(
-        &format!("pod {name} Running"),
-        Duration::from_secs(180),
-        || async {
-            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
-            let status = pod.status.clone().unwrap_or_default();
-            let statuses = status.container_statuses.clone().unwrap_or_default();
-            let all_running = !statuses.is_empty()
-                && statuses
-                    .iter()
-                    .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
-            if status.phase.as_deref() == Some("Running") && all_running {
-                Ok(pod)
-            } else {
-                Err(format!("{status:?}"))
-            }
-        },
-    )
-    .await
-}
-
-fn annotation(pod: &Pod, key: &str) -> Option<String> {
-    pod.metadata.annotations.as_ref()?.get(key).cloned()
-}
-
-fn fixture_dir(cluster: &Cluster, name: &str) -> PathBuf {
-    let dir = cluster.state_dir().join("fixtures").join(name);
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
-}
-
 /// A FUSE mount (bindfs over a directory) under the node's state directory, removed with it.
 fn fuse_mount(cluster: &Cluster, name: &str) -> PathBuf {
     let source = fixture_dir(cluster, &format!("{name}-source"));

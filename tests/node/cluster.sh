@@ -759,6 +759,24 @@ cmd_install() {
         --kubeconfig "$D/kubeconfig" --namespace userns-system \
         --set tls.mode=self-signed --set "image.repository=${ref%:*}" --set "image.tag=${ref##*:}" \
         --set image.pullPolicy=Never --wait --timeout 5m "$@"
+    [[ " $* " == *" webhook.enabled=false "* ]] && return 0
+    # The rollout being done does not mean the API server reaches the new replica through the
+    # Service yet (endpoints and kube-proxy follow); until it does, pods are admitted unchanged
+    # (failurePolicy Ignore). Done once a server-side dry-run pod comes back decided.
+    local shell deadline=$((SECONDS + 60))
+    shell=$(cat "$images/shell.ref" 2>/dev/null) || die "no $images/shell.ref: run 'make test-images'"
+    until webhook_decides "$shell"; do
+        ((SECONDS < deadline)) || die "the webhook decided no pod within 60 s of the install"
+        sleep 0.25
+    done
+}
+
+# webhook_decides <image>: whether a dry-run pod created in `default` carries a decision.
+webhook_decides() {
+    kubectl create --dry-run=server -n default -o jsonpath='{.metadata.annotations}' -f - 2>/dev/null <<EOF | grep -q '/decision"'
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "webhook-probe-"},
+ "spec": {"containers": [{"name": "c", "image": "$1", "command": ["true"]}]}}
+EOF
 }
 
 main() {

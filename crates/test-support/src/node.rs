@@ -32,6 +32,8 @@ use kube::Client;
 
 use crate::{control_plane::client_from_kubeconfig, repo_root};
 
+pub mod pods;
+
 /// How long to wait for `READY` (includes waiting for another run's cluster to go away).
 const START_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
