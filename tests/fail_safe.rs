@@ -14,10 +14,9 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use userns_labeler_test_support::control_plane;
 use userns_labeler_test_support::labeler::{self, Labeler, eventually, label_of};
@@ -50,7 +49,11 @@ impl World {
         let controller_ns = cp.namespace("labeler").await;
         let ns = cp.namespace(name).await;
         let kubeconfig = labeler::least_privileged_kubeconfig(cp, &admin, &controller_ns).await;
-        grant_own_webhook_configuration(&admin, &format!("userns-fail-safe-{}", ns.name())).await;
+        labeler::grant_own_webhook_configuration(
+            &admin,
+            &format!("userns-fail-safe-{}", ns.name()),
+        )
+        .await;
         World {
             admin,
             controller_ns,
@@ -177,32 +180,6 @@ impl World {
             .delete(&self.webhook_config(), &DeleteParams::default())
             .await;
     }
-}
-
-/// What the chart's self-signed mode grants: its own webhook configuration, by name.
-async fn grant_own_webhook_configuration(admin: &Client, config: &str) {
-    let params = PatchParams::apply("userns-labeler-tests").force();
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": config},
-        "rules": [{"apiGroups": ["admissionregistration.k8s.io"],
-                   "resources": ["mutatingwebhookconfigurations"],
-                   "resourceNames": [config], "verbs": ["get", "update", "list", "watch"]}],
-    });
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(config, &params, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    let binding = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": config},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config},
-        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": labeler::USER}],
-    });
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .patch(config, &params, &Patch::Apply(&binding))
-        .await
-        .unwrap();
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {

@@ -17,7 +17,6 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -47,32 +46,6 @@ where
     api.create(&PostParams::default(), &object)
         .await
         .unwrap_or_else(|e| panic!("creating {what}: {e}"))
-}
-
-/// What the chart's self-signed mode grants: its own webhook configuration, by name.
-async fn grant_own_webhook_configuration(admin: &Client, config: &str) {
-    let params = PatchParams::apply("userns-labeler-tests").force();
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": config},
-        "rules": [{"apiGroups": ["admissionregistration.k8s.io"],
-                   "resources": ["mutatingwebhookconfigurations"],
-                   "resourceNames": [config], "verbs": ["get", "update", "list", "watch"]}],
-    });
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(config, &params, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    let binding = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": config},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config},
-        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": labeler::USER}],
-    });
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .patch(config, &params, &Patch::Apply(&binding))
-        .await
-        .unwrap();
 }
 
 /// Routes pod CREATEs of `namespaces` to the labeler at `addr` (`failurePolicy: Fail`: an
@@ -232,7 +205,7 @@ async fn the_webhook_decides_every_pod_case_of_the_shared_table_as_the_table_say
 
     let kubeconfig = labeler::least_privileged_kubeconfig(cp, &admin, &controller_ns).await;
     let config = format!("userns-pod-cases-{}", ns.name());
-    grant_own_webhook_configuration(&admin, &config).await;
+    labeler::grant_own_webhook_configuration(&admin, &config).await;
     let started = Instant::now();
     let labeler = Labeler::start_with(
         USERNS_LABELER,

@@ -37,6 +37,33 @@ pub async fn least_privileged_kubeconfig(
     cp.user_kubeconfig(USER, &[])
 }
 
+/// What the chart's self-signed mode grants the labeler (as [`USER`]): get, list, watch and
+/// update of its own MutatingWebhookConfiguration `config`, by name, to keep its caBundle.
+pub async fn grant_own_webhook_configuration(admin: &Client, config: &str) {
+    let params = PatchParams::apply("userns-labeler-tests").force();
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": config},
+        "rules": [{"apiGroups": ["admissionregistration.k8s.io"],
+                   "resources": ["mutatingwebhookconfigurations"],
+                   "resourceNames": [config], "verbs": ["get", "update", "list", "watch"]}],
+    });
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(config, &params, &Patch::Apply(&role))
+        .await
+        .unwrap_or_else(|e| panic!("ClusterRole {config}: {e}"));
+    let binding = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": config},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": USER}],
+    });
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .patch(config, &params, &Patch::Apply(&binding))
+        .await
+        .unwrap_or_else(|e| panic!("ClusterRoleBinding {config}: {e}"));
+}
+
 /// Installs the ClusterRoles, ClusterRoleBindings, Roles and RoleBindings among `manifests`
 /// (other kinds are skipped), Roles in `namespace`, every binding's subject replaced by [`USER`].
 pub async fn install_rbac(admin: &Client, namespace: &str, manifests: &str) {
