@@ -47,8 +47,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 #[path = "admission_latency/churn.rs"]
 mod churn;
@@ -112,54 +112,41 @@ impl Drop for ServerRuntime {
     }
 }
 
-/// One admission chain: its name (the value of the pod label `bench-chain`) and how to start
-/// it. Chains start in the order listed; a later one may use what an earlier one left in
-/// [`Env`] (the constant chain uses the labeler's patch).
+/// One admission chain: its name (the value of the pod label `bench-chain`), whether it enables
+/// the benchmark pod, and how to start it (given its name). Chains start in the order listed; a
+/// later one may use what an earlier one left in [`Env`] (the constant chain uses the labeler's
+/// patch).
 pub struct Chain {
     pub name: &'static str,
-    pub start: for<'a> fn(&'a Env) -> BoxFuture<'a, Running>,
+    pub enables: bool,
+    pub start: for<'a> fn(&'a Env, &'static str) -> BoxFuture<'a, Running>,
 }
 
 /// The chains measured, in the order they start.
 fn chains() -> Vec<Chain> {
-    vec![
+    let ours = [
         Chain {
             name: "none",
-            start: |_| async { Running::new(()) }.boxed(),
+            enables: false,
+            start: |_, _| async { Running::new(()) }.boxed(),
         },
         Chain {
             name: "userns-labeler",
-            start: |env| start_labeler(env).boxed(),
+            enables: true,
+            start: |env, _| start_labeler(env).boxed(),
         },
         Chain {
             name: "constant",
-            start: |env| start_constant(env).boxed(),
+            enables: true,
+            start: |env, _| start_constant(env).boxed(),
         },
-        Chain {
-            name: "kyverno-noop",
-            start: |env| kyverno::start(env, "kyverno-noop").boxed(),
-        },
-        Chain {
-            name: "kyverno-const",
-            start: |env| kyverno::start(env, "kyverno-const").boxed(),
-        },
-        Chain {
-            name: "kyverno-const-cel",
-            start: |env| kyverno::start(env, "kyverno-const-cel").boxed(),
-        },
-        Chain {
-            name: "kyverno-seed",
-            start: |env| kyverno::start(env, "kyverno-seed").boxed(),
-        },
-        Chain {
-            name: "kyverno-policy",
-            start: |env| kyverno::start(env, "kyverno-policy").boxed(),
-        },
-        Chain {
-            name: "kyverno-cel",
-            start: |env| kyverno::start(env, "kyverno-cel").boxed(),
-        },
-    ]
+    ];
+    let kyverno = kyverno::POLICIES.map(|(name, _, enables)| Chain {
+        name,
+        enables,
+        start: |env, name| kyverno::start(env, name).boxed(),
+    });
+    ours.into_iter().chain(kyverno).collect()
 }
 
 /// The chart's webhook configuration for `chain`, calling `url` with the control plane's CA,
@@ -357,10 +344,14 @@ fn pod(chain: &str) -> Value {
     })
 }
 
-fn claim(i: usize) -> PersistentVolumeClaim {
+/// The claims' driver, `true` in the default table.
+const DRIVER: &str = "ebs.csi.aws.com";
+
+/// A claim `name` on `driver` (by the provisioner annotation).
+fn claim(name: String, driver: &str) -> PersistentVolumeClaim {
     serde_json::from_value(json!({
-        "metadata": {"name": format!("claim-{i}"),
-                     "annotations": {"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"}},
+        "metadata": {"name": name,
+                     "annotations": {"volume.kubernetes.io/storage-provisioner": driver}},
         "spec": {"storageClassName": "", "accessModes": ["ReadWriteOnce"],
                  "resources": {"requests": {"storage": "1Gi"}}}
     }))
@@ -407,42 +398,56 @@ async fn wait_published(env: &Env, total: usize) {
     let what = format!("{total} claims labelled true and in the claim maps");
     labeler::eventually(&what, Duration::from_secs(1200), || async {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let claims: Api<PersistentVolumeClaim> = Api::all(env.admin.clone());
-        let labelled = claims
-            .list_metadata(&ListParams::default().labels("userns.io/idmap-supported=true"))
-            .await
-            .ok()?
-            .items
-            .len();
-        let maps: Api<ConfigMap> = Api::namespaced(env.admin.clone(), &env.labeler_ns);
-        let mapped: usize = maps
-            .list(&ListParams::default().labels("userns.io/claim-map=v1"))
-            .await
-            .ok()?
-            .items
-            .iter()
-            .map(|m| {
-                m.data
-                    .iter()
-                    .flatten()
-                    .filter(|(_, v)| *v == "true")
-                    .count()
-            })
-            .sum();
+        let (labelled, mapped) = published(env, None, "true").await;
         (labelled >= total && mapped >= total).then_some(())
     })
     .await;
     eprintln!("{what} after {:.1?}", started.elapsed());
 }
 
-/// Creates `names` as claims of `ns` (the benchmark's driver, `true` in the default table).
-async fn create_claims(admin: &Client, ns: &str, names: std::ops::Range<usize>, prefix: &str) {
+/// How many claims (of namespace `ns`, or of the cluster) carry `value` in their label, and in
+/// the claim maps; 0 for a list that failed.
+async fn published(env: &Env, ns: Option<&str>, value: &str) -> (usize, usize) {
+    let claims: Api<PersistentVolumeClaim> = match ns {
+        Some(ns) => Api::namespaced(env.admin.clone(), ns),
+        None => Api::all(env.admin.clone()),
+    };
+    let labelled = claims
+        .list_metadata(&ListParams::default().labels(&format!("userns.io/idmap-supported={value}")))
+        .await
+        .map_or(0, |l| l.items.len());
+    let prefix = format!(
+        "userns-claims.{}",
+        ns.map_or(String::new(), |ns| format!("{ns}."))
+    );
+    let maps: Api<ConfigMap> = Api::namespaced(env.admin.clone(), &env.labeler_ns);
+    let mapped = maps
+        .list(&ListParams::default().labels("userns.io/claim-map=v1"))
+        .await
+        .map_or(0, |l| {
+            l.items
+                .into_iter()
+                .filter(|m| m.name_any().starts_with(&prefix))
+                .flat_map(|m| m.data.unwrap_or_default().into_values())
+                .filter(|v| v == value)
+                .count()
+        });
+    (labelled, mapped)
+}
+
+/// Creates the claims `<prefix>-<i>` of `ns` on `driver`, for `i` in `range`.
+async fn create_claims(
+    admin: &Client,
+    ns: &str,
+    range: std::ops::Range<usize>,
+    prefix: &str,
+    driver: &str,
+) {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), ns);
-    futures::stream::iter(names)
+    futures::stream::iter(range)
         .map(|i| {
             let api = api.clone();
-            let mut claim = claim(i);
-            claim.metadata.name = Some(format!("{prefix}-{i}"));
+            let claim = claim(format!("{prefix}-{i}"), driver);
             async move { api.create(&PostParams::default(), &claim).await.map(|_| ()) }
         })
         .buffer_unordered(32)
@@ -540,7 +545,7 @@ fn main() {
         for &size in &sizes {
             let ns = cp.namespace(&format!("claims-{size}")).await;
             let t = Instant::now();
-            create_claims(&admin, ns.name(), 0..size.max(2), "claim").await;
+            create_claims(&admin, ns.name(), 0..size.max(2), "claim", DRIVER).await;
             eprintln!("{size} claims in {} in {:.1?}", ns.name(), t.elapsed());
             namespaces.push((size.max(2), ns.name().to_string()));
             guards.push(ns);
@@ -550,7 +555,14 @@ fn main() {
             Some(settings) => {
                 let ns = cp.namespace("churn").await;
                 churn::set_table(&admin, labeler_ns.name(), true).await;
-                churn::create_claims(&admin, ns.name(), settings.claims).await;
+                create_claims(
+                    &admin,
+                    ns.name(),
+                    0..settings.claims,
+                    "churn",
+                    churn::DRIVER,
+                )
+                .await;
                 total += settings.claims;
                 let name = ns.name().to_string();
                 guards.push(ns);
@@ -572,7 +584,7 @@ fn main() {
         // Every chain's namespaces see every chain's webhook configuration; the pod label picks.
         let mut running = Vec::new();
         for chain in &chains {
-            running.push((chain.start)(&env).await);
+            running.push((chain.start)(&env, chain.name).await);
             eprintln!("chain {} started; {}", chain.name, measure::load());
         }
         let bodies: Vec<Vec<u8>> = chains
@@ -589,8 +601,7 @@ fn main() {
                 let host_users = &answer["spec"]["hostUsers"];
                 let enabled = *host_users == json!(false);
                 assert_eq!(
-                    enabled,
-                    kyverno::enables(chain.name),
+                    enabled, chain.enables,
                     "chain {} in {ns}: hostUsers {host_users}",
                     chain.name
                 );
@@ -605,7 +616,14 @@ fn main() {
             if target > total {
                 let t = Instant::now();
                 let more = target - total;
-                create_claims(&admin, filler.name(), fillers..fillers + more, "filler").await;
+                create_claims(
+                    &admin,
+                    filler.name(),
+                    fillers..fillers + more,
+                    "filler",
+                    DRIVER,
+                )
+                .await;
                 eprintln!(
                     "{more} more claims in {} in {:.1?}",
                     filler.name(),

@@ -56,21 +56,24 @@ fn kyverno_cli() -> PathBuf {
 /// The output of `kyverno test deploy/kyverno/tests -o json` (run once for all tests here).
 fn kyverno_test_output() -> &'static Output {
     static OUTPUT: OnceLock<Output> = OnceLock::new();
-    OUTPUT.get_or_init(|| {
-        let cli = kyverno_cli();
-        Command::new(&cli)
-            .arg("test")
-            .arg(kyverno_dir().join("tests"))
-            .args([
-                "--require-tests",
-                "--remove-color",
-                "--detailed-results",
-                "-o",
-                "json",
-            ])
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()))
-    })
+    OUTPUT.get_or_init(|| kyverno_test(&kyverno_dir().join("tests")))
+}
+
+/// `kyverno test <dir>` with every result detailed, as JSON.
+fn kyverno_test(dir: &Path) -> Output {
+    let cli = kyverno_cli();
+    Command::new(&cli)
+        .arg("test")
+        .arg(dir)
+        .args([
+            "--require-tests",
+            "--remove-color",
+            "--detailed-results",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()))
 }
 
 /// Every `*.yaml` file below `dir`, sorted.
@@ -704,19 +707,7 @@ fn kyverno_cli_decides_every_pod_case_of_the_shared_table_and_the_cluster_policy
         "one result per case and policy"
     );
 
-    let cli = kyverno_cli();
-    let output = Command::new(&cli)
-        .arg("test")
-        .arg(dir.path())
-        .args([
-            "--require-tests",
-            "--remove-color",
-            "--detailed-results",
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", cli.display()));
+    let output = kyverno_test(dir.path());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let rows = json_rows(&stdout);

@@ -27,7 +27,7 @@ use userns_labeler::{
     policy_maps::{Support, apply_body, desired_shards},
 };
 use userns_labeler_test_support::{
-    cases::{Case, Decision, Table},
+    cases::{Case, CaseNamespaces, Decision, Table},
     control_plane,
     kyverno::KyvernoServer,
     repo_root,
@@ -237,29 +237,8 @@ async fn both_policies_decide_every_pod_case_of_the_shared_table_on_the_live_kyv
     let ns = cp.namespace("kyverno-live").await;
     // A namespace of its own, labelled as the case says, for each case with namespaceLabels
     // (before the policies are applied, so that Kyverno's namespace cache has the labels).
-    let mut own_namespaces = Vec::new();
-    for case in table
-        .cases
-        .iter()
-        .filter(|c| !c.namespace_labels.is_empty())
-    {
-        let case_ns = cp.namespace(&case.name).await;
-        Api::<Namespace>::all(client.clone())
-            .patch(
-                &case_ns,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": case.namespace_labels}})),
-            )
-            .await
-            .unwrap();
-        own_namespaces.push((case.name.clone(), case_ns));
-    }
-    let namespace_of = |case: &Case| {
-        own_namespaces
-            .iter()
-            .find(|(name, _)| *name == case.name)
-            .map_or(ns.to_string(), |(_, n)| n.to_string())
-    };
+    let own_namespaces = CaseNamespaces::create(&table, cp, &client).await;
+    let namespace_of = |case: &Case| own_namespaces.of(case, &ns).to_string();
 
     let cms = Api::<ConfigMap>::namespaced(client.clone(), LABELER_NAMESPACE);
     // Claims that exist, with their label, only in another namespace's map must not count here.

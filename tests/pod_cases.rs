@@ -14,15 +14,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use userns_labeler_test_support::cases::{Case, Decision, Table, named_blockers};
-use userns_labeler_test_support::control_plane::{self, TestNamespace};
+use userns_labeler_test_support::cases::{Case, CaseNamespaces, Decision, Table, named_blockers};
+use userns_labeler_test_support::control_plane;
 use userns_labeler_test_support::labeler::{self, Labeler, eventually, label_of};
 
 /// The binary under test (cargo sets this for the root package's tests).
@@ -150,23 +148,7 @@ async fn the_webhook_decides_every_pod_case_of_the_shared_table_as_the_table_say
     let elsewhere = cp.namespace("pod-cases-elsewhere").await;
 
     // A namespace of its own, labelled as the case says, for each case with namespaceLabels.
-    let mut own_namespaces: Vec<(String, TestNamespace)> = Vec::new();
-    for case in table
-        .cases
-        .iter()
-        .filter(|c| !c.namespace_labels.is_empty())
-    {
-        let case_ns = cp.namespace(&case.name).await;
-        Api::<Namespace>::all(admin.clone())
-            .patch(
-                &case_ns,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": case.namespace_labels}})),
-            )
-            .await
-            .unwrap();
-        own_namespaces.push((case.name.clone(), case_ns));
-    }
+    let own_namespaces = CaseNamespaces::create(&table, cp, &admin).await;
 
     // The table's cluster-wide objects, then its claims.
     for class in &table.storage_classes {
@@ -216,7 +198,7 @@ async fn the_webhook_decides_every_pod_case_of_the_shared_table_as_the_table_say
         &["--webhook-config-name", &config],
     );
     let mut webhook_namespaces = vec![ns.name(), elsewhere.name()];
-    webhook_namespaces.extend(own_namespaces.iter().map(|(_, n)| n.name()));
+    webhook_namespaces.extend(own_namespaces.names());
     register(&admin, &config, &labeler.webhook, &webhook_namespaces).await;
 
     // Every claim labelled as the table says (so the controller, and the caches the webhook
@@ -304,10 +286,7 @@ async fn the_webhook_decides_every_pod_case_of_the_shared_table_as_the_table_say
     let started = Instant::now();
     let mut wrong = Vec::new();
     for case in &table.cases {
-        let namespace = own_namespaces
-            .iter()
-            .find(|(name, _)| *name == case.name)
-            .map_or(ns.name(), |(_, n)| n.name());
+        let namespace = own_namespaces.of(case, ns.name());
         let opt_outs_before = labeler.metric(OPT_OUTS, &["outcome=\"opt_out\""]);
         match admitted(&admin, namespace, case).await {
             Err(e) => wrong.push(format!("{}: {e}", case.name)),

@@ -13,20 +13,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use userns_labeler_test_support::measure::percentile;
 
-use super::{CHAIN_LABEL, Env, create};
+use super::{CHAIN_LABEL, Env, create, published};
 
 /// The CSI driver of the churn claims, `true` in the table until an edit says `false`.
 pub const DRIVER: &str = "churn.csi.example.com";
 const TABLE_NAME: &str = "userns-labeler-drivers";
 const TABLE_KEY: &str = "drivers.yaml";
-const LABEL: &str = "userns.io/idmap-supported";
 
 pub struct Settings {
     pub claims: usize,
@@ -76,35 +75,6 @@ pub async fn set_table(admin: &Client, labeler_ns: &str, verdict: bool) {
     .expect("the driver table");
 }
 
-/// The churn claims `churn-<i>` on [`DRIVER`].
-pub fn claim(i: usize) -> PersistentVolumeClaim {
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("churn-{i}"),
-                     "annotations": {"volume.kubernetes.io/storage-provisioner": DRIVER}},
-        "spec": {"storageClassName": "", "accessModes": ["ReadWriteOnce"],
-                 "resources": {"requests": {"storage": "1Gi"}}}
-    }))
-    .unwrap()
-}
-
-pub async fn create_claims(admin: &Client, ns: &str, count: usize) {
-    use futures::{StreamExt, TryStreamExt};
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), ns);
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                api.create(&PostParams::default(), &claim(i))
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<()>>()
-        .await
-        .expect("churn claims");
-}
-
 /// A pod of `chain` on the churn claim `i`.
 fn pod(chain: &str, i: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -117,35 +87,6 @@ fn pod(chain: &str, i: usize) -> Vec<u8> {
         }
     }))
     .unwrap()
-}
-
-/// How many churn claims carry `value` in their label, and in the namespace's claim maps.
-async fn flipped(env: &Env, ns: &str, value: &str) -> (usize, usize) {
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.admin.clone(), ns);
-    let labelled = claims
-        .list_metadata(&ListParams::default().labels(&format!("{LABEL}={value}")))
-        .await
-        .map_or(0, |l| l.items.len());
-    let maps: Api<ConfigMap> = Api::namespaced(env.admin.clone(), &env.labeler_ns);
-    let prefix = format!("userns-claims.{ns}.");
-    let mapped = maps
-        .list(&ListParams::default())
-        .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .filter(|m| {
-                    m.metadata
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| n.starts_with(&prefix))
-                })
-                .flat_map(|m| m.data.unwrap_or_default().into_values())
-                .filter(|v| v == value)
-                .count()
-        })
-        .unwrap_or(0);
-    (labelled, mapped)
 }
 
 /// One chain's pods of one edit: (seconds since the edit, enabled), by send time.
@@ -176,7 +117,7 @@ async fn settle(env: &Env, ns: &str, chains: &[&'static str], claims: usize, val
     let deadline = Instant::now() + Duration::from_secs(300);
     let text = if value { "true" } else { "false" };
     loop {
-        let (labelled, mapped) = flipped(env, ns, text).await;
+        let (labelled, mapped) = published(env, Some(ns), text).await;
         let mut decided = labelled == claims && mapped == claims;
         if decided {
             for chain in chains {
@@ -243,7 +184,7 @@ async fn one_edit(env: &Env, ns: &str, chains: &[&'static str], settings: &Setti
     set_table(&env.admin, &env.labeler_ns, false).await;
     let (mut labels_half, mut labels_all, mut maps_all) = (None, None, None);
     while at.elapsed() < settings.after {
-        let (labelled, mapped) = flipped(env, ns, "false").await;
+        let (labelled, mapped) = published(env, Some(ns), "false").await;
         let t = at.elapsed().as_secs_f64();
         if labels_half.is_none() && labelled * 2 >= settings.claims {
             labels_half = Some(t);

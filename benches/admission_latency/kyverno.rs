@@ -30,36 +30,36 @@ use userns_labeler_test_support::repo_root;
 
 use super::{CHAIN_LABEL, Env, Running, create, pod};
 
-/// The chains served by Kyverno, in the order they start.
-pub const CHAINS: [&str; 6] = [
-    "kyverno-noop",
-    "kyverno-const",
-    "kyverno-const-cel",
-    "kyverno-seed",
-    "kyverno-policy",
-    "kyverno-cel",
+/// The chains served by Kyverno, in the order they start: the chain, its policy file, and
+/// whether it enables the benchmark pod.
+pub const POLICIES: [(&str, &str, bool); 6] = [
+    (
+        "kyverno-noop",
+        "benches/fixtures/kyverno/noop-mutate.yaml",
+        false,
+    ),
+    (
+        "kyverno-const",
+        "benches/fixtures/kyverno/constant-mutate.yaml",
+        true,
+    ),
+    (
+        "kyverno-const-cel",
+        "benches/fixtures/kyverno/constant-mutate-cel.yaml",
+        true,
+    ),
+    (
+        "kyverno-seed",
+        "benches/fixtures/kyverno/apicall-list-per-pod.yaml",
+        true,
+    ),
+    ("kyverno-policy", "deploy/kyverno/enable-userns.yaml", true),
+    ("kyverno-cel", "deploy/kyverno/enable-userns-cel.yaml", true),
 ];
 
-/// The policy file of a Kyverno chain and whether it enables the benchmark pod.
-fn policy(chain: &str) -> (&'static str, bool) {
-    match chain {
-        "kyverno-noop" => ("benches/fixtures/kyverno/noop-mutate.yaml", false),
-        "kyverno-const" => ("benches/fixtures/kyverno/constant-mutate.yaml", true),
-        "kyverno-const-cel" => ("benches/fixtures/kyverno/constant-mutate-cel.yaml", true),
-        "kyverno-seed" => ("benches/fixtures/kyverno/apicall-list-per-pod.yaml", true),
-        "kyverno-policy" => ("deploy/kyverno/enable-userns.yaml", true),
-        "kyverno-cel" => ("deploy/kyverno/enable-userns-cel.yaml", true),
-        other => panic!("not a Kyverno chain: {other}"),
-    }
-}
-
-/// Whether `chain` (any chain of the benchmark) enables the benchmark pod.
-pub fn enables(chain: &str) -> bool {
-    if CHAINS.contains(&chain) {
-        policy(chain).1
-    } else {
-        chain != "none"
-    }
+/// The names of the Kyverno chains.
+fn chains() -> [&'static str; POLICIES.len()] {
+    POLICIES.map(|(chain, _, _)| chain)
 }
 
 /// Starts one Kyverno chain: the server first if no Kyverno chain has started it yet (it is
@@ -70,7 +70,10 @@ pub async fn start(env: &Env, chain: &'static str) -> Running {
         let server = start_server(env).await;
         *env.kyverno.lock().unwrap() = Some(server);
     }
-    let (file, _) = policy(chain);
+    let (_, file, _) = POLICIES
+        .iter()
+        .find(|(name, _, _)| *name == chain)
+        .unwrap_or_else(|| panic!("not a Kyverno chain: {chain}"));
     let document = single_document(&repo_root().join(file));
     let applied = for_chain(document, chain);
     kubectl_apply(env, &applied);
@@ -83,7 +86,7 @@ pub async fn start(env: &Env, chain: &'static str) -> Running {
 async fn start_server(env: &Env) -> KyvernoServer {
     let server = KyvernoServer::start(env.cp);
     let selector = json!({"matchExpressions": [
-        {"key": CHAIN_LABEL, "operator": "In", "values": CHAINS}
+        {"key": CHAIN_LABEL, "operator": "In", "values": chains()}
     ]});
     let config = json!({"objectSelector": selector});
     let configs: Api<ConfigMap> = Api::namespaced(env.admin.clone(), "kyverno");
@@ -194,7 +197,7 @@ async fn wait_served(env: &Env, chain: &str) {
                             && r.values
                                 .iter()
                                 .flatten()
-                                .all(|v| CHAINS.contains(&v.as_str()))
+                                .all(|v| chains().contains(&v.as_str()))
                     })
                 });
             assert!(

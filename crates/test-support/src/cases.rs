@@ -13,10 +13,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 use userns_labeler::capability::BlockerCode;
 use userns_labeler::capability::evidence::{Evidence, host_path_key};
+
+use crate::control_plane::{ControlPlane, TestNamespace};
 
 /// The table's path, relative to the repository root.
 pub const TABLE: &str = "tests/cases/pods.yaml";
@@ -43,6 +48,48 @@ pub struct Table {
     pub claims: Vec<ClaimDecl>,
     /// The pod cases.
     pub cases: Vec<Case>,
+}
+
+/// A namespace of its own for each case with `namespaceLabels`, labelled as the case says;
+/// the other cases share one namespace of the test's.
+pub struct CaseNamespaces(Vec<(String, TestNamespace)>);
+
+impl CaseNamespaces {
+    /// Creates them on `cp` (before a policy engine starts watching namespaces, so that its
+    /// cache has the labels).
+    pub async fn create(table: &Table, cp: &ControlPlane, admin: &Client) -> CaseNamespaces {
+        let mut own = Vec::new();
+        for case in table
+            .cases
+            .iter()
+            .filter(|c| !c.namespace_labels.is_empty())
+        {
+            let namespace = cp.namespace(&case.name).await;
+            Api::<Namespace>::all(admin.clone())
+                .patch(
+                    &namespace,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": case.namespace_labels}})),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("labelling namespace {}: {e}", &*namespace));
+            own.push((case.name.clone(), namespace));
+        }
+        CaseNamespaces(own)
+    }
+
+    /// The namespace `case`'s pod is created in: its own, else `shared`.
+    pub fn of<'a>(&'a self, case: &Case, shared: &'a str) -> &'a str {
+        self.0
+            .iter()
+            .find(|(name, _)| *name == case.name)
+            .map_or(shared, |(_, namespace)| namespace.name())
+    }
+
+    /// The cases' own namespaces.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(_, namespace)| namespace.name())
+    }
 }
 
 /// A StorageClass.
