@@ -102,3 +102,32 @@ pub fn fixture_dir(cluster: &Cluster, name: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     dir
 }
+
+/// Waits (60 s at most) until `n` server-side dry-run creates of `probe` in a row come back
+/// with the annotation `decision`: every replica behind the webhook's Service answers, not
+/// only the first one reached (a replica restarted by another test, or endpoints that kube-proxy
+/// has not caught up with, would let a pod through unchanged under failurePolicy Ignore).
+pub async fn decided_in_a_row(pods: &Api<Pod>, probe: &Pod, decision: &str, n: usize) {
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let in_a_row = std::cell::Cell::new(0);
+    eventually(
+        &format!("{n} dry-run pods in a row decided through the Service"),
+        Duration::from_secs(60),
+        || async {
+            let decided = pods
+                .create(&dry_run, probe)
+                .await
+                .is_ok_and(|pod| annotation(&pod, decision).is_some());
+            in_a_row.set(if decided { in_a_row.get() + 1 } else { 0 });
+            if in_a_row.get() >= n {
+                Ok(())
+            } else {
+                Err(format!("{} in a row", in_a_row.get()))
+            }
+        },
+    )
+    .await
+}
