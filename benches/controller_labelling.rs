@@ -15,6 +15,10 @@
 //!   it again (N more). The loop sends the same N patches twice.
 //! - `cold-claims`: PVs labelled, claims not; the controller starts and labels the N claims.
 //!
+//! Each run reports the client's CPU (the controller's process, or for the loop this process,
+//! its watches included with `loop+watch`), the API server's and etcd's, and for a controller
+//! run with `--claim-maps` the claim maps it applied (`userns_labeler_claim_map_writes_total`).
+//!
 //! Contenders run interleaved, one after the other within each scenario of each round (the order
 //! reversed every other round), so a load change on the machine touches all of them alike. The
 //! controller's resident memory is read with nothing of ours in the cluster, after `cold-all`
@@ -130,9 +134,12 @@ struct Run {
     /// A controller's time from its start to /readyz (caches synced).
     ready: Option<Duration>,
     events: u64,
-    /// CPU seconds of the controller, and of kube-apiserver + etcd, during the run.
+    /// CPU seconds of the client (the controller, or for the loop this process: its requests,
+    /// and with `loop+watch` the watches), and of kube-apiserver + etcd, during the run.
     cpu_controller: f64,
     cpu_server: f64,
+    /// A controller's claim-map applies and their bytes during the run (`--claim-maps`).
+    map_writes: (u64, u64),
 }
 
 impl Run {
@@ -407,6 +414,22 @@ impl World {
     }
 }
 
+/// CPU seconds this process has used (the loop's client side).
+fn own_cpu() -> f64 {
+    measure::cpu_seconds(std::process::id())
+}
+
+/// The claim-map applies and their bytes so far.
+fn map_writes(labeler: &Labeler) -> (u64, u64) {
+    (
+        labeler.metric(
+            "userns_labeler_claim_map_writes_total",
+            &["operation=\"apply\""],
+        ) as u64,
+        labeler.metric("userns_labeler_claim_map_bytes_total", &[]) as u64,
+    )
+}
+
 fn writes(labeler: &Labeler, kind: &str) -> u64 {
     labeler.metric(
         "userns_labeler_label_writes_total",
@@ -520,30 +543,48 @@ impl Bench {
             "cold-all" => {
                 w.apply(&w.all(), Values::Unlabelled).await;
                 let _watches = watches().await;
-                let cpu = w.server_cpu();
+                let (cpu, own) = (w.server_cpu(), own_cpu());
                 let (total, claims_done) = w.apply(&w.all(), Values::Before).await;
-                runs.push((w.objects.len(), total, claims_done, w.server_cpu() - cpu));
+                runs.push((
+                    w.objects.len(),
+                    total,
+                    claims_done,
+                    w.server_cpu() - cpu,
+                    own_cpu() - own,
+                ));
             }
             "edit" => {
                 w.apply(&w.all(), Values::Before).await;
                 let _watches = watches().await;
                 for values in [Values::After, Values::Before] {
-                    let cpu = w.server_cpu();
+                    let (cpu, own) = (w.server_cpu(), own_cpu());
                     let (total, claims_done) = w.apply(&w.flipping(), values).await;
-                    runs.push((w.flipping().len(), total, claims_done, w.server_cpu() - cpu));
+                    runs.push((
+                        w.flipping().len(),
+                        total,
+                        claims_done,
+                        w.server_cpu() - cpu,
+                        own_cpu() - own,
+                    ));
                 }
             }
             "cold-claims" => {
                 w.apply(&w.of(Kind::Volume), Values::Before).await;
                 w.apply(&w.of(Kind::Claim), Values::Unlabelled).await;
                 let _watches = watches().await;
-                let cpu = w.server_cpu();
+                let (cpu, own) = (w.server_cpu(), own_cpu());
                 let (total, claims_done) = w.apply(&w.of(Kind::Claim), Values::Before).await;
-                runs.push((w.settings.n, total, claims_done, w.server_cpu() - cpu));
+                runs.push((
+                    w.settings.n,
+                    total,
+                    claims_done,
+                    w.server_cpu() - cpu,
+                    own_cpu() - own,
+                ));
             }
             other => panic!("unknown scenario {other}"),
         }
-        for (writes, total, claims_done, cpu_server) in runs {
+        for (writes, total, claims_done, cpu_server, cpu_client) in runs {
             self.record(Run {
                 scenario,
                 round,
@@ -551,6 +592,7 @@ impl Bench {
                 writes: writes as u64,
                 total,
                 claims_done,
+                cpu_controller: cpu_client,
                 cpu_server,
                 ..Run::default()
             });
@@ -596,6 +638,7 @@ impl Bench {
                     ready: Some(ready),
                     cpu_controller: measure::cpu_seconds(labeler.pid()),
                     cpu_server: w.server_cpu() - cpu,
+                    map_writes: map_writes(&labeler),
                     ..Run::default()
                 });
                 std::thread::sleep(Duration::from_secs(2));
@@ -630,6 +673,7 @@ impl Bench {
                     let i = i as u64 + 1;
                     let (cpu_c, cpu) = (measure::cpu_seconds(labeler.pid()), w.server_cpu());
                     let changes = labeler.metric("userns_labeler_label_changes_total", &[]);
+                    let maps = map_writes(&labeler);
                     let profile =
                         Profile::start(perf.as_deref(), labeler.pid(), &format!("{identity}-{i}"));
                     let started = Instant::now();
@@ -645,6 +689,10 @@ impl Bench {
                             - changes) as u64,
                         cpu_controller: measure::cpu_seconds(labeler.pid()) - cpu_c,
                         cpu_server: w.server_cpu() - cpu,
+                        map_writes: {
+                            let now = map_writes(&labeler);
+                            (now.0 - maps.0, now.1 - maps.1)
+                        },
                         ..Run::default()
                     });
                     wait_settled(&labeler);
@@ -673,7 +721,7 @@ impl Bench {
 
     fn record(&mut self, run: Run) {
         eprintln!(
-            "  [{}] round {} {:<12} {:>6} writes in {:>8.2?} = {:>5.0}/s (claims done {:.2?}{}), cpu controller {:.1} s, apiserver+etcd {:.1} s",
+            "  [{}] round {} {:<12} {:>6} writes in {:>8.2?} = {:>5.0}/s (claims done {:.2?}{}), cpu client {:.1} s, apiserver+etcd {:.1} s, claim maps applied {} ({:.1} MiB)",
             measure::load(),
             run.round + 1,
             run.contender,
@@ -686,6 +734,8 @@ impl Bench {
                 .unwrap_or_default(),
             run.cpu_controller,
             run.cpu_server,
+            run.map_writes.0,
+            run.map_writes.1 as f64 / (1024.0 * 1024.0),
         );
         self.runs.push(run);
     }
@@ -707,7 +757,7 @@ impl Bench {
             writeln!(out, "\n{scenario}:").unwrap();
             writeln!(
                 out,
-                "  {:<3} {:<12} {:>7} {:>10} {:>8} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>10}",
+                "  {:<3} {:<12} {:>7} {:>10} {:>8} {:>9} {:>9} {:>11} {:>9} {:>7} {:>10} {:>10} {:>11}",
                 "rnd",
                 "contender",
                 "writes",
@@ -718,8 +768,9 @@ impl Bench {
                 "claims done",
                 "ready",
                 "events",
-                "cpu ctrl",
-                "cpu server"
+                "cpu client",
+                "cpu server",
+                "map applies"
             )
             .unwrap();
             let runs: Vec<&Run> = self
@@ -742,7 +793,7 @@ impl Bench {
                 };
                 writeln!(
                     out,
-                    "  {:<3} {:<12} {:>7} {:>9.2}s {:>8.0} {:>8.0}% {:>8.0}% {:>10.2}s {:>9} {:>7} {:>8.1}s {:>9.1}s",
+                    "  {:<3} {:<12} {:>7} {:>9.2}s {:>8.0} {:>8.0}% {:>8.0}% {:>10.2}s {:>9} {:>7} {:>9.1}s {:>9.1}s {:>11}",
                     run.round + 1,
                     run.contender,
                     run.writes,
@@ -755,7 +806,8 @@ impl Bench {
                         .map_or("-".into(), |r| format!("{:.2}s", r.as_secs_f64())),
                     run.events,
                     run.cpu_controller,
-                    run.cpu_server
+                    run.cpu_server,
+                    run.map_writes.0
                 )
                 .unwrap();
             }

@@ -181,6 +181,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let claim_maps = args
         .claim_maps
         .then(|| PolicyMaps::new(PolicyMapSettings::new(&args.namespace, &keys)));
+    if let Some(maps) = &claim_maps {
+        maps.register_metrics(&mut registry);
+    }
     let (caches, subscriptions) = match &claim_maps {
         Some(maps) => {
             let (maps, keys) = (maps.clone(), keys.clone());

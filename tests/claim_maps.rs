@@ -69,7 +69,7 @@ async fn the_claim_maps_follow_the_labels_of_each_namespace() {
     let ns = cp.namespace("maps-app").await;
     labeler::install_rbac(&admin, &labeler_ns, &chart_with_claim_maps()).await;
     let kubeconfig = cp.user_kubeconfig(labeler::USER, &[]);
-    let _labeler = Labeler::start_with(
+    let labeler = Labeler::start_with(
         USERNS_LABELER,
         &kubeconfig,
         &labeler_ns,
@@ -145,4 +145,22 @@ async fn the_claim_maps_follow_the_labels_of_each_namespace() {
         left.is_none().then_some(())
     })
     .await;
+
+    // What the maps cost is in the labeler's metrics: at least the first map, the override and
+    // the deletion of one claim applied; the one shard deleted with the last claim; no failure.
+    let metric = |name: &str, filter: &str| labeler.metric(name, &[filter]);
+    let applies = metric(
+        "userns_labeler_claim_map_writes_total",
+        "operation=\"apply\"",
+    );
+    assert!(applies >= 3.0, "{applies} applies");
+    assert_eq!(
+        metric(
+            "userns_labeler_claim_map_writes_total",
+            "operation=\"delete\""
+        ),
+        1.0
+    );
+    assert!(metric("userns_labeler_claim_map_bytes_total", "") > 0.0);
+    assert_eq!(metric("userns_labeler_claim_map_failures_total", ""), 0.0);
 }

@@ -13,6 +13,10 @@ use kube::{
     core::Request,
     runtime::watcher,
 };
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -165,6 +169,46 @@ impl Index {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    /// `apply` or `delete`.
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    /// [`PolicyMapError::category`].
+    category: &'static str,
+}
+
+/// The writer's series: what it cost the API server, and what failed.
+#[derive(Clone, Debug, Default)]
+struct MapMetrics {
+    writes: Family<OperationLabels, Counter>,
+    bytes: Counter,
+    failures: Family<FailureLabels, Counter>,
+}
+
+impl MapMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "claim_map_writes",
+            "Claim maps applied or deleted, by operation",
+            self.writes.clone(),
+        );
+        registry.register(
+            "claim_map_bytes",
+            "Bytes of claim maps applied (each apply costs the API server in proportion to the claims in the map)",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "claim_map_failures",
+            "Failed lists, applies and deletions of claim maps, by category",
+            self.failures.clone(),
+        );
+    }
+}
+
 /// The claim maps: a cheap handle (clone it freely) to the index every replica keeps, and the
 /// writer task ([`PolicyMaps::run`]).
 #[derive(Clone)]
@@ -172,6 +216,7 @@ pub struct PolicyMaps {
     settings: Arc<PolicyMapSettings>,
     index: Arc<Mutex<Index>>,
     wake: Arc<Notify>,
+    metrics: MapMetrics,
 }
 
 impl PolicyMaps {
@@ -180,7 +225,14 @@ impl PolicyMaps {
             settings: Arc::new(settings),
             index: Arc::default(),
             wake: Arc::default(),
+            metrics: MapMetrics::default(),
         }
+    }
+
+    /// Registers the writer's metrics (`claim_map_writes`, `claim_map_bytes`,
+    /// `claim_map_failures`) in `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
     }
 
     /// Feeds one event of the claim watcher (each claim reduced to a [`ClaimEntry`]). Never
@@ -231,6 +283,7 @@ impl PolicyMaps {
                         published = Some(listed);
                     }
                     Err(e) => {
+                        self.failed(&e);
                         warn!(error = %e, category = e.category(), "claim maps: cannot list");
                         retry_after = backoff(retry_after);
                         if pause(retry_after, &shutdown).await {
@@ -286,6 +339,7 @@ impl PolicyMaps {
                         Ok(bytes) => match change {
                             ShardChange::Apply(shard) => {
                                 written = bytes;
+                                self.wrote("apply", bytes);
                                 published_now.insert(
                                     shard.name.clone(),
                                     PublishedShard {
@@ -300,10 +354,12 @@ impl PolicyMaps {
                                 );
                             }
                             ShardChange::Delete(name) => {
+                                self.wrote("delete", 0);
                                 published_now.remove(&name);
                             }
                         },
                         Err(e) => {
+                            self.failed(&e);
                             warn!(error = %e, category = e.category(), namespace, "claim maps: write failed; retrying");
                             failed.push(namespace.clone());
                             break;
@@ -327,6 +383,23 @@ impl PolicyMaps {
                 }
             }
         }
+    }
+
+    fn wrote(&self, operation: &'static str, bytes: usize) {
+        let metrics = &self.metrics;
+        metrics
+            .writes
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+        metrics.bytes.inc_by(bytes as u64);
+    }
+
+    fn failed(&self, error: &PolicyMapError) {
+        let category = error.category();
+        self.metrics
+            .failures
+            .get_or_create(&FailureLabels { category })
+            .inc();
     }
 
     async fn list(
