@@ -136,7 +136,7 @@ struct Run {
     events: u64,
     /// CPU seconds of the client (the controller, or for the loop this process: its requests,
     /// and with `loop+watch` the watches), and of kube-apiserver + etcd, during the run.
-    cpu_controller: f64,
+    cpu_client: f64,
     cpu_server: f64,
     /// A controller's claim-map applies and their bytes during the run (`--claim-maps`).
     map_writes: (u64, u64),
@@ -366,6 +366,21 @@ impl World {
         (started.elapsed(), claims_done)
     }
 
+    /// [`World::apply`] as one measured loop run: the writes, their times, and the CPU of the
+    /// API server and etcd and of this process (the loop's client side) meanwhile.
+    async fn timed_apply(&self, objects: &[&Object], values: Values) -> Run {
+        let (server, client) = (self.server_cpu(), own_cpu());
+        let (total, claims_done) = self.apply(objects, values).await;
+        Run {
+            writes: objects.len() as u64,
+            total,
+            claims_done,
+            cpu_client: own_cpu() - client,
+            cpu_server: self.server_cpu() - server,
+            ..Run::default()
+        }
+    }
+
     fn all(&self) -> Vec<&Object> {
         self.objects.iter().collect()
     }
@@ -543,58 +558,29 @@ impl Bench {
             "cold-all" => {
                 w.apply(&w.all(), Values::Unlabelled).await;
                 let _watches = watches().await;
-                let (cpu, own) = (w.server_cpu(), own_cpu());
-                let (total, claims_done) = w.apply(&w.all(), Values::Before).await;
-                runs.push((
-                    w.objects.len(),
-                    total,
-                    claims_done,
-                    w.server_cpu() - cpu,
-                    own_cpu() - own,
-                ));
+                runs.push(w.timed_apply(&w.all(), Values::Before).await);
             }
             "edit" => {
                 w.apply(&w.all(), Values::Before).await;
                 let _watches = watches().await;
                 for values in [Values::After, Values::Before] {
-                    let (cpu, own) = (w.server_cpu(), own_cpu());
-                    let (total, claims_done) = w.apply(&w.flipping(), values).await;
-                    runs.push((
-                        w.flipping().len(),
-                        total,
-                        claims_done,
-                        w.server_cpu() - cpu,
-                        own_cpu() - own,
-                    ));
+                    runs.push(w.timed_apply(&w.flipping(), values).await);
                 }
             }
             "cold-claims" => {
                 w.apply(&w.of(Kind::Volume), Values::Before).await;
                 w.apply(&w.of(Kind::Claim), Values::Unlabelled).await;
                 let _watches = watches().await;
-                let (cpu, own) = (w.server_cpu(), own_cpu());
-                let (total, claims_done) = w.apply(&w.of(Kind::Claim), Values::Before).await;
-                runs.push((
-                    w.settings.n,
-                    total,
-                    claims_done,
-                    w.server_cpu() - cpu,
-                    own_cpu() - own,
-                ));
+                runs.push(w.timed_apply(&w.of(Kind::Claim), Values::Before).await);
             }
             other => panic!("unknown scenario {other}"),
         }
-        for (writes, total, claims_done, cpu_server, cpu_client) in runs {
+        for run in runs {
             self.record(Run {
                 scenario,
                 round,
                 contender: if watched { WATCHED_LOOP } else { LOOP }.into(),
-                writes: writes as u64,
-                total,
-                claims_done,
-                cpu_controller: cpu_client,
-                cpu_server,
-                ..Run::default()
+                ..run
             });
         }
     }
@@ -636,7 +622,7 @@ impl Bench {
                     total,
                     claims_done,
                     ready: Some(ready),
-                    cpu_controller: measure::cpu_seconds(labeler.pid()),
+                    cpu_client: measure::cpu_seconds(labeler.pid()),
                     cpu_server: w.server_cpu() - cpu,
                     map_writes: map_writes(&labeler),
                     ..Run::default()
@@ -687,7 +673,7 @@ impl Bench {
                         claims_done,
                         events: (labeler.metric("userns_labeler_label_changes_total", &[])
                             - changes) as u64,
-                        cpu_controller: measure::cpu_seconds(labeler.pid()) - cpu_c,
+                        cpu_client: measure::cpu_seconds(labeler.pid()) - cpu_c,
                         cpu_server: w.server_cpu() - cpu,
                         map_writes: {
                             let now = map_writes(&labeler);
@@ -732,7 +718,7 @@ impl Bench {
             run.ready
                 .map(|r| format!(", ready {r:.2?}"))
                 .unwrap_or_default(),
-            run.cpu_controller,
+            run.cpu_client,
             run.cpu_server,
             run.map_writes.0,
             run.map_writes.1 as f64 / (1024.0 * 1024.0),
@@ -805,7 +791,7 @@ impl Bench {
                     run.ready
                         .map_or("-".into(), |r| format!("{:.2}s", r.as_secs_f64())),
                     run.events,
-                    run.cpu_controller,
+                    run.cpu_client,
                     run.cpu_server,
                     run.map_writes.0
                 )

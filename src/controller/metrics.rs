@@ -1,6 +1,9 @@
 //! The controller's series: reconciliations, their duration and failures, label writes and
 //! label-change Events, and the objects in the caches by label value.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,12 +47,12 @@ pub struct ControllerMetrics {
     pub(crate) events_dropped: Counter,
     labelled: Family<LabelValueLabels, Gauge>,
     /// When `labelled` was last recounted (`refresh_label_counts`).
-    counted: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    counted: Arc<Mutex<Option<Instant>>>,
 }
 
 /// The label counts are recounted at most this often: a count walks every cached object, and a
 /// scraper polling faster (a benchmark timing writes) would otherwise pay it on each request.
-const RECOUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 
 impl ControllerMetrics {
     /// Creates the metrics and registers them in `registry`.
@@ -123,7 +126,7 @@ impl ControllerMetrics {
     pub fn refresh_label_counts(&self, caches: &Caches, keys: &Keys) {
         {
             let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             if counted.is_some_and(|at| now.duration_since(at) < RECOUNT_EVERY) {
                 return;
             }

@@ -453,13 +453,13 @@ impl PolicyMaps {
                     source,
                 };
                 let patch = Patch::Apply(&body);
-                let bytes = serde_json::to_vec(&body).map_or(0, |b| b.len());
                 // The answer (the whole map and its managedFields, a field per claim) is not
                 // decoded: nothing reads it.
                 let request =
                     Request::new(ConfigMap::url_path(&(), Some(&self.settings.namespace)))
                         .patch(&shard.name, &params, &patch)
                         .map_err(|e| apply_error(kube::Error::BuildRequest(e)))?;
+                let bytes = request.body().len();
                 client.request_text(request).await.map_err(apply_error)?;
                 debug!(
                     name = shard.name,
