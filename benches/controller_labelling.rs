@@ -17,10 +17,14 @@
 //!
 //! Each run reports the client's CPU (the controller's process, or for the loop this process,
 //! its watches included with `loop+watch`), the API server's and etcd's, and for a controller
-//! run with `--claim-maps` the claim maps it applied (`userns_labeler_claim_map_writes_total`).
+//! run with `--claim-maps` the claim-map writes it made (`userns_labeler_claim_map_writes_total`).
 //!
 //! Contenders run interleaved, one after the other within each scenario of each round (the order
-//! reversed every other round), so a load change on the machine touches all of them alike. The
+//! reversed every other round), so a load change on the machine touches all of them alike. Each
+//! timed pass starts from a compacted, defragmented etcd (`ControlPlane::compact_etcd`), so that
+//! none inherits the history the ones before it left. Even so the API server's CPU for the same
+//! 20,000 patches varies by a third from pass to pass on this machine (3.4–5 ms a write): read
+//! single rounds with that in mind, and compare contenders within a round. The
 //! controller's resident memory is read with nothing of ours in the cluster, after `cold-all`
 //! (the peak covers the initial lists) and after `edit`.
 //!
@@ -138,7 +142,7 @@ struct Run {
     /// and with `loop+watch` the watches), and of kube-apiserver + etcd, during the run.
     cpu_client: f64,
     cpu_server: f64,
-    /// A controller's claim-map applies and their bytes during the run (`--claim-maps`).
+    /// A controller's claim-map writes and their bytes during the run (`--claim-maps`).
     map_writes: (u64, u64),
 }
 
@@ -434,13 +438,10 @@ fn own_cpu() -> f64 {
     measure::cpu_seconds(std::process::id())
 }
 
-/// The claim-map applies and their bytes so far.
+/// The claim-map writes (creates, replacements and deletions) and their bytes so far.
 fn map_writes(labeler: &Labeler) -> (u64, u64) {
     (
-        labeler.metric(
-            "userns_labeler_claim_map_writes_total",
-            &["operation=\"apply\""],
-        ) as u64,
+        labeler.metric("userns_labeler_claim_map_writes_total", &[]) as u64,
         labeler.metric("userns_labeler_claim_map_bytes_total", &[]) as u64,
     )
 }
@@ -557,11 +558,13 @@ impl Bench {
         match scenario {
             "cold-all" => {
                 w.apply(&w.all(), Values::Unlabelled).await;
+                w.cp.compact_etcd().await;
                 let _watches = watches().await;
                 runs.push(w.timed_apply(&w.all(), Values::Before).await);
             }
             "edit" => {
                 w.apply(&w.all(), Values::Before).await;
+                w.cp.compact_etcd().await;
                 let _watches = watches().await;
                 for values in [Values::After, Values::Before] {
                     runs.push(w.timed_apply(&w.flipping(), values).await);
@@ -570,6 +573,7 @@ impl Bench {
             "cold-claims" => {
                 w.apply(&w.of(Kind::Volume), Values::Before).await;
                 w.apply(&w.of(Kind::Claim), Values::Unlabelled).await;
+                w.cp.compact_etcd().await;
                 let _watches = watches().await;
                 runs.push(w.timed_apply(&w.of(Kind::Claim), Values::Before).await);
             }
@@ -610,6 +614,7 @@ impl Bench {
                     w.apply(&w.of(Kind::Claim), Values::Unlabelled).await;
                 }
                 w.set_table(NO_RULES).await;
+                w.cp.compact_etcd().await;
                 let volumes = if scenario == "cold-all" { n } else { 0 };
                 let (cpu, started) = (w.server_cpu(), Instant::now());
                 let labeler = w.start(path, &identity);
@@ -652,6 +657,7 @@ impl Bench {
                     0,
                     "everything was labelled already"
                 );
+                w.cp.compact_etcd().await;
                 let flips = w.flipping();
                 let claims = flips.iter().filter(|o| o.kind == Kind::Claim).count() as u64;
                 let volumes = flips.len() as u64 - claims;
@@ -707,7 +713,7 @@ impl Bench {
 
     fn record(&mut self, run: Run) {
         eprintln!(
-            "  [{}] round {} {:<12} {:>6} writes in {:>8.2?} = {:>5.0}/s (claims done {:.2?}{}), cpu client {:.1} s, apiserver+etcd {:.1} s, claim maps applied {} ({:.1} MiB)",
+            "  [{}] round {} {:<12} {:>6} writes in {:>8.2?} = {:>5.0}/s (claims done {:.2?}{}), cpu client {:.1} s, apiserver+etcd {:.1} s, claim-map writes {} ({:.1} MiB)",
             measure::load(),
             run.round + 1,
             run.contender,
@@ -756,7 +762,7 @@ impl Bench {
                 "events",
                 "cpu client",
                 "cpu server",
-                "map applies"
+                "map writes"
             )
             .unwrap();
             let runs: Vec<&Run> = self

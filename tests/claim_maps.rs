@@ -2,7 +2,9 @@
 //! least-privileged user the chart renders with `claimMaps.enabled=true`, against the real
 //! kube-apiserver: a namespace's map holds each of its claims with the label the claim carries
 //! (NFS `false`, EBS `true` are storage facts, not the engine's output), follows a label change
-//! and a deleted claim, and a namespace that loses its last claim loses its map.
+//! and a deleted claim, an entry someone else wrote into a map is gone at its next write (it
+//! could enable pods on a claim that is not `true`), a map deleted by someone else is written
+//! again at the namespace's next change, and a namespace that loses its last claim loses its map.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -130,12 +132,43 @@ async fn the_claim_maps_follow_the_labels_of_each_namespace() {
             .await;
         }
     };
+    // An entry the labeler did not write (a hand edit, another tool) says `true` for a claim
+    // that does not exist; the namespace's next change rewrites the map whole, without it.
+    maps.patch(
+        &format!("userns-claims.{ns}.0"),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"not-a-claim": "true"}})),
+    )
+    .await
+    .unwrap();
     delete("nfs").await;
-    eventually("the deleted claim gone from the map", WAIT, || async {
-        let map = map_of(&maps, &ns).await;
-        (!map.contains_key("nfs")).then_some(())
+    let only_ebs = BTreeMap::from([("ebs".to_string(), "false".to_string())]);
+    eventually(
+        "the deleted claim and the foreign entry gone from the map",
+        WAIT,
+        || async { (map_of(&maps, &ns).await == only_ebs).then_some(()) },
+    )
+    .await;
+
+    // The map deleted behind the labeler's back: the namespace's next change writes it again
+    // (the override removed, the EBS claim is `true` again).
+    maps.delete(&format!("userns-claims.{ns}.0"), &DeleteParams::default())
+        .await
+        .unwrap();
+    claims
+        .patch(
+            "ebs",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"userns.io/idmap-override": null}}})),
+        )
+        .await
+        .unwrap();
+    let ebs_true = BTreeMap::from([("ebs".to_string(), "true".to_string())]);
+    eventually("the deleted map written again", WAIT, || async {
+        (map_of(&maps, &ns).await == ebs_true).then_some(())
     })
     .await;
+
     delete("ebs").await;
     eventually("no map for a namespace without claims", WAIT, || async {
         let left = maps
@@ -146,14 +179,15 @@ async fn the_claim_maps_follow_the_labels_of_each_namespace() {
     })
     .await;
 
-    // What the maps cost is in the labeler's metrics: at least the first map, the override and
-    // the deletion of one claim applied; the one shard deleted with the last claim; no failure.
+    // What the maps cost is in the labeler's metrics: at least the first map, the override, the
+    // deletion of one claim and the map written again; the one shard deleted with the last
+    // claim; no failure (a write that found its map gone created it).
     let metric = |name: &str, filter: &str| labeler.metric(name, &[filter]);
-    let applies = metric(
+    let writes = metric(
         "userns_labeler_claim_map_writes_total",
-        "operation=\"apply\"",
+        "operation=\"write\"",
     );
-    assert!(applies >= 3.0, "{applies} applies");
+    assert!(writes >= 4.0, "{writes} writes");
     assert_eq!(
         metric(
             "userns_labeler_claim_map_writes_total",

@@ -29,12 +29,15 @@ const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
 const WAIT: Duration = Duration::from_secs(30);
 const LABEL: &str = "userns.io/idmap-supported";
 /// Calls the scenario is known to make (verb, resource): the audit log is judged once all are in.
-const EXPECTED_CALLS: [(&str, &str); 17] = [
+const EXPECTED_CALLS: [(&str, &str); 18] = [
     ("watch", "persistentvolumeclaims"),
     ("watch", "nodes"),
     ("watch", "events"),
     ("watch", "configmaps"),
-    // The claim maps (chart default claimMaps.enabled).
+    // The claim maps (chart default claimMaps.enabled): created (replaced by update when a
+    // namespace's claims change later: `tests/claim_maps.rs`, as the same rendered user).
+    ("create", "configmaps"),
+    // The last good copy of the driver table.
     ("patch", "configmaps"),
     ("watch", "namespaces"),
     ("patch", "persistentvolumeclaims"),
@@ -297,6 +300,8 @@ async fn chart_rbac_grants_every_call_and_its_webhook_configuration_routes_pods_
             &config_map_name,
             "--self-signed-ca-secret",
             &ca_secret_name,
+            // As the chart runs it (claimMaps.enabled by default): the maps' calls judged too.
+            "--claim-maps",
         ],
     );
 

@@ -498,7 +498,7 @@ fn both_policies_read_claims_only_through_the_shipped_claim_maps() {
 
 #[test]
 fn the_mocked_claim_maps_are_what_the_publisher_makes_of_the_mocked_claims() {
-    use userns_labeler::policy_maps::{Support, apply_body, desired_shards};
+    use userns_labeler::policy_maps::{Support, desired_shards, shard_object};
     let dir = kyverno_dir().join("tests/enable-userns");
     let keys = userns_labeler::keys::Keys::default();
     let mut claims: BTreeMap<String, BTreeMap<String, Support>> = BTreeMap::new();
@@ -516,7 +516,7 @@ fn the_mocked_claim_maps_are_what_the_publisher_makes_of_the_mocked_claims() {
     let mut expected: Vec<Value> = claims
         .iter()
         .flat_map(|(ns, c)| desired_shards(ns, c).shards)
-        .map(|shard| apply_body("userns-labeler", &shard, &keys))
+        .map(|shard| shard_object("userns-labeler", &shard, &keys))
         .collect();
     expected.sort_by_key(|v| v["metadata"]["name"].as_str().unwrap().to_owned());
     let mut mocked: Vec<Value> = documents(&dir.join("claim-maps.yaml"))
@@ -567,7 +567,7 @@ fn write_documents(path: &Path, docs: &[Value]) {
 /// the table, with the claim maps the labeler would publish for the table's claims, the pods
 /// it must enable (patched as it patches them) and the results each case expects.
 fn write_table_test(dir: &Path, table: &Table, file: &str, policy: &str, cel: bool) -> usize {
-    use userns_labeler::policy_maps::{Support, apply_body, desired_shards};
+    use userns_labeler::policy_maps::{Support, desired_shards, shard_object};
     fs::create_dir_all(dir).unwrap();
     fs::copy(kyverno_dir().join(file), dir.join(file)).unwrap();
 
@@ -583,7 +583,7 @@ fn write_table_test(dir: &Path, table: &Table, file: &str, policy: &str, cel: bo
     let maps: Vec<Value> = [(CASES_NAMESPACE, &here), (CASES_ELSEWHERE, &elsewhere)]
         .into_iter()
         .flat_map(|(ns, claims)| desired_shards(ns, claims).shards)
-        .map(|shard| apply_body("userns-labeler", &shard, &keys))
+        .map(|shard| shard_object("userns-labeler", &shard, &keys))
         .collect();
     write_documents(&dir.join("claim-maps.yaml"), &maps);
 

@@ -24,7 +24,7 @@ use kube::{
 use serde_json::json;
 use userns_labeler::{
     keys::Keys,
-    policy_maps::{Support, apply_body, desired_shards},
+    policy_maps::{Support, desired_shards, shard_object},
 };
 use userns_labeler_test_support::{
     cases::{Case, CaseNamespaces, Decision, Table},
@@ -74,7 +74,7 @@ async fn publish(cms: &Api<ConfigMap>, namespace: &str, claims: &[(&str, Support
         claims.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect();
     let keys = Keys::default();
     for shard in desired_shards(namespace, &claims).shards {
-        let body = apply_body(LABELER_NAMESPACE, &shard, &keys);
+        let body = shard_object(LABELER_NAMESPACE, &shard, &keys);
         cms.patch(
             &shard.name,
             &PatchParams::apply("userns-labeler").force(),

@@ -374,7 +374,7 @@ async fn the_chart_runs_two_ready_replicas_in_user_namespaces_under_restricted_p
     }
     let ns = namespace(&client, "rn-chart").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    // `cluster.sh install` returned once a dry-run pod came back decided through the Service;
+    // `cluster.sh install` returned once ten dry-run pods in a row came back decided through the Service;
     // a test that restarted a replica since may have left one not reachable yet.
     let probe = shell_pod("probe", "/tmp", None, json!({}));
     decided_in_a_row(&pods, &probe, DECISION, 10).await;

@@ -51,7 +51,7 @@
 //!   On gaining leadership it lists the existing maps once (label selector) and reconciles
 //!   every namespace against them.
 //!
-//! RBAC: the labeler needs `get, list, watch, create, patch, delete` on ConfigMaps in its own
+//! RBAC: the labeler needs `get, list, watch, create, update, delete` on ConfigMaps in its own
 //! namespace (the chart's Role); Kyverno's admission controller needs `get, list, watch` on
 //! them (the chart's `kyverno` values).
 
@@ -60,9 +60,9 @@ mod writer;
 
 pub use shards::{
     ClaimEntry, MAP_FORMAT, MAX_SHARDS, NAME_PREFIX, NamespaceShards, PublishedShard,
-    SHARD_BUDGET_BYTES, SHARD_HARD_LIMIT_BYTES, Shard, ShardChange, Support, apply_body,
-    desired_shards, diff_namespace, map_label, namespace_annotation, published_from,
-    shard_annotation, shard_name, shard_of,
+    SHARD_BUDGET_BYTES, SHARD_HARD_LIMIT_BYTES, Shard, ShardChange, Support, desired_shards,
+    diff_namespace, map_label, namespace_annotation, published_from, shard_annotation, shard_name,
+    shard_object, shard_of,
 };
 pub use writer::{PolicyMapError, PolicyMapSettings, PolicyMaps};
 

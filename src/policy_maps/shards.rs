@@ -1,5 +1,5 @@
 //! The pure part of the claim maps: which shard objects a namespace's claims make, how they
-//! differ from what is published, and the server-side-apply body of one shard.
+//! differ from what is published, and the ConfigMap of one shard.
 
 use std::collections::BTreeMap;
 
@@ -183,13 +183,13 @@ pub struct PublishedShard {
 /// What to do to make one namespace's published shards what its claims make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardChange {
-    /// Create or replace the shard (server-side apply of [`apply_body`]).
-    Apply(Shard),
+    /// Create or replace the shard with [`shard_object`].
+    Write(Shard),
     /// Delete a shard the namespace no longer has (fewer shards, or no claims).
     Delete(String),
 }
 
-/// The changes, in the order they must be made: every `Apply` before any `Delete`, so that a
+/// The changes, in the order they must be made: every `Write` before any `Delete`, so that a
 /// claim moving to another shard is never missing from all of them (the policies treat a claim
 /// found twice as `true` only when every copy says so).
 pub fn diff_namespace(
@@ -207,7 +207,7 @@ pub fn diff_namespace(
                     .all(|(k, v)| p.data.get(k).map(String::as_str) == Some(v.as_str()))
         });
         if !same {
-            changes.push(ShardChange::Apply(shard.clone()));
+            changes.push(ShardChange::Write(shard.clone()));
         }
     }
     for (name, shard) in published {
@@ -237,8 +237,9 @@ pub fn shard_annotation(keys: &Keys) -> String {
 /// The value of [`map_label`]: the format of `data`, bumped if it ever changes.
 pub const MAP_FORMAT: &str = "v1";
 
-/// The server-side-apply body of one shard, a ConfigMap in `labeler_namespace`.
-pub fn apply_body(labeler_namespace: &str, shard: &Shard, keys: &Keys) -> Value {
+/// The whole ConfigMap of one shard, in `labeler_namespace`: what is written (created or
+/// replaced).
+pub fn shard_object(labeler_namespace: &str, shard: &Shard, keys: &Keys) -> Value {
     let data: serde_json::Map<String, Value> = shard
         .data
         .iter()
@@ -409,8 +410,8 @@ mod tests {
             let bytes: usize = s.data.iter().map(|(k, v)| entry_bytes(k, *v)).sum();
             assert!(bytes <= SHARD_BUDGET_BYTES, "{}: {bytes}", s.name);
             assert!(s.data.keys().all(|k| shard_of(k, s.count) == s.index));
-            // The applied object, serialised, is far from the 1 MiB limit.
-            let body = apply_body("userns-labeler", s, &Keys::default());
+            // The written object, serialised, is far from the 1 MiB limit.
+            let body = shard_object("userns-labeler", s, &Keys::default());
             let len = serde_json::to_vec(&body).unwrap().len();
             assert!(len < 300 * 1024, "{}: {len} bytes", s.name);
         }
@@ -455,8 +456,8 @@ mod tests {
         let new = desired_shards("apps", &after);
         let changes = diff_namespace(&new, &published(&old));
         assert_eq!(changes.len(), 1, "{:?}", changes.len());
-        let ShardChange::Apply(shard) = &changes[0] else {
-            panic!("an apply")
+        let ShardChange::Write(shard) = &changes[0] else {
+            panic!("a write")
         };
         assert_eq!(
             shard.data["data-postgres-cluster-main-77"],
@@ -487,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn fewer_shards_apply_the_new_layout_before_deleting_the_stale_shards() {
+    fn fewer_shards_write_the_new_layout_before_deleting_the_stale_shards() {
         let old = desired_shards("apps", &many(30_000, Support::True));
         assert!(old.shards.len() >= 2);
         let new = desired_shards("apps", &many(10, Support::True));
@@ -500,7 +501,7 @@ mod tests {
         assert!(
             changes[..first_delete]
                 .iter()
-                .all(|c| matches!(c, ShardChange::Apply(_)))
+                .all(|c| matches!(c, ShardChange::Write(_)))
         );
         assert!(
             changes[first_delete..]
@@ -524,13 +525,13 @@ mod tests {
     }
 
     #[test]
-    fn the_apply_body_is_a_labelled_configmap_in_the_labelers_namespace() {
+    fn the_shard_object_is_a_labelled_configmap_in_the_labelers_namespace() {
         let keys = Keys::default();
         let shards = desired_shards(
             "apps",
             &claims(&[("db", Support::True), ("nfs", Support::False)]),
         );
-        let body = apply_body("userns-labeler", &shards.shards[0], &keys);
+        let body = shard_object("userns-labeler", &shards.shards[0], &keys);
         assert_eq!(
             body,
             json!({

@@ -9,7 +9,7 @@ use std::{
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, Resource,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, PostParams},
     core::Request,
     runtime::watcher,
 };
@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::shards::{
-    ClaimEntry, PublishedShard, ShardChange, Support, apply_body, desired_shards, diff_namespace,
-    map_label, published_from,
+    ClaimEntry, PublishedShard, ShardChange, Support, desired_shards, diff_namespace, map_label,
+    published_from, shard_object,
 };
 use crate::keys::Keys;
 
@@ -33,15 +33,15 @@ pub struct PolicyMapSettings {
     /// The labeler's namespace: the maps live there.
     pub namespace: String,
     pub keys: Keys,
-    /// The server-side-apply field manager.
+    /// The field manager the writes name.
     pub field_manager: String,
     /// Changes arriving within this window are written together (1,000 claims flipped by a
     /// table edit make one write per shard, not 1,000).
     pub coalesce: Duration,
-    /// At most this many writes (apply or delete) per second.
+    /// At most this many writes (create, replace or delete) per second.
     pub max_writes_per_second: u32,
-    /// At most this many bytes of maps applied per second. A big map costs the API server in
-    /// proportion to its keys (server-side apply tracks each as a field): without this budget a
+    /// At most this many bytes of maps written per second. A big map costs the API server in
+    /// proportion to its keys (it tracks each as a field in managedFields): without this budget a
     /// labelling storm in a namespace of 10,000 claims had its maps rewritten several times a
     /// second, doubling the API server's CPU and halving the label writes' rate.
     pub max_bytes_per_second: usize,
@@ -75,8 +75,8 @@ pub enum PolicyMapError {
         namespace: String,
         source: kube::Error,
     },
-    #[error("applying claim map {name}: {source}")]
-    Apply { name: String, source: kube::Error },
+    #[error("writing claim map {name}: {source}")]
+    Write { name: String, source: kube::Error },
     #[error("deleting claim map {name}: {source}")]
     Delete { name: String, source: kube::Error },
 }
@@ -86,7 +86,7 @@ impl PolicyMapError {
     pub fn category(&self) -> &'static str {
         match self {
             PolicyMapError::List { .. } => "list",
-            PolicyMapError::Apply { .. } => "apply",
+            PolicyMapError::Write { .. } => "write",
             PolicyMapError::Delete { .. } => "delete",
         }
     }
@@ -171,7 +171,7 @@ impl Index {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
-    /// `apply` or `delete`.
+    /// `write` (create or replace) or `delete`.
     operation: &'static str,
 }
 
@@ -193,17 +193,17 @@ impl MapMetrics {
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "claim_map_writes",
-            "Claim maps applied or deleted, by operation",
+            "Claim maps written (created or replaced) or deleted, by operation",
             self.writes.clone(),
         );
         registry.register(
             "claim_map_bytes",
-            "Bytes of claim maps applied (each apply costs the API server in proportion to the claims in the map)",
+            "Bytes of claim maps written (each write costs the API server in proportion to the claims in the map)",
             self.bytes.clone(),
         );
         registry.register(
             "claim_map_failures",
-            "Failed lists, applies and deletions of claim maps, by category",
+            "Failed lists, writes and deletions of claim maps, by category",
             self.failures.clone(),
         );
     }
@@ -335,11 +335,12 @@ impl PolicyMaps {
                     .collect();
                 for change in diff_namespace(&desired, &ours) {
                     let mut written = 0;
-                    match self.execute(&api, &client, &change).await {
+                    let known = matches!(&change, ShardChange::Write(s) if published_now.contains_key(&s.name));
+                    match self.execute(&api, &client, &change, known).await {
                         Ok(bytes) => match change {
-                            ShardChange::Apply(shard) => {
+                            ShardChange::Write(shard) => {
                                 written = bytes;
-                                self.wrote("apply", bytes);
+                                self.wrote("write", bytes);
                                 published_now.insert(
                                     shard.name.clone(),
                                     PublishedShard {
@@ -437,30 +438,69 @@ impl PolicyMaps {
         Ok(shards)
     }
 
-    /// Carries out `change`: the bytes of the map applied (0 for a deletion).
+    /// Carries out `change`: the bytes of the map written (0 for a deletion). `exists`: the map
+    /// was there when last listed or written (a write replaces it, else creates it; either
+    /// falls back to the other when the map turns out to be gone or there after all).
     async fn execute(
         &self,
         api: &Api<ConfigMap>,
         client: &Client,
         change: &ShardChange,
+        exists: bool,
     ) -> Result<usize, PolicyMapError> {
         match change {
-            ShardChange::Apply(shard) => {
-                let body = apply_body(&self.settings.namespace, shard, &self.settings.keys);
-                let params = PatchParams::apply(&self.settings.field_manager).force();
-                let apply_error = |source| PolicyMapError::Apply {
+            ShardChange::Write(shard) => {
+                // A replace (PUT without a resourceVersion: the labeler owns these objects
+                // whole, the last write wins), or a create when the map does not exist yet.
+                // Not server-side apply: for a map of 5,000 claims an apply cost the API server
+                // about twice the CPU of a replace (`benches/claim_map_writes.rs`: each key of
+                // `data` is a field it merges), and the merge buys nothing for an object with a
+                // single writer. A replace also drops an entry someone else added, which an
+                // apply kept (owned by its writer) though it could say `true` for any claim.
+                let body = serde_json::to_vec(&shard_object(
+                    &self.settings.namespace,
+                    shard,
+                    &self.settings.keys,
+                ))
+                .map_err(|e| PolicyMapError::Write {
+                    name: shard.name.clone(),
+                    source: kube::Error::SerdeError(e),
+                })?;
+                let bytes = body.len();
+                let params = PostParams {
+                    field_manager: Some(self.settings.field_manager.clone()),
+                    ..PostParams::default()
+                };
+                let url = ConfigMap::url_path(&(), Some(&self.settings.namespace));
+                let write_error = |source| PolicyMapError::Write {
                     name: shard.name.clone(),
                     source,
                 };
-                let patch = Patch::Apply(&body);
-                // The answer (the whole map and its managedFields, a field per claim) is not
-                // decoded: nothing reads it.
-                let request =
-                    Request::new(ConfigMap::url_path(&(), Some(&self.settings.namespace)))
-                        .patch(&shard.name, &params, &patch)
-                        .map_err(|e| apply_error(kube::Error::BuildRequest(e)))?;
-                let bytes = request.body().len();
-                client.request_text(request).await.map_err(apply_error)?;
+                let send = |replace: bool| {
+                    let request = Request::new(&url);
+                    let request = if replace {
+                        request.replace(&shard.name, &params, body.clone())
+                    } else {
+                        request.create(&params, body.clone())
+                    };
+                    async move {
+                        let request = request.map_err(kube::Error::BuildRequest)?;
+                        // The answer (the whole map and its managedFields, a field per claim)
+                        // is not decoded: nothing reads it.
+                        client.request_text(request).await.map(drop)
+                    }
+                };
+                match send(exists).await {
+                    // Replaced a map that was gone (deleted by someone), or created one that
+                    // was there (left by an earlier term): the other way, once.
+                    Err(kube::Error::Api(s))
+                        if (exists && s.code == 404) || (!exists && s.code == 409) =>
+                    {
+                        send(!exists).await
+                    }
+                    result => result,
+                }
+                .map_err(write_error)?;
                 debug!(
                     name = shard.name,
                     claims = shard.data.len(),
