@@ -20,7 +20,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::Value;
 use userns_labeler::keys::Keys;
 use userns_labeler::policy_maps::{Support, desired_shards, shard_object};
-use userns_labeler_test_support::control_plane::{self, ControlPlane};
+use userns_labeler_test_support::control_plane;
 use userns_labeler_test_support::measure;
 
 const FIELD_MANAGER: &str = "userns-labeler";
@@ -46,13 +46,6 @@ struct Cost {
     wall: Duration,
     writes: u32,
     managed_fields_bytes: usize,
-}
-
-fn server_cpu(cp: &ControlPlane) -> f64 {
-    measure::processes_under(cp.dir())
-        .iter()
-        .map(|(_, pid)| measure::cpu_seconds(*pid))
-        .sum()
 }
 
 /// The map of `size` claims as the labeler writes it, every value `true` on even `turn`s and
@@ -138,11 +131,11 @@ fn main() {
                 };
                 for way in order {
                     let object = map(ns.name(), size, turn, &name(way));
-                    let (cpu, started) = (server_cpu(cp), Instant::now());
+                    let (cpu, started) = (measure::control_plane_cpu(cp.dir()), Instant::now());
                     write(&api, way, &name(way), &object).await;
                     let cost = costs.entry((size, way)).or_default();
                     cost.wall += started.elapsed();
-                    cost.server_cpu += server_cpu(cp) - cpu;
+                    cost.server_cpu += measure::control_plane_cpu(cp.dir()) - cpu;
                     cost.writes += 1;
                 }
             }

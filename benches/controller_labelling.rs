@@ -412,10 +412,7 @@ impl World {
     }
 
     fn server_cpu(&self) -> f64 {
-        measure::processes_under(self.cp.dir())
-            .iter()
-            .map(|(_, pid)| measure::cpu_seconds(*pid))
-            .sum()
+        measure::control_plane_cpu(self.cp.dir())
     }
 
     fn start(&self, path: &Path, identity: &str) -> Labeler {

@@ -457,40 +457,29 @@ impl PolicyMaps {
                 // `data` is a field it merges), and the merge buys nothing for an object with a
                 // single writer. A replace also drops an entry someone else added, which an
                 // apply kept (owned by its writer) though it could say `true` for any claim.
-                let body = serde_json::to_vec(&shard_object(
-                    &self.settings.namespace,
-                    shard,
-                    &self.settings.keys,
-                ))
-                .map_err(|e| PolicyMapError::Write {
-                    name: shard.name.clone(),
-                    source: kube::Error::SerdeError(e),
-                })?;
-                let bytes = body.len();
-                let params = PostParams {
+                let object = &shard_object(&self.settings.namespace, shard, &self.settings.keys);
+                let params = &PostParams {
                     field_manager: Some(self.settings.field_manager.clone()),
                     ..PostParams::default()
                 };
-                let url = ConfigMap::url_path(&(), Some(&self.settings.namespace));
-                let write_error = |source| PolicyMapError::Write {
-                    name: shard.name.clone(),
-                    source,
-                };
-                let send = |replace: bool| {
-                    let request = Request::new(&url);
+                let url = &ConfigMap::url_path(&(), Some(&self.settings.namespace));
+                // One attempt: it serializes the object itself, so the common case (no fallback)
+                // copies no ~200 KiB body; the bytes sent on success.
+                let send = |replace: bool| async move {
+                    let body = serde_json::to_vec(object).map_err(kube::Error::SerdeError)?;
+                    let bytes = body.len();
+                    let request = Request::new(url);
                     let request = if replace {
-                        request.replace(&shard.name, &params, body.clone())
+                        request.replace(&shard.name, params, body)
                     } else {
-                        request.create(&params, body.clone())
-                    };
-                    async move {
-                        let request = request.map_err(kube::Error::BuildRequest)?;
-                        // The answer (the whole map and its managedFields, a field per claim)
-                        // is not decoded: nothing reads it.
-                        client.request_text(request).await.map(drop)
+                        request.create(params, body)
                     }
+                    .map_err(kube::Error::BuildRequest)?;
+                    // The answer (the whole map and its managedFields, a field per claim) is
+                    // not decoded: nothing reads it.
+                    client.request_text(request).await.map(|_| bytes)
                 };
-                match send(exists).await {
+                let bytes = match send(exists).await {
                     // Replaced a map that was gone (deleted by someone), or created one that
                     // was there (left by an earlier term): the other way, once.
                     Err(kube::Error::Api(s))
@@ -500,7 +489,10 @@ impl PolicyMaps {
                     }
                     result => result,
                 }
-                .map_err(write_error)?;
+                .map_err(|source| PolicyMapError::Write {
+                    name: shard.name.clone(),
+                    source,
+                })?;
                 debug!(
                     name = shard.name,
                     claims = shard.data.len(),

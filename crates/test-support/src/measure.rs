@@ -85,6 +85,15 @@ pub fn processes_under(dir: &Path) -> Vec<(String, u32)> {
     found
 }
 
+/// The CPU seconds etcd and kube-apiserver of the local control plane in `dir` have used so far
+/// ([`processes_under`], [`cpu_seconds`]).
+pub fn control_plane_cpu(dir: &Path) -> f64 {
+    processes_under(dir)
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid))
+        .sum()
+}
+
 /// `/proc/loadavg`'s 1, 5 and 15 minute averages, and the number of CPUs.
 pub fn load() -> String {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
