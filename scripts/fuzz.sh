@@ -44,7 +44,7 @@ mapfile -t all < <(cargo +nightly fuzz list)
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=("${all[@]}")
 for target in "${targets[@]}"; do
-    if ! printf '%s\n' "${all[@]}" | grep -qx -- "$target"; then
+    if ! grep -qx -- "$target" <<<"$(printf '%s\n' "${all[@]}")"; then
         echo "fuzz.sh: no target $target (have: ${all[*]})" >&2
         exit 2
     fi

@@ -53,7 +53,7 @@ echo "binary: $(stat -c %s "$binary") bytes, stripped $(stat -c %s "$work/userns
 interpreter="$(readelf -l "$work/userns-labeler" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')"
 [[ -n "$interpreter" ]] || { echo "image.sh: the binary has no PT_INTERP (static?)" >&2; exit 1; }
 files=(--file "$(readlink -f "$interpreter"):$interpreter:0755")
-if ldd "$work/userns-labeler" | grep -q 'not found'; then
+if [[ $(ldd "$work/userns-labeler") == *'not found'* ]]; then
     echo "image.sh: unresolved libraries:" >&2
     ldd "$work/userns-labeler" >&2
     exit 1

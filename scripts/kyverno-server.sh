@@ -134,8 +134,8 @@ pid=$!
 # configurations (policy validation, the verify webhook; those for resources
 # follow once a policy exists) point at our port.
 deadline=$((SECONDS + 180))
-until k get mutatingwebhookconfigurations,validatingwebhookconfigurations -l webhook.kyverno.io/managed-by=kyverno \
-    -o jsonpath='{.items[*].webhooks[*].clientConfig.url}' 2>/dev/null | grep -q "https://127.0.0.1:$port/"; do
+until [[ $(k get mutatingwebhookconfigurations,validatingwebhookconfigurations -l webhook.kyverno.io/managed-by=kyverno \
+    -o jsonpath='{.items[*].webhooks[*].clientConfig.url}' 2>/dev/null) == *"https://127.0.0.1:$port/"* ]]; do
     kill -0 "$pid" 2>/dev/null || die "the server exited before it was ready: $(tail -20 "$dir/kyverno.log")"
     ((SECONDS < deadline)) || die "the server did not register its webhooks within 180 s: $(tail -20 "$dir/kyverno.log")"
     sleep 0.5

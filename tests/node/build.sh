@@ -300,7 +300,7 @@ make_runc() {
         die "building runc failed (source copy $src); see the go output above"
     v=$(smoke runc "$tmp/bin/runc" --version)
     [[ $v == "runc version ${runc_version#v}" ]] || die "the freshly built runc reports '$v', expected runc version ${runc_version#v}"
-    "$tmp/bin/runc" --version | grep -q '^libseccomp: ' ||
+    grep -q '^libseccomp: ' <<<"$("$tmp/bin/runc" --version)" ||
         die "the freshly built runc has no seccomp support ('runc --version' names no libseccomp)"
     install_dir "$runc_dir"
     log "built runc in $((SECONDS - t0))s: $runc_dir ($(sizes "$runc_dir" runc))"
@@ -318,7 +318,7 @@ make_cni() {
         -o "$tmp/bin/" ./plugins/main/bridge ./plugins/ipam/host-local ./plugins/main/loopback) ||
         die "building the CNI plugins failed (source copy $src); see the go output above"
     for name in "${cni_plugins[@]}"; do
-        smoke "$name" env CNI_COMMAND=VERSION "$tmp/bin/$name" | grep -q supportedVersions ||
+        [[ $(smoke "$name" env CNI_COMMAND=VERSION "$tmp/bin/$name") == *supportedVersions* ]] ||
             die "the freshly built CNI plugin $name prints no supportedVersions for CNI_COMMAND=VERSION"
     done
     install_dir "$cni_dir"

@@ -387,7 +387,13 @@ readyz() { [[ $(kubectl get --raw /readyz 2>/dev/null) == ok ]]; }
 node_ready() {
     [[ $(kubectl get node "$(node_name)" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
 }
-proxy_ready() { nft list table ip "$NFT_TABLE" 2>/dev/null | grep -q "$KUBERNETES_SERVICE_IP"; }
+# (Output is captured before matching, here and below: under `set -o pipefail` a `producer |
+# grep -q` fails whenever grep's early exit kills the producer with SIGPIPE; nft writes one line
+# per write(2), so that happened to most polls and, under load, to every poll for a minute.)
+proxy_ready() {
+    local rules
+    rules=$(nft list table ip "$NFT_TABLE" 2>/dev/null) && [[ $rules == *"$KUBERNETES_SERVICE_IP . tcp . 443 "* ]]
+}
 default_sa() { kubectl -n default get serviceaccount default; }
 root_ca() { kubectl -n default get configmap kube-root-ca.crt; }
 
@@ -628,7 +634,7 @@ cmd_run() {
             read -r -u 3 _ || true
             # Only while $$ is still this script (after a SIGKILL of the supervisor its pid
             # may be reused).
-            if tr '\0' ' ' <"/proc/$$/cmdline" 2>/dev/null | grep -q 'cluster\.sh run'; then
+            if [[ $(tr '\0' ' ' <"/proc/$$/cmdline" 2>/dev/null) == *'cluster.sh run'* ]]; then
                 kill -TERM $$ 2>/dev/null
             fi
         ) 9>&- &
@@ -780,10 +786,12 @@ cmd_install() {
 
 # webhook_decides <image>: whether a dry-run pod created in `default` carries a decision.
 webhook_decides() {
-    kubectl create --dry-run=server -n default -o jsonpath='{.metadata.annotations}' -f - 2>/dev/null <<EOF | grep -q '/decision"'
+    local annotations
+    annotations=$(kubectl create --dry-run=server -n default -o jsonpath='{.metadata.annotations}' -f - 2>/dev/null <<EOF
 {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "webhook-probe-"},
  "spec": {"containers": [{"name": "c", "image": "$1", "command": ["true"]}]}}
 EOF
+    ) && [[ $annotations == *'/decision"'* ]]
 }
 
 main() {

@@ -44,7 +44,7 @@ build_pause() {
 
 build_shell() {
     local busybox=/bin/busybox
-    if [[ ! -x "$busybox" ]] || readelf -l "$busybox" 2>/dev/null | grep -q 'program interpreter'; then
+    if [[ ! -x "$busybox" ]] || [[ $(readelf -l "$busybox" 2>/dev/null) == *'program interpreter'* ]]; then
         echo "build.sh: no static $busybox; install it with: apt-get install -y busybox-static" >&2
         exit 1
     fi
