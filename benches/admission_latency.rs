@@ -6,7 +6,8 @@
 //! Chains ([`chains`]), each chosen by the pod label `bench-chain: <name>`:
 //! - `none`: no webhook is called: the API server's own floor;
 //! - `constant`: a webhook on the same TLS stack as ours (axum, axum-server, rustls with ring,
-//!   a certificate of the same CA), registered exactly as the chart registers ours, answering
+//!   a certificate of the same CA), in a process of its own as ours is, with the same tokio
+//!   runtime, registered exactly as the chart registers ours, answering
 //!   every review with the same patch ours returns for the pod, without reading the request
 //!   beyond its uid: the API server's cost of calling any webhook;
 //! - `userns-labeler`: the real binary (`userns-labeler run`, controller and webhook), as the
@@ -19,8 +20,10 @@
 //! The claims of the cluster: the namespaces' claims (`USERNS_ADMISSION_SIZES`), then, for each
 //! total of `USERNS_ADMISSION_CLUSTER` (default `0,20000`: as created, then 20,000), filler
 //! claims in another namespace up to that total; every chain is measured at each total.
-//! Afterwards the churn scenario runs ([`churn`]; `USERNS_ADMISSION_SCENARIOS`, default
-//! `latency,churn`).
+//! Then the `direct` scenario posts the same reviews straight to our webhook and the constant
+//! one, bypassing the API server ([`measure_direct`]): whether a difference between the two is
+//! in the webhook process or on the way to it. Afterwards the churn scenario runs ([`churn`]).
+//! `USERNS_ADMISSION_SCENARIOS` picks among them (default `latency,direct,churn`).
 //!
 //! "Registered the same way": the chart's MutatingWebhookConfiguration
 //! (`deploy/manifests/userns-labeler.yaml`) with its client config pointed at the server by URL
@@ -58,7 +61,7 @@ mod kyverno;
 use userns_labeler_test_support::control_plane::{self, CertPair, ControlPlane};
 use userns_labeler_test_support::kyverno::KyvernoServer;
 use userns_labeler_test_support::labeler::{self, Labeler};
-use userns_labeler_test_support::measure::{self, ms, percentile};
+use userns_labeler_test_support::measure::{self, bootstrap_delta_ms, ms, percentile};
 use userns_labeler_test_support::repo_root;
 use userns_labeler_test_support::webhook::https;
 
@@ -86,6 +89,8 @@ pub struct Env {
     pub patch: Mutex<Option<Value>>,
     /// Kyverno's admission server, started by the first Kyverno chain.
     pub kyverno: Mutex<Option<KyvernoServer>>,
+    /// The webhooks the `direct` scenario calls: chain name and address.
+    pub webhooks: Mutex<Vec<(&'static str, SocketAddr)>>,
 }
 
 /// A running chain; dropping it stops what it started.
@@ -97,17 +102,6 @@ impl Running {
     pub fn new(guard: impl Any + Send) -> Running {
         Running {
             _guard: Box::new(guard),
-        }
-    }
-}
-
-/// A server's own runtime, stopped without waiting when dropped (also inside another runtime).
-struct ServerRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for ServerRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
         }
     }
 }
@@ -209,6 +203,8 @@ async fn start_labeler(env: &Env) -> Running {
     wait_published(env, env.claims).await;
     let url = format!("https://{}{MUTATE_PODS}", labeler.webhook);
     register(env, &webhook_configuration(env, "userns-labeler", &url)).await;
+    let addr = labeler.webhook.parse().unwrap();
+    env.webhooks.lock().unwrap().push(("userns-labeler", addr));
     // The patch it answers for the benchmark pod, for the constant chain.
     let (_, ns) = &env.namespaces[0];
     let answered = dry_run_review(&labeler, env.cp.ca_pem(), ns).await;
@@ -216,22 +212,28 @@ async fn start_labeler(env: &Env) -> Running {
     Running::new(labeler)
 }
 
-/// Sends the benchmark pod's review to the labeler directly: the response's `patch`, decoded.
-async fn dry_run_review(labeler: &Labeler, ca_pem: &str, ns: &str) -> Value {
-    let review = json!({
+/// The AdmissionReview the API server sends for a dry-run create of the benchmark pod of
+/// `chain` in `ns`.
+fn pod_review(chain: &str, ns: &str, uid: &str) -> Value {
+    json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
-            "uid": "00000000-0000-0000-0000-000000000000",
+            "uid": uid,
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
             "requestResource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": ns, "operation": "CREATE",
             "userInfo": {"username": "admin"},
-            "object": pod("userns-labeler"),
+            "object": pod(chain),
             "dryRun": true,
         }
-    });
+    })
+}
+
+/// Sends the benchmark pod's review to the labeler directly: the response's `patch`, decoded.
+async fn dry_run_review(labeler: &Labeler, ca_pem: &str, ns: &str) -> Value {
+    let review = pod_review("userns-labeler", ns, "00000000-0000-0000-0000-000000000000");
     let addr: SocketAddr = labeler.webhook.parse().unwrap();
     let config = https::trusting(ca_pem);
     let mut sender = https::connect(addr, "127.0.0.1", config)
@@ -258,7 +260,9 @@ async fn dry_run_review(labeler: &Labeler, ca_pem: &str, ns: &str) -> Value {
 }
 
 /// The constant webhook: the labeler's patch for the benchmark pod, answered to every review
-/// with only its uid copied in. Its own runtime, with as many workers as the labeler's.
+/// with only its uid copied in. A process of its own (this benchmark's binary again, see
+/// [`CONSTANT_SERVER`]), like the labeler: served from inside this process it would share the
+/// load generator's threads and caches, and be woken on the core the request was just sent from.
 async fn start_constant(env: &Env) -> Running {
     let patch = env
         .patch
@@ -268,24 +272,66 @@ async fn start_constant(env: &Env) -> Running {
         .expect("the labeler chain starts first");
     let patch =
         base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&patch).unwrap());
-    let template = Arc::new(
-        serde_json::to_vec(&json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "response": {"uid": "UID-PLACEHOLDER", "allowed": true,
-                         "patchType": "JSONPatch", "patch": patch},
-        }))
-        .unwrap(),
+    let template = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "response": {"uid": "UID-PLACEHOLDER", "allowed": true,
+                     "patchType": "JSONPatch", "patch": patch},
+    }))
+    .unwrap();
+    let dir = env.cp.dir().join("bench-constant");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = ["tls.crt", "tls.key", "answer.json"].map(|f| dir.join(f));
+    std::fs::write(&files[0], &env.cert.cert_pem).unwrap();
+    std::fs::write(&files[1], &env.cert.key_pem).unwrap();
+    std::fs::write(&files[2], template).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(CONSTANT_SERVER, dir.as_os_str())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the constant webhook's process");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("LISTENING ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the constant webhook did not start: {line:?}"));
+    let url = format!("https://{addr}{MUTATE_PODS}");
+    register(env, &webhook_configuration(env, "constant", &url)).await;
+    env.webhooks.lock().unwrap().push(("constant", addr));
+    Running::new(ChildProcess(child))
+}
+
+/// Set (to a directory holding `tls.crt`, `tls.key` and `answer.json`), this binary is the
+/// constant webhook: it prints `LISTENING <addr>` and serves until its stdin closes.
+const CONSTANT_SERVER: &str = "USERNS_ADMISSION_CONSTANT_SERVER";
+
+/// The constant webhook's process: the tokio runtime the labeler's binary has (one worker per
+/// core), axum and axum-server with rustls, `template` with the request's uid for every review.
+fn serve_constant(dir: &std::path::Path) {
+    control_plane::install_crypto_provider();
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let (cert, key, template) = (
+        read("tls.crt"),
+        read("tls.key"),
+        Arc::new(read("answer.json")),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (cert, key) = (env.cert.cert_pem.clone(), env.cert.key_pem.clone());
-    runtime.spawn(async move {
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert.into(), key.into())
+    println!("LISTENING {}", listener.local_addr().unwrap());
+    // Stops when the benchmark does (its end of the pipe closes), however it ends.
+    std::thread::spawn(|| {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        std::process::exit(0);
+    });
+    runtime.block_on(async move {
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
             .await
             .unwrap();
         let router = axum::Router::new().route(
@@ -306,9 +352,16 @@ async fn start_constant(env: &Env) -> Running {
             .await
             .unwrap();
     });
-    let url = format!("https://{addr}{MUTATE_PODS}");
-    register(env, &webhook_configuration(env, "constant", &url)).await;
-    Running::new(ServerRuntime(Some(runtime)))
+}
+
+/// A child process, killed when dropped.
+struct ChildProcess(std::process::Child);
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `template` with the request's uid (the first `"uid"` member of the review: the request's).
@@ -492,6 +545,10 @@ async fn measure_block(
 }
 
 fn main() {
+    if let Some(dir) = std::env::var_os(CONSTANT_SERVER) {
+        serve_constant(std::path::Path::new(&dir));
+        return;
+    }
     // `cargo test --all-targets` runs bench targets without `--bench`: build-check only.
     if !std::env::args().any(|a| a == "--bench") {
         println!(
@@ -518,8 +575,9 @@ fn main() {
     let rounds: usize = var("USERNS_ADMISSION_ROUNDS").map_or(3, |v| v.parse().unwrap());
     let requests: usize = var("USERNS_ADMISSION_REQUESTS").map_or(300, |v| v.parse().unwrap());
     let parallel: usize = var("USERNS_ADMISSION_CONCURRENCY").map_or(8, |v| v.parse().unwrap());
-    let scenarios = list("USERNS_ADMISSION_SCENARIOS", "latency,churn");
+    let scenarios = list("USERNS_ADMISSION_SCENARIOS", "latency,direct,churn");
     let latency = scenarios.iter().any(|s| s == "latency");
+    let direct = scenarios.iter().any(|s| s == "direct");
     let churn_settings = scenarios
         .iter()
         .any(|s| s == "churn")
@@ -580,6 +638,7 @@ fn main() {
             claims: total,
             patch: Mutex::new(None),
             kyverno: Mutex::new(None),
+            webhooks: Mutex::new(Vec::new()),
         };
         // Every chain's namespaces see every chain's webhook configuration; the pod label picks.
         let mut running = Vec::new();
@@ -659,6 +718,10 @@ fn main() {
         if latency {
             print_latencies(&samples, &chains, rounds, requests);
         }
+        if direct {
+            let webhooks = env.webhooks.lock().unwrap().clone();
+            measure_direct(&env, &webhooks, rounds, requests).await;
+        }
         if let (Some(settings), Some(ns)) = (&churn_settings, &env.churn_ns) {
             let enabling: Vec<&'static str> = chains
                 .iter()
@@ -688,13 +751,104 @@ fn reference(chains: &[Chain], chain: usize) -> Option<usize> {
         .filter(|r| *r != chain)
 }
 
+/// The `direct` scenario: the same reviews the API server sends, posted straight to each
+/// webhook (one keep-alive TLS connection each, HTTP/1.1), sequentially and interleaved request
+/// by request: what is left of the end-to-end difference without the API server in between.
+async fn measure_direct(
+    env: &Env,
+    webhooks: &[(&'static str, SocketAddr)],
+    rounds: usize,
+    requests: usize,
+) {
+    let config = https::trusting(env.cp.ca_pem());
+    let mut senders = Vec::new();
+    for (_, addr) in webhooks {
+        senders.push(
+            https::connect(*addr, "127.0.0.1", config.clone())
+                .await
+                .expect("the webhook's port"),
+        );
+    }
+    println!(
+        "\nthe webhooks alone (the same reviews posted straight to them, one keep-alive TLS connection each, sequential, interleaved), {rounds} round(s) × {requests} per webhook:"
+    );
+    println!(
+        "  {:>7} {:<15} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>15}",
+        "claims",
+        "webhook",
+        "n",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "Δp50 ms",
+        "Δp99 ms",
+        "Δp99 95% CI"
+    );
+    for (size, ns) in &env.namespaces {
+        let mut latencies = vec![Vec::with_capacity(rounds * requests); webhooks.len()];
+        for i in 0..rounds * requests {
+            for k in 0..webhooks.len() {
+                let at = (i + k) % webhooks.len();
+                let uid = format!("00000000-0000-0000-0000-{i:012}");
+                // Every webhook gets the labeler's pod, so that both answer the same review.
+                let body = serde_json::to_vec(&pod_review("userns-labeler", ns, &uid)).unwrap();
+                let started = Instant::now();
+                let (status, _) = https::post(&mut senders[at], MUTATE_PODS, body.into())
+                    .await
+                    .expect("a review answered");
+                latencies[at].push(started.elapsed());
+                assert_eq!(status, 200, "{}", webhooks[at].0);
+            }
+        }
+        for sorted in &mut latencies {
+            sorted.sort();
+        }
+        let reference = webhooks.iter().position(|(name, _)| *name == "constant");
+        for (at, (name, _)) in webhooks.iter().enumerate() {
+            let this = &latencies[at];
+            let delta = |q: f64| match reference.filter(|r| *r != at) {
+                Some(r) => format!(
+                    "{:+.3}",
+                    (percentile(this, q).as_secs_f64()
+                        - percentile(&latencies[r], q).as_secs_f64())
+                        * 1000.0
+                ),
+                None => "-".into(),
+            };
+            let interval = reference
+                .filter(|r| *r != at)
+                .map_or_else(|| "-".into(), |r| interval_ms(this, &latencies[r], 99.0));
+            println!(
+                "  {:>7} {:<15} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>9} {:>15}",
+                size,
+                name,
+                this.len(),
+                percentile(this, 50.0).as_secs_f64() * 1000.0,
+                percentile(this, 90.0).as_secs_f64() * 1000.0,
+                percentile(this, 99.0).as_secs_f64() * 1000.0,
+                this.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                delta(50.0),
+                delta(99.0),
+                interval
+            );
+        }
+    }
+}
+
+/// The bootstrap interval of the difference of the `q`-th percentiles, `[lo, hi]` in ms.
+fn interval_ms(this: &[Duration], reference: &[Duration], q: f64) -> String {
+    let (lo, hi) = bootstrap_delta_ms(this, reference, q, 2_000);
+    format!("[{lo:+.2}, {hi:+.2}]")
+}
+
 fn print_latencies(samples: &Samples, chains: &[Chain], rounds: usize, requests: usize) {
     println!(
         "\npod create (server-side dry run) through the real API server, {rounds} round(s) × {requests} requests per chain, interleaved request by request; at the end: {}",
         measure::load()
     );
     println!(
-        "  {:>7} {:>7} {:<10} {:<15} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}   p50 per round",
+        "  {:>7} {:>7} {:<10} {:<15} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9} {:>15} {:>6}   p50 per round",
         "cluster",
         "claims",
         "mode",
@@ -705,6 +859,7 @@ fn print_latencies(samples: &Samples, chains: &[Chain], rounds: usize, requests:
         "p99 ms",
         "Δp50 ms",
         "Δp99 ms",
+        "Δp99 95% CI",
         "÷seed"
     );
     let seed = chains.iter().position(|c| c.name == "kyverno-seed");
@@ -725,6 +880,9 @@ fn print_latencies(samples: &Samples, chains: &[Chain], rounds: usize, requests:
                 })
                 .unwrap_or_else(|| "-".into())
         };
+        let interval = reference(chains, chain)
+            .and_then(|r| all(&(total, size, mode, r)))
+            .map_or_else(|| "-".into(), |other| interval_ms(&this, &other, 99.0));
         let ratio = seed
             .filter(|s| *s != chain && chains[chain].name.starts_with("kyverno-"))
             .and_then(|s| all(&(total, size, mode, s)))
@@ -743,7 +901,7 @@ fn print_latencies(samples: &Samples, chains: &[Chain], rounds: usize, requests:
             })
             .collect();
         println!(
-            "  {:>7} {:>7} {:<10} {:<15} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}   {}",
+            "  {:>7} {:>7} {:<10} {:<15} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9} {:>15} {:>6}   {}",
             total,
             size,
             mode.to_string(),
@@ -754,11 +912,12 @@ fn print_latencies(samples: &Samples, chains: &[Chain], rounds: usize, requests:
             ms(p(99.0)),
             delta(50.0),
             delta(99.0),
+            interval,
             ratio,
             by_round.join(" ")
         );
     }
     println!(
-        "  (Δ: against the constant webhook, for Kyverno's chains against the Kyverno no-op policy, in the same cells; ÷seed: p50 over the seed policy's)"
+        "  (Δ: against the constant webhook, for Kyverno's chains against the Kyverno no-op policy, in the same cells; 95% CI: bootstrap interval of Δp99 (2,000 resamples): how far it could move with another run this size; ÷seed: p50 over the seed policy's)"
     );
 }
