@@ -23,8 +23,10 @@
 //! reversed every other round), so a load change on the machine touches all of them alike. Each
 //! timed pass starts from a compacted, defragmented etcd (`ControlPlane::compact_etcd`), so that
 //! none inherits the history the ones before it left. Even so the API server's CPU for the same
-//! 20,000 patches varies by a third from pass to pass on this machine (3.4–5 ms a write): read
-//! single rounds with that in mind, and compare contenders within a round. The
+//! 20,000 patches varies by a third from pass to pass on a busy machine (3.4–5 ms a write): read
+//! single rounds with that in mind, and compare contenders within a round; with more than one
+//! round, each scenario ends with every round pooled (all writes over all time) and the median
+//! of the rounds' percentages, the figures to judge a target by. The
 //! controller's resident memory is read with nothing of ours in the cluster, after `cold-all`
 //! (the peak covers the initial lists) and after `edit`.
 //!
@@ -800,6 +802,9 @@ impl Bench {
                 )
                 .unwrap();
             }
+            if s.rounds > 1 {
+                writeln!(out, "{}", pooled(&runs)).unwrap();
+            }
         }
         writeln!(
             out,
@@ -832,6 +837,62 @@ impl Bench {
         }
         out
     }
+}
+
+/// Every round of a scenario taken together: per contender, all its writes over all its time,
+/// that rate as a percentage of the loops' (pooled the same way), and the median of the
+/// per-round percentages. A single pass moves by a fifth or more (see the module's note on the
+/// API server's CPU per write); the pooled and median figures are what to judge a target by.
+fn pooled(runs: &[&Run]) -> String {
+    let mut contenders: Vec<&str> = runs.iter().map(|r| r.contender.as_str()).collect();
+    contenders.dedup();
+    contenders.sort();
+    contenders.dedup();
+    let rate = |contender: &str, round: Option<usize>| {
+        let (writes, seconds) = runs
+            .iter()
+            .filter(|r| r.contender == contender && round.is_none_or(|n| r.round == n))
+            .fold((0u64, 0.0), |(w, t), r| {
+                (w + r.writes, t + r.total.as_secs_f64())
+            });
+        writes as f64 / seconds
+    };
+    let rounds: Vec<usize> = {
+        let mut rounds: Vec<usize> = runs.iter().map(|r| r.round).collect();
+        rounds.sort();
+        rounds.dedup();
+        rounds
+    };
+    let median_percent = |contender: &str, reference: &str| {
+        let mut percents: Vec<f64> = rounds
+            .iter()
+            .map(|&n| 100.0 * rate(contender, Some(n)) / rate(reference, Some(n)))
+            .filter(|p| p.is_finite())
+            .collect();
+        percents.sort_by(f64::total_cmp);
+        match percents.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => percents[n / 2],
+            n => (percents[n / 2 - 1] + percents[n / 2]) / 2.0,
+        }
+    };
+    let mut out = format!(
+        "  all {} rounds pooled (all writes / all time; median of the rounds' percentages in brackets):",
+        rounds.len()
+    );
+    for contender in contenders {
+        write!(
+            out,
+            "\n      {contender:<12} {:>8.0}/s  {:>4.0}% of loop [{:.0}%]  {:>4.0}% of loop+watch [{:.0}%]",
+            rate(contender, None),
+            100.0 * rate(contender, None) / rate(LOOP, None),
+            median_percent(contender, LOOP),
+            100.0 * rate(contender, None) / rate(WATCHED_LOOP, None),
+            median_percent(contender, WATCHED_LOOP),
+        )
+        .unwrap();
+    }
+    out
 }
 
 fn main() {
