@@ -212,9 +212,9 @@ async fn start_labeler(env: &Env) -> Running {
     Running::new(labeler)
 }
 
-/// The AdmissionReview the API server sends for a dry-run create of the benchmark pod of
-/// `chain` in `ns`.
-fn pod_review(chain: &str, ns: &str, uid: &str) -> Value {
+/// The AdmissionReview the API server sends our webhook for a dry-run create of its benchmark
+/// pod in `ns`.
+fn pod_review(ns: &str, uid: &str) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
@@ -225,7 +225,7 @@ fn pod_review(chain: &str, ns: &str, uid: &str) -> Value {
             "requestResource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": ns, "operation": "CREATE",
             "userInfo": {"username": "admin"},
-            "object": pod(chain),
+            "object": pod("userns-labeler"),
             "dryRun": true,
         }
     })
@@ -233,7 +233,7 @@ fn pod_review(chain: &str, ns: &str, uid: &str) -> Value {
 
 /// Sends the benchmark pod's review to the labeler directly: the response's `patch`, decoded.
 async fn dry_run_review(labeler: &Labeler, ca_pem: &str, ns: &str) -> Value {
-    let review = pod_review("userns-labeler", ns, "00000000-0000-0000-0000-000000000000");
+    let review = pod_review(ns, "00000000-0000-0000-0000-000000000000");
     let addr: SocketAddr = labeler.webhook.parse().unwrap();
     let config = https::trusting(ca_pem);
     let mut sender = https::connect(addr, "127.0.0.1", config)
@@ -786,15 +786,25 @@ async fn measure_direct(
         "Δp99 95% CI"
     );
     for (size, ns) in &env.namespaces {
+        // Warm, as the end-to-end scenario's connections are (a smoke run's first request to a
+        // fresh connection once took 45 ms).
+        let warm = Bytes::from(serde_json::to_vec(&pod_review(ns, "warm-up")).unwrap());
+        for sender in &mut senders {
+            for _ in 0..20 {
+                https::post(sender, MUTATE_PODS, warm.clone())
+                    .await
+                    .expect("a review answered");
+            }
+        }
         let mut latencies = vec![Vec::with_capacity(rounds * requests); webhooks.len()];
         for i in 0..rounds * requests {
+            // Every webhook gets the same review: our webhook's pod.
+            let uid = format!("00000000-0000-0000-0000-{i:012}");
+            let body = Bytes::from(serde_json::to_vec(&pod_review(ns, &uid)).unwrap());
             for k in 0..webhooks.len() {
                 let at = (i + k) % webhooks.len();
-                let uid = format!("00000000-0000-0000-0000-{i:012}");
-                // Every webhook gets the labeler's pod, so that both answer the same review.
-                let body = serde_json::to_vec(&pod_review("userns-labeler", ns, &uid)).unwrap();
                 let started = Instant::now();
-                let (status, _) = https::post(&mut senders[at], MUTATE_PODS, body.into())
+                let (status, _) = https::post(&mut senders[at], MUTATE_PODS, body.clone())
                     .await
                     .expect("a review answered");
                 latencies[at].push(started.elapsed());
@@ -807,18 +817,16 @@ async fn measure_direct(
         let reference = webhooks.iter().position(|(name, _)| *name == "constant");
         for (at, (name, _)) in webhooks.iter().enumerate() {
             let this = &latencies[at];
-            let delta = |q: f64| match reference.filter(|r| *r != at) {
-                Some(r) => format!(
+            let other = reference.filter(|r| *r != at).map(|r| &latencies[r]);
+            let delta = |q: f64| match other {
+                Some(other) => format!(
                     "{:+.3}",
-                    (percentile(this, q).as_secs_f64()
-                        - percentile(&latencies[r], q).as_secs_f64())
+                    (percentile(this, q).as_secs_f64() - percentile(other, q).as_secs_f64())
                         * 1000.0
                 ),
                 None => "-".into(),
             };
-            let interval = reference
-                .filter(|r| *r != at)
-                .map_or_else(|| "-".into(), |r| interval_ms(this, &latencies[r], 99.0));
+            let interval = other.map_or_else(|| "-".into(), |other| interval_ms(this, other, 99.0));
             println!(
                 "  {:>7} {:<15} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>9} {:>15}",
                 size,
@@ -871,18 +879,20 @@ fn print_latencies(samples: &Samples, chains: &[Chain], rounds: usize, requests:
     for (&(total, size, mode, chain), per_round) in samples {
         let this = all(&(total, size, mode, chain)).unwrap();
         let p = |q| percentile(&this, q);
+        // The reference chain's latencies in the same cell, collected and sorted once.
+        let other = reference(chains, chain).and_then(|r| all(&(total, size, mode, r)));
         let delta = |q: f64| {
-            reference(chains, chain)
-                .and_then(|r| all(&(total, size, mode, r)))
-                .map(|other| {
-                    let (a, b) = (percentile(&this, q), percentile(&other, q));
+            other.as_ref().map_or_else(
+                || "-".into(),
+                |other| {
+                    let (a, b) = (percentile(&this, q), percentile(other, q));
                     format!("{:+.2}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
-                })
-                .unwrap_or_else(|| "-".into())
+                },
+            )
         };
-        let interval = reference(chains, chain)
-            .and_then(|r| all(&(total, size, mode, r)))
-            .map_or_else(|| "-".into(), |other| interval_ms(&this, &other, 99.0));
+        let interval = other
+            .as_ref()
+            .map_or_else(|| "-".into(), |other| interval_ms(&this, other, 99.0));
         let ratio = seed
             .filter(|s| *s != chain && chains[chain].name.starts_with("kyverno-"))
             .and_then(|s| all(&(total, size, mode, s)))

@@ -845,7 +845,6 @@ impl Bench {
 /// API server's CPU per write); the pooled and median figures are what to judge a target by.
 fn pooled(runs: &[&Run]) -> String {
     let mut contenders: Vec<&str> = runs.iter().map(|r| r.contender.as_str()).collect();
-    contenders.dedup();
     contenders.sort();
     contenders.dedup();
     let rate = |contender: &str, round: Option<usize>| {
@@ -880,14 +879,15 @@ fn pooled(runs: &[&Run]) -> String {
         "  all {} rounds pooled (all writes / all time; median of the rounds' percentages in brackets):",
         rounds.len()
     );
+    let (bare, watched) = (rate(LOOP, None), rate(WATCHED_LOOP, None));
     for contender in contenders {
+        let pooled = rate(contender, None);
         write!(
             out,
-            "\n      {contender:<12} {:>8.0}/s  {:>4.0}% of loop [{:.0}%]  {:>4.0}% of loop+watch [{:.0}%]",
-            rate(contender, None),
-            100.0 * rate(contender, None) / rate(LOOP, None),
+            "\n      {contender:<12} {pooled:>8.0}/s  {:>4.0}% of loop [{:.0}%]  {:>4.0}% of loop+watch [{:.0}%]",
+            100.0 * pooled / bare,
             median_percent(contender, LOOP),
-            100.0 * rate(contender, None) / rate(WATCHED_LOOP, None),
+            100.0 * pooled / watched,
             median_percent(contender, WATCHED_LOOP),
         )
         .unwrap();
