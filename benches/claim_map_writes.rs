@@ -59,7 +59,7 @@ fn map(namespace: &str, size: usize, turn: usize, name: &str) -> Value {
     let claims: BTreeMap<String, Support> = (0..size)
         .map(|i| (format!("data-postgres-{i}"), support))
         .collect();
-    let layout = desired_shards(namespace, &claims);
+    let layout = desired_shards(namespace, claims);
     assert_eq!(
         layout.shards.len(),
         1,

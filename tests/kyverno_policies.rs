@@ -515,7 +515,7 @@ fn the_mocked_claim_maps_are_what_the_publisher_makes_of_the_mocked_claims() {
     }
     let mut expected: Vec<Value> = claims
         .iter()
-        .flat_map(|(ns, c)| desired_shards(ns, c).shards)
+        .flat_map(|(ns, c)| desired_shards(ns, c.clone()).shards)
         .map(|shard| shard_object("userns-labeler", &shard, &keys))
         .collect();
     expected.sort_by_key(|v| v["metadata"]["name"].as_str().unwrap().to_owned());
@@ -582,7 +582,7 @@ fn write_table_test(dir: &Path, table: &Table, file: &str, policy: &str, cel: bo
         .collect();
     let maps: Vec<Value> = [(CASES_NAMESPACE, &here), (CASES_ELSEWHERE, &elsewhere)]
         .into_iter()
-        .flat_map(|(ns, claims)| desired_shards(ns, claims).shards)
+        .flat_map(|(ns, claims)| desired_shards(ns, claims.clone()).shards)
         .map(|shard| shard_object("userns-labeler", &shard, &keys))
         .collect();
     write_documents(&dir.join("claim-maps.yaml"), &maps);

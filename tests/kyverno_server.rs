@@ -73,7 +73,7 @@ async fn publish(cms: &Api<ConfigMap>, namespace: &str, claims: &[(&str, Support
     let claims: BTreeMap<String, Support> =
         claims.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect();
     let keys = Keys::default();
-    for shard in desired_shards(namespace, &claims).shards {
+    for shard in desired_shards(namespace, claims).shards {
         let body = shard_object(LABELER_NAMESPACE, &shard, &keys);
         cms.patch(
             &shard.name,

@@ -2,7 +2,10 @@
 //! differ from what is published, and the ConfigMap of one shard.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::LazyLock;
 
+use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
 use crate::keys::Keys;
@@ -44,6 +47,12 @@ impl Support {
             Some("false") => Support::False,
             _ => Support::Unknown,
         }
+    }
+}
+
+impl Serialize for Support {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -120,8 +129,9 @@ pub struct NamespaceShards {
     pub overflow: usize,
 }
 
-/// The shards `claims` (all claims of `namespace`, by name) make.
-pub fn desired_shards(namespace: &str, claims: &BTreeMap<String, Support>) -> NamespaceShards {
+/// The shards `claims` (all claims of `namespace`, by name) make. The names move into the
+/// shards: a namespace of 10,000 claims is not copied on its way to the API server.
+pub fn desired_shards(namespace: &str, claims: BTreeMap<String, Support>) -> NamespaceShards {
     if claims.is_empty() {
         return NamespaceShards {
             namespace: namespace.to_owned(),
@@ -131,7 +141,7 @@ pub fn desired_shards(namespace: &str, claims: &BTreeMap<String, Support>) -> Na
     }
     let sizes = |count: usize| {
         let mut sizes = vec![0usize; count];
-        for (name, support) in claims {
+        for (name, support) in &claims {
             sizes[shard_of(name, count)] += entry_bytes(name, *support);
         }
         sizes
@@ -153,14 +163,14 @@ pub fn desired_shards(namespace: &str, claims: &BTreeMap<String, Support>) -> Na
     let mut overflow = 0;
     // In name order, so which claims overflow does not depend on anything but the claims.
     for (name, support) in claims {
-        let index = shard_of(name, count);
-        let bytes = entry_bytes(name, *support);
+        let index = shard_of(&name, count);
+        let bytes = entry_bytes(&name, support);
         if used[index] + bytes > SHARD_HARD_LIMIT_BYTES {
             overflow += 1;
             continue;
         }
         used[index] += bytes;
-        shards[index].data.insert(name.clone(), *support);
+        shards[index].data.insert(name, support);
     }
     NamespaceShards {
         namespace: namespace.to_owned(),
@@ -175,9 +185,54 @@ pub struct PublishedShard {
     pub name: String,
     /// The claims' namespace it speaks for (its annotation), not where it lives.
     pub namespace: String,
-    /// `data` as published; values outside `true`/`false`/`unknown` are kept as written so
-    /// they compare unequal and get rewritten.
-    pub data: BTreeMap<String, String>,
+    /// What its `data` holds, as a digest: all that is compared (a copy of every claim of the
+    /// cluster would be the writer's largest state).
+    pub content: Content,
+}
+
+/// A digest of a shard's `data` (every name and value as written, in name order): equal for
+/// equal data, and with 64 bits keyed per process, unequal for any other data but by a chance
+/// no one can steer (the key is random and never leaves the process). A value outside
+/// `true`/`false`/`unknown` digests as written, so a hand-edited map compares unequal and is
+/// rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Content(u64);
+
+/// The digest's key: one per process, as the digests are compared only within it.
+static CONTENT_KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+impl Content {
+    fn of<'a>(entries: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> Content {
+        let mut hasher = CONTENT_KEY.build_hasher();
+        // The count and each string's own terminator keep different data from running together.
+        entries.len().hash(&mut hasher);
+        for (name, value) in entries {
+            name.hash(&mut hasher);
+            value.hash(&mut hasher);
+        }
+        Content(hasher.finish())
+    }
+
+    /// The content of a `data` as listed.
+    pub fn of_data(data: &BTreeMap<String, String>) -> Content {
+        Content::of(data.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// The content a shard writes.
+    pub fn of_shard(shard: &Shard) -> Content {
+        Content::of(shard.data.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+impl PublishedShard {
+    /// `shard` as it is once written.
+    pub fn written(shard: &Shard) -> PublishedShard {
+        PublishedShard {
+            name: shard.name.clone(),
+            namespace: shard.namespace.clone(),
+            content: Content::of_shard(shard),
+        }
+    }
 }
 
 /// What to do to make one namespace's published shards what its claims make.
@@ -199,12 +254,7 @@ pub fn diff_namespace(
     let mut changes = Vec::new();
     for shard in &desired.shards {
         let same = published.get(&shard.name).is_some_and(|p| {
-            p.namespace == shard.namespace
-                && p.data.len() == shard.data.len()
-                && shard
-                    .data
-                    .iter()
-                    .all(|(k, v)| p.data.get(k).map(String::as_str) == Some(v.as_str()))
+            p.namespace == shard.namespace && p.content == Content::of_shard(shard)
         });
         if !same {
             changes.push(ShardChange::Write(shard.clone()));
@@ -238,30 +288,43 @@ pub fn shard_annotation(keys: &Keys) -> String {
 pub const MAP_FORMAT: &str = "v1";
 
 /// The whole ConfigMap of one shard, in `labeler_namespace`: what is written (created or
-/// replaced).
+/// replaced). It serializes straight from the shard ([`ShardObject`]); as a `Value` for tests
+/// and tools.
 pub fn shard_object(labeler_namespace: &str, shard: &Shard, keys: &Keys) -> Value {
-    let data: serde_json::Map<String, Value> = shard
-        .data
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": shard.name,
-            "namespace": labeler_namespace,
-            "labels": {
-                map_label(keys): MAP_FORMAT,
-                "app.kubernetes.io/managed-by": "userns-labeler",
-            },
-            "annotations": {
-                namespace_annotation(keys): shard.namespace,
-                shard_annotation(keys): format!("{}/{}", shard.index, shard.count),
-            },
-        },
-        "data": data,
-    })
+    serde_json::to_value(ShardObject::new(labeler_namespace, shard, keys))
+        .expect("a shard serializes: string keys and values only")
+}
+
+/// A shard's ConfigMap borrowing the shard's claims, to serialize without a copy of them.
+#[derive(Debug, Serialize)]
+pub struct ShardObject<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Value,
+    data: &'a BTreeMap<String, Support>,
+}
+
+impl<'a> ShardObject<'a> {
+    pub fn new(labeler_namespace: &str, shard: &'a Shard, keys: &Keys) -> ShardObject<'a> {
+        ShardObject {
+            api_version: "v1",
+            kind: "ConfigMap",
+            metadata: json!({
+                "name": shard.name,
+                "namespace": labeler_namespace,
+                "labels": {
+                    map_label(keys): MAP_FORMAT,
+                    "app.kubernetes.io/managed-by": "userns-labeler",
+                },
+                "annotations": {
+                    namespace_annotation(keys): shard.namespace,
+                    shard_annotation(keys): format!("{}/{}", shard.index, shard.count),
+                },
+            }),
+            data: &shard.data,
+        }
+    }
 }
 
 /// A listed ConfigMap as a [`PublishedShard`], if it is one (the label, the annotation and a
@@ -280,7 +343,7 @@ pub fn published_from(
     Some(PublishedShard {
         name: name.to_owned(),
         namespace: namespace.clone(),
-        data: data.cloned().unwrap_or_default(),
+        content: data.map_or(Content::of(std::iter::empty()), Content::of_data),
     })
 }
 
@@ -296,21 +359,26 @@ mod tests {
         shards
             .shards
             .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    PublishedShard {
-                        name: s.name.clone(),
-                        namespace: s.namespace.clone(),
-                        data: s
-                            .data
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
-                            .collect(),
-                    },
-                )
-            })
+            .map(|s| (s.name.clone(), listed(s, |_| {})))
             .collect()
+    }
+
+    /// `shard` as the writer reads it back from a list, its `data` first passed to `edit`.
+    fn listed(shard: &Shard, edit: impl FnOnce(&mut BTreeMap<String, String>)) -> PublishedShard {
+        let keys = Keys::default();
+        let object = shard_object("userns-labeler", shard, &keys);
+        let listed: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(object).unwrap();
+        let mut data = listed.data.unwrap_or_default();
+        edit(&mut data);
+        let meta = &listed.metadata;
+        published_from(
+            meta.name.as_deref().unwrap(),
+            meta.labels.as_ref(),
+            meta.annotations.as_ref(),
+            Some(&data),
+            &keys,
+        )
+        .expect("a shard reads back as one")
     }
 
     /// `n` claim names as a StatefulSet makes them, long enough to need several shards.
@@ -349,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_namespace_without_claims_has_no_shards() {
-        let shards = desired_shards("apps", &BTreeMap::new());
+        let shards = desired_shards("apps", BTreeMap::new());
         assert!(shards.shards.is_empty());
         assert_eq!(shards.overflow, 0);
     }
@@ -361,7 +429,7 @@ mod tests {
             ("b", Support::False),
             ("c", Support::Unknown),
         ]);
-        let shards = desired_shards("apps", &c);
+        let shards = desired_shards("apps", c.clone());
         assert_eq!(shards.shards.len(), 1);
         let shard = &shards.shards[0];
         assert_eq!(shard.name, "userns-claims.apps.0");
@@ -401,7 +469,7 @@ mod tests {
     #[test]
     fn a_large_namespace_is_split_until_every_shard_fits_the_budget() {
         let c = many(20_000, Support::True);
-        let shards = desired_shards("big", &c);
+        let shards = desired_shards("big", c.clone());
         assert!(shards.shards.len() > 1 && shards.shards.len().is_power_of_two());
         assert_eq!(shards.overflow, 0);
         let total: usize = shards.shards.iter().map(|s| s.data.len()).sum();
@@ -430,7 +498,7 @@ mod tests {
         let c: BTreeMap<String, Support> = (0..60_000)
             .map(|i| (format!("{i:0>253}"), Support::True))
             .collect();
-        let shards = desired_shards("huge", &c);
+        let shards = desired_shards("huge", c);
         assert_eq!(shards.shards.len(), MAX_SHARDS);
         assert!(shards.overflow > 0);
         let kept: usize = shards.shards.iter().map(|s| s.data.len()).sum();
@@ -443,17 +511,17 @@ mod tests {
 
     #[test]
     fn nothing_changes_when_the_published_content_is_the_same() {
-        let shards = desired_shards("apps", &many(30_000, Support::True));
+        let shards = desired_shards("apps", many(30_000, Support::True));
         assert!(diff_namespace(&shards, &published(&shards)).is_empty());
     }
 
     #[test]
     fn one_flipped_claim_rewrites_only_its_shard() {
         let before = many(30_000, Support::True);
-        let old = desired_shards("apps", &before);
+        let old = desired_shards("apps", before.clone());
         let mut after = before.clone();
         after.insert("data-postgres-cluster-main-77".into(), Support::False);
-        let new = desired_shards("apps", &after);
+        let new = desired_shards("apps", after);
         let changes = diff_namespace(&new, &published(&old));
         assert_eq!(changes.len(), 1, "{:?}", changes.len());
         let ShardChange::Write(shard) = &changes[0] else {
@@ -469,29 +537,40 @@ mod tests {
     #[test]
     fn a_claim_missing_from_a_published_shard_or_an_extra_one_rewrites_it() {
         let c = claims(&[("a", Support::True), ("b", Support::True)]);
-        let desired = desired_shards("apps", &c);
-        let mut p = published(&desired);
-        p.get_mut("userns-claims.apps.0").unwrap().data.remove("b");
-        assert_eq!(diff_namespace(&desired, &p).len(), 1);
-        let mut p = published(&desired);
-        p.get_mut("userns-claims.apps.0")
-            .unwrap()
-            .data
-            .insert("gone".into(), "true".into());
-        assert_eq!(diff_namespace(&desired, &p).len(), 1);
-        let mut p = published(&desired);
-        p.get_mut("userns-claims.apps.0")
-            .unwrap()
-            .data
-            .insert("a".into(), "TRUE".into());
-        assert_eq!(diff_namespace(&desired, &p).len(), 1);
+        let desired = desired_shards("apps", c);
+        let shard = &desired.shards[0];
+        let edited = |edit: fn(&mut BTreeMap<String, String>)| {
+            BTreeMap::from([(shard.name.clone(), listed(shard, edit))])
+        };
+        assert!(diff_namespace(&desired, &edited(|_| {})).is_empty());
+        let missing = edited(|data| {
+            data.remove("b");
+        });
+        assert_eq!(diff_namespace(&desired, &missing).len(), 1);
+        let extra = edited(|data| {
+            data.insert("gone".into(), "true".into());
+        });
+        assert_eq!(diff_namespace(&desired, &extra).len(), 1);
+        let hand_written = edited(|data| {
+            data.insert("a".into(), "TRUE".into());
+        });
+        assert_eq!(diff_namespace(&desired, &hand_written).len(), 1);
+        // Names and values cannot trade bytes: "ab"="true" is not "a"="btrue".
+        let one = desired_shards("apps", claims(&[("ab", Support::True)]));
+        let other = |data: &mut BTreeMap<String, String>| {
+            data.clear();
+            data.insert("a".into(), "btrue".into());
+        };
+        let shard = &one.shards[0];
+        let p = BTreeMap::from([(shard.name.clone(), listed(shard, other))]);
+        assert_eq!(diff_namespace(&one, &p).len(), 1);
     }
 
     #[test]
     fn fewer_shards_write_the_new_layout_before_deleting_the_stale_shards() {
-        let old = desired_shards("apps", &many(30_000, Support::True));
+        let old = desired_shards("apps", many(30_000, Support::True));
         assert!(old.shards.len() >= 2);
-        let new = desired_shards("apps", &many(10, Support::True));
+        let new = desired_shards("apps", many(10, Support::True));
         assert_eq!(new.shards.len(), 1);
         let changes = diff_namespace(&new, &published(&old));
         let first_delete = changes
@@ -513,11 +592,11 @@ mod tests {
 
     #[test]
     fn a_namespace_whose_claims_are_all_gone_deletes_its_shards_only() {
-        let apps = desired_shards("apps", &claims(&[("a", Support::True)]));
-        let other = desired_shards("other", &claims(&[("a", Support::False)]));
+        let apps = desired_shards("apps", claims(&[("a", Support::True)]));
+        let other = desired_shards("other", claims(&[("a", Support::False)]));
         let mut p = published(&apps);
         p.extend(published(&other));
-        let changes = diff_namespace(&desired_shards("apps", &BTreeMap::new()), &p);
+        let changes = diff_namespace(&desired_shards("apps", BTreeMap::new()), &p);
         assert_eq!(
             changes,
             vec![ShardChange::Delete("userns-claims.apps.0".into())]
@@ -529,7 +608,7 @@ mod tests {
         let keys = Keys::default();
         let shards = desired_shards(
             "apps",
-            &claims(&[("db", Support::True), ("nfs", Support::False)]),
+            claims(&[("db", Support::True), ("nfs", Support::False)]),
         );
         let body = shard_object("userns-labeler", &shards.shards[0], &keys);
         assert_eq!(

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::shards::{
-    ClaimEntry, PublishedShard, ShardChange, Support, desired_shards, diff_namespace, map_label,
-    published_from, shard_object,
+    ClaimEntry, PublishedShard, ShardChange, ShardObject, Support, desired_shards, diff_namespace,
+    map_label, published_from,
 };
 use crate::keys::Keys;
 
@@ -320,7 +320,7 @@ impl PolicyMaps {
                     failed.push(namespace);
                     continue;
                 }
-                let desired = desired_shards(&namespace, &claims);
+                let desired = desired_shards(&namespace, claims);
                 if desired.overflow > 0 {
                     warn!(
                         namespace,
@@ -341,18 +341,8 @@ impl PolicyMaps {
                             ShardChange::Write(shard) => {
                                 written = bytes;
                                 self.wrote("write", bytes);
-                                published_now.insert(
-                                    shard.name.clone(),
-                                    PublishedShard {
-                                        name: shard.name.clone(),
-                                        namespace: shard.namespace.clone(),
-                                        data: shard
-                                            .data
-                                            .iter()
-                                            .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
-                                            .collect(),
-                                    },
-                                );
+                                published_now
+                                    .insert(shard.name.clone(), PublishedShard::written(&shard));
                             }
                             ShardChange::Delete(name) => {
                                 self.wrote("delete", 0);
@@ -457,7 +447,8 @@ impl PolicyMaps {
                 // `data` is a field it merges), and the merge buys nothing for an object with a
                 // single writer. A replace also drops an entry someone else added, which an
                 // apply kept (owned by its writer) though it could say `true` for any claim.
-                let object = &shard_object(&self.settings.namespace, shard, &self.settings.keys);
+                let object =
+                    &ShardObject::new(&self.settings.namespace, shard, &self.settings.keys);
                 let params = &PostParams {
                     field_manager: Some(self.settings.field_manager.clone()),
                     ..PostParams::default()
