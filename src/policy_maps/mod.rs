@@ -60,9 +60,9 @@ mod writer;
 
 pub use shards::{
     ClaimEntry, Content, MAP_FORMAT, MAX_SHARDS, NAME_PREFIX, NamespaceShards, PublishedShard,
-    SHARD_BUDGET_BYTES, SHARD_HARD_LIMIT_BYTES, Shard, ShardChange, ShardObject, Support,
-    desired_shards, diff_namespace, map_label, namespace_annotation, published_from,
-    shard_annotation, shard_name, shard_object, shard_of,
+    SHARD_BUDGET_BYTES, SHARD_HARD_LIMIT_BYTES, Shard, ShardChange, Support, desired_shards,
+    diff_namespace, map_label, namespace_annotation, published_from, shard_annotation, shard_name,
+    shard_object, shard_of,
 };
 pub use writer::{PolicyMapError, PolicyMapSettings, PolicyMaps};
 

@@ -50,6 +50,12 @@ impl Support {
     }
 }
 
+impl AsRef<str> for Support {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl Serialize for Support {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
@@ -202,25 +208,16 @@ pub struct Content(u64);
 static CONTENT_KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 impl Content {
-    fn of<'a>(entries: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> Content {
+    /// The content of a `data`: as listed (`String` values) or as a shard writes it.
+    pub fn of<V: AsRef<str>>(data: &BTreeMap<String, V>) -> Content {
         let mut hasher = CONTENT_KEY.build_hasher();
         // The count and each string's own terminator keep different data from running together.
-        entries.len().hash(&mut hasher);
-        for (name, value) in entries {
+        data.len().hash(&mut hasher);
+        for (name, value) in data {
             name.hash(&mut hasher);
-            value.hash(&mut hasher);
+            value.as_ref().hash(&mut hasher);
         }
         Content(hasher.finish())
-    }
-
-    /// The content of a `data` as listed.
-    pub fn of_data(data: &BTreeMap<String, String>) -> Content {
-        Content::of(data.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-    }
-
-    /// The content a shard writes.
-    pub fn of_shard(shard: &Shard) -> Content {
-        Content::of(shard.data.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 }
 
@@ -230,7 +227,7 @@ impl PublishedShard {
         PublishedShard {
             name: shard.name.clone(),
             namespace: shard.namespace.clone(),
-            content: Content::of_shard(shard),
+            content: Content::of(&shard.data),
         }
     }
 }
@@ -254,7 +251,7 @@ pub fn diff_namespace(
     let mut changes = Vec::new();
     for shard in &desired.shards {
         let same = published.get(&shard.name).is_some_and(|p| {
-            p.namespace == shard.namespace && p.content == Content::of_shard(shard)
+            p.namespace == shard.namespace && p.content == Content::of(&shard.data)
         });
         if !same {
             changes.push(ShardChange::Write(shard.clone()));
@@ -343,7 +340,7 @@ pub fn published_from(
     Some(PublishedShard {
         name: name.to_owned(),
         namespace: namespace.clone(),
-        content: data.map_or(Content::of(std::iter::empty()), Content::of_data),
+        content: Content::of(data.unwrap_or(&BTreeMap::new())),
     })
 }
 
