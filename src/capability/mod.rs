@@ -16,7 +16,7 @@ pub use resolve::{
     ClusterView, DriverSource, Snapshot, VolumeVerdict, resolve_claim, resolve_volume,
 };
 pub use table::{
-    AccessMode, DriverTable, Evaluation, StorageQuery, TableError, Verdict, VolumeMode,
+    AccessMode, DriverTable, Evaluation, Parameters, StorageQuery, TableError, Verdict, VolumeMode,
 };
 pub use workload::{Workload, WorkloadKind, decide_workload};
 

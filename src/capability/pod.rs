@@ -17,7 +17,7 @@ use super::resolve::{
 };
 use super::sources::pod_volume_source;
 use super::sources::pseudo;
-use super::table::{DriverTable, Verdict};
+use super::table::{DriverTable, Parameters, Verdict};
 use crate::keys::Keys;
 
 /// The longest decision reason written on a pod (annotations total at most 256 KiB).
@@ -765,7 +765,7 @@ fn check_volume<V: ClusterView + ?Sized>(
             let facts = VolumeFacts {
                 driver: Some((Cow::Borrowed(driver.as_ref()), DriverSource::InlineVolume)),
                 fs_type: fs_type.as_deref(),
-                attributes: attributes.as_deref(),
+                attributes: attributes.as_deref().map(|a| a as &dyn Parameters),
                 ..VolumeFacts::default()
             };
             let verdict = facts.judge(table);

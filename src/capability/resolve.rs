@@ -12,7 +12,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use super::evidence::{Evidence, apply_evidence};
 use super::pruned::{ClaimSpec, Marks, PrunedClaim, PrunedClass, PrunedVolume, ToPruned};
 pub use super::sources::pseudo;
-use super::table::{AccessMode, DriverTable, Verdict, VolumeMode};
+use super::table::{AccessMode, DriverTable, Parameters, Verdict, VolumeMode};
 use crate::keys::Keys;
 
 /// Claim annotation set by the PV controller on dynamically provisioned claims.
@@ -109,7 +109,7 @@ pub(crate) struct VolumeFacts<'a> {
     /// The StorageClass, for its parameters.
     pub class: Option<Arc<PrunedClass>>,
     /// CSI `volumeAttributes`; they take precedence over class parameters of the same key.
-    pub attributes: Option<&'a BTreeMap<String, String>>,
+    pub attributes: Option<&'a dyn Parameters>,
     /// The host path of a hostPath PV.
     pub host_path: Option<&'a str>,
     /// Why no driver could be found, when none was.
@@ -147,18 +147,10 @@ impl VolumeFacts<'_> {
                     .unwrap_or_else(|| "No storage driver could be determined.".to_string()),
             );
         };
-        static NO_PARAMETERS: BTreeMap<String, String> = BTreeMap::new();
         let class_parameters = self.class.as_ref().and_then(|c| c.parameters.as_ref());
-        let merged;
-        let parameters = match (class_parameters, self.attributes) {
-            (Some(class), Some(attributes)) => {
-                let mut all = class.clone();
-                all.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-                merged = all;
-                &merged
-            }
-            (Some(only), None) | (None, Some(only)) => only,
-            (None, None) => &NO_PARAMETERS,
+        let parameters = Layered {
+            over: self.attributes,
+            under: class_parameters,
         };
         let fs_type = self.fs_type.or_else(|| {
             class_parameters.and_then(|p| {
@@ -174,7 +166,7 @@ impl VolumeFacts<'_> {
             &self.access_modes,
             self.volume_mode,
             fs_type,
-            parameters,
+            &parameters,
             self.host_path,
         );
         with(evaluation.verdict, evaluation.reason)
@@ -451,12 +443,27 @@ impl<'a> ClassRef<'a> {
 /// StorageClass parameters that name the filesystem, in the order they are consulted.
 const FS_TYPE_PARAMETERS: [&str; 3] = ["csi.storage.k8s.io/fstype", "fsType", "fstype"];
 
+/// A PV's CSI attributes over its class's parameters: what a rule's `parameters` match.
+#[derive(Debug)]
+struct Layered<'a> {
+    over: Option<&'a dyn Parameters>,
+    under: Option<&'a BTreeMap<String, String>>,
+}
+
+impl Parameters for Layered<'_> {
+    fn parameter(&self, key: &str) -> Option<&str> {
+        self.over
+            .and_then(|over| over.parameter(key))
+            .or_else(|| self.under.and_then(|under| under.parameter(key)))
+    }
+}
+
 /// A volume's source: its driver (CSI or in-tree pseudo-driver) and what the table may narrow on.
 pub(crate) struct SourceInfo<'a> {
     pub driver: Cow<'a, str>,
     pub origin: DriverSource,
     pub fs_type: Option<&'a str>,
-    pub attributes: Option<&'a BTreeMap<String, String>>,
+    pub attributes: Option<&'a dyn Parameters>,
     pub host_path: Option<&'a str>,
 }
 

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeSpec, Volume};
 
 use super::pod::VolumeSource;
 use super::resolve::{DriverSource, SourceInfo};
+use super::table::Parameters;
 
 /// Pseudo-driver names for in-tree volume sources, so the driver table can match them.
 pub mod pseudo {
@@ -245,7 +246,7 @@ pub(crate) fn persistent_volume_source(spec: &PersistentVolumeSpec) -> Option<So
             driver: Cow::Borrowed(csi.driver.as_str()),
             origin: DriverSource::VolumeCsi,
             fs_type: csi.fs_type.as_deref(),
-            attributes: csi.volume_attributes.as_ref(),
+            attributes: csi.volume_attributes.as_ref().map(|a| a as &dyn Parameters),
             host_path: None,
         });
     }

@@ -132,6 +132,18 @@ impl VolumeMode {
     }
 }
 
+/// Where a rule's `parameters` are looked up: a map (a class's parameters, an inline CSI
+/// volume's attributes), a cached PV's attribute list, or a PV's attributes over its class's.
+pub trait Parameters: fmt::Debug {
+    fn parameter(&self, key: &str) -> Option<&str>;
+}
+
+impl Parameters for BTreeMap<String, String> {
+    fn parameter(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 /// What the table is asked about: one storage driver in one access mode.
 #[derive(Clone, Copy, Debug)]
 pub struct StorageQuery<'a> {
@@ -140,8 +152,8 @@ pub struct StorageQuery<'a> {
     pub access_mode: Option<AccessMode>,
     pub volume_mode: VolumeMode,
     pub fs_type: Option<&'a str>,
-    /// StorageClass parameters merged with the PV's CSI `volumeAttributes`.
-    pub parameters: &'a BTreeMap<String, String>,
+    /// StorageClass parameters, under the PV's CSI `volumeAttributes` of the same key.
+    pub parameters: &'a dyn Parameters,
     /// The host path of a hostPath volume or PV (rules with `pathPrefixes` need one).
     pub host_path: Option<&'a str>,
 }
@@ -211,10 +223,10 @@ impl Rule {
                     .is_some_and(|path| under_any(path, prefixes))
             })
             && self.parameters.iter().all(|p| {
-                let value = query.parameters.get(&p.key);
+                let value = query.parameters.parameter(&p.key);
                 match &p.condition {
                     ParameterCondition::Present(want) => value.is_some() == *want,
-                    ParameterCondition::Equals(expected) => value == Some(expected),
+                    ParameterCondition::Equals(expected) => value == Some(expected.as_str()),
                     ParameterCondition::Matches(re) => value.is_some_and(|v| re.is_match(v)),
                 }
             })
@@ -408,7 +420,7 @@ impl DriverTable {
         access_modes: &[AccessMode],
         volume_mode: VolumeMode,
         fs_type: Option<&str>,
-        parameters: &BTreeMap<String, String>,
+        parameters: &dyn Parameters,
     ) -> Evaluation {
         self.evaluate_at(driver, access_modes, volume_mode, fs_type, parameters, None)
     }
@@ -421,7 +433,7 @@ impl DriverTable {
         access_modes: &[AccessMode],
         volume_mode: VolumeMode,
         fs_type: Option<&str>,
-        parameters: &BTreeMap<String, String>,
+        parameters: &dyn Parameters,
         host_path: Option<&str>,
     ) -> Evaluation {
         let candidates = self.candidates(driver);

@@ -272,6 +272,7 @@ fn a_block_volume_makes_its_claim_false() {
 #[case::class_parameter_selects_the_nfs_rule("param-nfs", None, Verdict::False)]
 #[case::class_fstype_parameter_selects_the_xfs_rule("param-xfs", None, Verdict::True)]
 #[case::volume_attributes_override_class_parameters("param-nfs", Some(("share", "block")), Verdict::Unknown)]
+#[case::a_class_parameter_the_attributes_lack_still_counts("param-nfs", Some(("pool", "fast")), Verdict::False)]
 fn class_parameters_and_volume_attributes_narrow_rules(
     #[case] class_name: &str,
     #[case] attribute: Option<(&str, &str)>,
