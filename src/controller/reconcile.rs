@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Patch, PatchParams};
 use kube::core::Request;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -48,6 +49,9 @@ pub trait Labelled:
     /// The verdict for this object, from the caches and the table.
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict;
 
+    /// The cache holding the objects of this kind.
+    fn cache(caches: &Caches) -> &Store<Self>;
+
     /// The labels and annotations of the object that are read.
     fn marks(&self) -> &Marks;
 
@@ -64,6 +68,10 @@ impl Labelled for PrunedClaim {
 
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict {
         resolve_claim(self, caches, table, keys)
+    }
+
+    fn cache(caches: &Caches) -> &Store<Self> {
+        &caches.claims
     }
 
     fn marks(&self) -> &Marks {
@@ -85,6 +93,10 @@ impl Labelled for PrunedVolume {
 
     fn judge(&self, caches: &Caches, table: &DriverTable, keys: &Keys) -> VolumeVerdict {
         resolve_volume(self, caches, table, keys)
+    }
+
+    fn cache(caches: &Caches) -> &Store<Self> {
+        &caches.volumes
     }
 
     fn marks(&self) -> &Marks {
@@ -265,7 +277,8 @@ async fn label<K: Labelled>(
     });
     // Recorded before the write, so that a reconciliation of the same object from elsewhere (the
     // sweep and the controller may meet) does not send it again.
-    if !ctx.written.begin(object, &desired) {
+    let cached = || K::cache(&ctx.caches).get(&ObjectRef::from_obj(object));
+    if !ctx.written.begin(object, &desired, cached) {
         return Ok(false);
     }
     let permit = ctx.writes.acquire(K::PRIORITY).await;
@@ -344,10 +357,23 @@ impl PendingWrites {
     }
 
     /// Records a write of `desired` on top of the version `object` is, unless exactly that
-    /// write is already pending: whether the caller should send it.
-    fn begin<K: Labelled>(&self, object: &K, desired: &DesiredKeys) -> bool {
+    /// write is already pending or the cache (`cached`: its copy of the object) already holds
+    /// another version, whose own reconciliation decides: whether the caller should send it.
+    ///
+    /// The cache is read under the lock. An entry is forgotten only once the cache shows a later
+    /// version, so a caller still holding the version a write was based on finds either the
+    /// entry or the later version: it never sends the same write twice.
+    fn begin<K: Labelled>(
+        &self,
+        object: &K,
+        desired: &DesiredKeys,
+        cached: impl FnOnce() -> Option<Arc<K>>,
+    ) -> bool {
         let version = &object.meta().resource_version;
         let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        if cached().is_some_and(|latest| latest.meta().resource_version != *version) {
+            return false;
+        }
         let key = Self::key(object);
         if writes
             .get(&key)
@@ -521,26 +547,31 @@ mod tests {
         );
     }
 
+    fn at(version: &str) -> PrunedClaim {
+        PrunedClaim::from(
+            &claim("ns", "c")
+                .set("/metadata/resourceVersion", json!(version))
+                .build(),
+        )
+    }
+
     #[test]
     fn a_pending_write_is_sent_once_until_it_fails_or_the_cache_moves_on() {
         let pending = PendingWrites::default();
-        let at = |version: &str| {
-            PrunedClaim::from(
-                &claim("ns", "c")
-                    .set("/metadata/resourceVersion", json!(version))
-                    .build(),
-            )
-        };
-        assert!(pending.begin(&at("1"), &desired(None)));
-        assert!(!pending.begin(&at("1"), &desired(None)), "already pending");
+        let uncached = || None;
+        assert!(pending.begin(&at("1"), &desired(None), uncached));
+        assert!(
+            !pending.begin(&at("1"), &desired(None), uncached),
+            "already pending"
+        );
         assert!(pending.is_pending(&at("1"), &desired(None)));
         assert!(
-            pending.begin(&at("1"), &desired(Some("d"))),
+            pending.begin(&at("1"), &desired(Some("d")), uncached),
             "other keys are another write"
         );
         pending.forget(&at("1"));
         assert!(
-            pending.begin(&at("1"), &desired(None)),
+            pending.begin(&at("1"), &desired(None), uncached),
             "a failed write is retried"
         );
         assert!(
@@ -548,6 +579,25 @@ mod tests {
             "the cache moved on"
         );
         assert!(pending.writes.lock().unwrap().is_empty());
+    }
+
+    /// The race CI once lost: the sweep reads version 1 while the controller's write on top of
+    /// it is in flight; the write lands, the cache shows version 2 with our keys and the entry is
+    /// forgotten; only then does the sweep decide. It must not send the write again.
+    #[test]
+    fn a_write_based_on_a_version_the_cache_has_left_is_not_sent() {
+        let pending = PendingWrites::default();
+        assert!(pending.begin(&at("1"), &desired(None), || Some(Arc::new(at("1")))));
+        pending.forget(&at("2"));
+        assert!(!pending.is_pending(&at("1"), &desired(None)));
+        assert!(
+            !pending.begin(&at("1"), &desired(None), || Some(Arc::new(at("2")))),
+            "the cache holds version 2: version 1 is stale"
+        );
+        assert!(
+            pending.begin(&at("2"), &desired(Some("d")), || Some(Arc::new(at("2")))),
+            "the cached version itself is written"
+        );
     }
 
     #[test]
