@@ -11,8 +11,9 @@
 //! - `cold-all`: every claim and PV unlabelled; the controller starts (process start, initial
 //!   lists, lease) and labels all 2N; the loop sends the 2N patches, claims first.
 //! - `edit`: all labelled; the driver ConfigMap gains a rule that flips the EBS half (N writes,
-//!   each with an `IdmapSupportChanged` Event from the controller, counted separately), then loses
-//!   it again (N more). The loop sends the same N patches twice.
+//!   each a label change the controller announces with an `IdmapSupportChanged` Event, published
+//!   after the writes; the `changes` column counts the changes), then loses it again (N more).
+//!   The loop sends the same N patches twice.
 //! - `cold-claims`: PVs labelled, claims not; the controller starts and labels the N claims.
 //!
 //! Each run reports the client's CPU (the controller's process, or for the loop this process,
@@ -139,7 +140,10 @@ struct Run {
     claims_done: Duration,
     /// A controller's time from its start to /readyz (caches synced).
     ready: Option<Duration>,
-    events: u64,
+    /// A controller's label value changes (`userns_labeler_label_changes_total`). Each queues
+    /// an `IdmapSupportChanged` Event, published after the writes at most 20 per second; the
+    /// Events sent are not counted here.
+    changes: u64,
     /// CPU seconds of the client (the controller, or for the loop this process: its requests,
     /// and with `loop+watch` the watches), and of kube-apiserver + etcd, during the run.
     cpu_client: f64,
@@ -676,7 +680,7 @@ impl Bench {
                         writes: flips.len() as u64,
                         total,
                         claims_done,
-                        events: (labeler.metric("userns_labeler_label_changes_total", &[])
+                        changes: (labeler.metric("userns_labeler_label_changes_total", &[])
                             - changes) as u64,
                         cpu_client: measure::cpu_seconds(labeler.pid()) - cpu_c,
                         cpu_server: w.server_cpu() - cpu,
@@ -758,7 +762,7 @@ impl Bench {
                 "% watched",
                 "claims done",
                 "ready",
-                "events",
+                "changes",
                 "cpu client",
                 "cpu server",
                 "map writes"
@@ -795,7 +799,7 @@ impl Bench {
                     run.claims_done.as_secs_f64(),
                     run.ready
                         .map_or("-".into(), |r| format!("{:.2}s", r.as_secs_f64())),
-                    run.events,
+                    run.changes,
                     run.cpu_client,
                     run.cpu_server,
                     run.map_writes.0
