@@ -33,27 +33,8 @@ start_all=$SECONDS
 log() { printf '[control-plane %4ds] %s\n' "$((SECONDS - start_all))" "$*" >&2; }
 die() { printf '[control-plane] error: %s\n' "$*" >&2; exit 1; }
 
-# go_quiet <go args...>: runs Go with its `go: downloading <module> <version>` lines (about 230
-# on a cold module cache) written to $downloads_log and counted instead of printed: one progress
-# line every 50 modules and one total. Every other line of Go's output passes through to stderr.
+# Where go_quiet (tests/build-common.sh) lists the modules Go downloads.
 downloads_log=${XDG_CACHE_HOME:-$HOME/.cache}/userns-labeler/control-plane/go-downloads.log
-go_quiet() {
-    mkdir -p "$(dirname "$downloads_log")"
-    { "$GO" "$@" 2>&1 >&3 3>&- | count_downloads; } 3>&1
-}
-count_downloads() {
-    local line n=0
-    while IFS= read -r line; do
-        if [[ $line == "go: downloading "* ]]; then
-            printf '%s\n' "$line" >>"$downloads_log"
-            n=$((n + 1))
-            ((n % 50)) || log "  $n Go modules downloaded ..."
-        else
-            printf '%s\n' "$line" >&2
-        fi
-    done
-    ((n == 0)) || log "  downloaded $n Go modules (listed in $downloads_log)"
-}
 
 # shellcheck source=versions.env
 . "$here/versions.env"
@@ -69,8 +50,8 @@ cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/userns-labeler/control-plane
 k8s_dir=$cache_root/$k8s_version
 etcd_dir=$cache_root/etcd-$etcd_version
 
-# shellcheck source=../find-go.sh
-source "$here/../find-go.sh"
+# shellcheck source=../build-common.sh
+source "$here/../build-common.sh"
 
 # Writes a kubernetes wrapper go.mod for $1 (v1.Y.Z) into directory $2 and tidies it.
 # The replace set is read from that exact version's own go.mod: every staging
@@ -152,26 +133,18 @@ kubernetes_module_dir() {
     if requires "$here/kubernetes/go.mod" k8s.io/kubernetes "$k8s_version"; then
         echo "$here/kubernetes"
     else
-        local dir=$k8s_dir/wrapper fd=
+        local dir=$k8s_dir/wrapper
         wrapper_ok() {
             requires "$dir/go.mod" k8s.io/kubernetes "$k8s_version" && [[ -s $dir/go.sum ]] &&
                 grep -q '^[[:space:]]*k8s\.io/kubernetes/cmd/kubelet$' "$dir/go.mod"
         }
-        if ! wrapper_ok && command -v flock >/dev/null 2>&1; then
-            mkdir -p "$cache_root"
-            exec {fd}>"$cache_root/.lock-wrapper-$k8s_version"
-            if ! flock -n "$fd"; then
-                log "another run is generating the $k8s_version wrapper module; waiting for it"
-                flock "$fd"
-            fi
-        fi
-        if ! wrapper_ok; then
+        make_wrapper() {
             if [[ $k8s_version == "$K8S_VERSION" ]]; then
                 log "note: tests/control-plane/kubernetes/go.mod does not match the pin $K8S_VERSION; run 'build.sh regen' and commit it"
             fi
             gen_kubernetes_module "$k8s_version" "$dir" >&2
-        fi
-        [[ -z $fd ]] || exec {fd}>&-
+        }
+        locked "$cache_root" "wrapper-$k8s_version" wrapper_ok make_wrapper
         echo "$dir"
     fi
 }
@@ -201,6 +174,31 @@ build() {
     fi
     mv -f "$tmp" "$out"
     log "built $out ($(du -h "$out" | cut -f1)) in $((SECONDS - t0))s"
+}
+
+# make_all: builds whatever of kube-apiserver, kubectl and etcd is missing.
+make_all() {
+    local kmod emod ldflags p cmd
+    GO=$(find_go "Go >= 1.24 to build the test control plane")
+    : >"$downloads_log"
+    log "kubernetes $k8s_version, etcd $etcd_version, $("$GO" version), cache $cache_root"
+
+    if [[ ! -x $k8s_dir/kube-apiserver || ! -x $k8s_dir/kubectl ]]; then
+        kmod=$(kubernetes_module_dir)
+        ldflags="-s -w"
+        for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+            ldflags+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
+        done
+        for cmd in kube-apiserver kubectl; do
+            [[ -x $k8s_dir/$cmd ]] ||
+                build "$kmod" "k8s.io/kubernetes/cmd/$cmd" "$k8s_dir/$cmd" -tags selinux,notest -ldflags "$ldflags"
+        done
+    fi
+
+    if [[ ! -x $etcd_dir/etcd ]]; then
+        emod=$(etcd_module_dir)
+        build "$emod" go.etcd.io/etcd/server/v3 "$etcd_dir/etcd" -ldflags "-s -w"
+    fi
 }
 
 # Everything below runs from main, so bash has read the whole script before
@@ -241,43 +239,8 @@ main() {
         exit 0
     fi
 
-    mkdir -p "$cache_root"
-    # Two runs building the same version at once wait for each other instead of
-    # doing the work twice (outputs are written to unique temporary names and
-    # renamed, so even unlocked builds cannot corrupt the cache).
-    if command -v flock >/dev/null 2>&1; then
-        exec 9>"$cache_root/.lock-$k8s_version-$etcd_version"
-        if ! flock -n 9; then
-            log "another build of these versions is running; waiting for it"
-            flock 9
-        fi
-        if all_built; then
-            log "built meanwhile by another run: $k8s_dir, $etcd_dir"
-            exit 0
-        fi
-    fi
-
-    GO=$(find_go "Go >= 1.24 to build the test control plane")
-    : >"$downloads_log"
-    log "kubernetes $k8s_version, etcd $etcd_version, $("$GO" version), cache $cache_root"
-
-    if [[ ! -x $k8s_dir/kube-apiserver || ! -x $k8s_dir/kubectl ]]; then
-        kmod=$(kubernetes_module_dir)
-        ldflags="-s -w"
-        for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-            ldflags+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
-        done
-        for cmd in kube-apiserver kubectl; do
-            [[ -x $k8s_dir/$cmd ]] ||
-                build "$kmod" "k8s.io/kubernetes/cmd/$cmd" "$k8s_dir/$cmd" -tags selinux,notest -ldflags "$ldflags"
-        done
-    fi
-
-    if [[ ! -x $etcd_dir/etcd ]]; then
-        emod=$(etcd_module_dir)
-        build "$emod" go.etcd.io/etcd/server/v3 "$etcd_dir/etcd" -ldflags "-s -w"
-    fi
-
+    # Two runs building the same versions at once: the second waits for the first.
+    locked "$cache_root" "$k8s_version-$etcd_version" all_built make_all
     log "done in $((SECONDS - start_all))s: $k8s_dir/{kube-apiserver,kubectl} $etcd_dir/etcd"
 }
 

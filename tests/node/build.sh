@@ -45,6 +45,9 @@ start_all=$SECONDS
 log() { printf '[node %4ds] %s\n' "$((SECONDS - start_all))" "$*" >&2; }
 die() { printf '[node] error: %s\n' "$*" >&2; exit 1; }
 
+# shellcheck source=../build-common.sh
+source "$here/../build-common.sh"
+
 # shellcheck source=../control-plane/versions.env
 . "$here/../control-plane/versions.env"
 k8s_version=${USERNS_K8S_VERSION:-$K8S_VERSION}
@@ -56,10 +59,6 @@ containerd_module=github.com/containerd/containerd/v2
 runc_module=github.com/opencontainers/runc
 cni_module=github.com/containernetworking/plugins
 
-exact_version() { # <variable> <value> <module to list>
-    [[ $2 =~ ^v[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
-        die "$1='$2' is not an exact version like v1.2.3 (list: go list -m -versions $3)"
-}
 exact_version USERNS_K8S_VERSION "$k8s_version" k8s.io/kubernetes
 [[ $k8s_version =~ ^v1\.([0-9]+)\. ]] || die "USERNS_K8S_VERSION='$k8s_version' is not a v1.Y.Z version"
 k8s_minor=${BASH_REMATCH[1]}
@@ -80,40 +79,8 @@ k8s_binaries=(kubelet kube-controller-manager kube-scheduler kube-proxy)
 containerd_binaries=(containerd ctr containerd-shim-runc-v2)
 cni_plugins=(bridge host-local loopback)
 
-# shellcheck source=../find-go.sh
-source "$here/../find-go.sh"
-
-# go_quiet <go args...>: like tests/control-plane/build.sh, counts Go's `go: downloading`
-# lines into $downloads_log instead of printing them; everything else goes to stderr.
+# Where go_quiet (tests/build-common.sh) lists the modules Go downloads.
 downloads_log=$cache_root/go-downloads.log
-go_quiet() {
-    mkdir -p "$(dirname "$downloads_log")"
-    { "$GO" "$@" 2>&1 >&3 3>&- | count_downloads; } 3>&1
-}
-count_downloads() {
-    local line n=0
-    while IFS= read -r line; do
-        if [[ $line == "go: downloading "* ]]; then
-            printf '%s\n' "$line" >>"$downloads_log"
-            n=$((n + 1))
-            ((n % 50)) || log "  $n Go modules downloaded ..."
-        else
-            printf '%s\n' "$line" >&2
-        fi
-    done
-    ((n == 0)) || log "  downloaded $n Go modules (listed in $downloads_log)"
-}
-
-# module_dir <module> <version>: the extracted (read-only) module directory.
-module_dir() {
-    local json dir
-    if ! json=$("$GO" mod download -json "$1@$2" 2>&1); then
-        die "cannot download $1@$2: $(printf '%s' "$json" | sed -n 's/.*"Error": "\(.*\)".*/\1/p' | sed 's/\\[nt]/ /g')"
-    fi
-    dir=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
-    [[ -d $dir ]] || die "no module directory in 'go mod download -json $1@$2'"
-    echo "$dir"
-}
 
 # all_present <dir> <names...>: every name is an executable in dir.
 all_present() {
@@ -128,29 +95,6 @@ kubernetes_done() { all_present "$k8s_dir" "${k8s_binaries[@]}"; }
 containerd_done() { all_present "$containerd_dir" "${containerd_binaries[@]}"; }
 runc_done() { all_present "$runc_dir" runc; }
 cni_done() { all_present "$cni_dir" "${cni_plugins[@]}"; }
-
-# locked <name> <is-done function> <make function>: runs <make> unless <is-done>
-# holds, serialised with other runs of this script working on the same <name>
-# (a lock file per component and version).
-locked() {
-    local name=$1 done_fn=$2 make_fn=$3 fd=
-    "$done_fn" && return 0
-    mkdir -p "$cache_root"
-    if command -v flock >/dev/null 2>&1; then
-        exec {fd}>"$cache_root/.lock-$name"
-        if ! flock -n "$fd"; then
-            log "another run is building $name; waiting for it"
-            flock "$fd"
-        fi
-        if "$done_fn"; then
-            log "$name was built meanwhile by another run"
-            exec {fd}>&-
-            return 0
-        fi
-    fi
-    "$make_fn"
-    [[ -z $fd ]] || exec {fd}>&-
-}
 
 # Temporary build directory of the component being built (removed on exit).
 tmp=
@@ -375,10 +319,10 @@ main() {
     log "kubernetes $k8s_version, containerd $containerd_version, runc $runc_version, CNI plugins $cni_version, $("$GO" version), cache $cache_root"
 
     # The quickest first, so a failure in one of them shows before the long builds.
-    locked "cni-plugins-$cni_version" cni_done make_cni
-    locked "runc-$runc_version" runc_done make_runc
-    locked "containerd-$containerd_version" containerd_done make_containerd
-    locked "kubernetes-$k8s_version" kubernetes_done make_kubernetes
+    locked "$cache_root" "cni-plugins-$cni_version" cni_done make_cni
+    locked "$cache_root" "runc-$runc_version" runc_done make_runc
+    locked "$cache_root" "containerd-$containerd_version" containerd_done make_containerd
+    locked "$cache_root" "kubernetes-$k8s_version" kubernetes_done make_kubernetes
     log "done in $((SECONDS - start_all))s"
 }
 

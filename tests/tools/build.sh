@@ -56,6 +56,9 @@ start_all=$SECONDS
 log() { printf '[tools %4ds] %s\n' "$((SECONDS - start_all))" "$*" >&2; }
 die() { printf '[tools] error: %s\n' "$*" >&2; exit 1; }
 
+# shellcheck source=../build-common.sh
+source "$here/../build-common.sh"
+
 # shellcheck source=versions.env
 . "$here/versions.env"
 helm_version=${USERNS_HELM_VERSION:-$HELM_VERSION}
@@ -63,10 +66,6 @@ kyverno_version=${USERNS_KYVERNO_VERSION:-$KYVERNO_VERSION}
 cert_manager_version=${USERNS_CERT_MANAGER_VERSION:-$CERT_MANAGER_VERSION}
 prometheus_operator_version=${USERNS_PROMETHEUS_OPERATOR_VERSION:-$PROMETHEUS_OPERATOR_VERSION}
 
-exact_version() { # <name> <value> <module to list>
-    [[ $2 =~ ^v[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
-        die "$1='$2' is not an exact version like v1.2.3 (list: go list -m -versions $3)"
-}
 [[ $helm_version =~ ^v([34])\. ]] ||
     die "USERNS_HELM_VERSION='$helm_version' must be a helm v3.x.y or v4.x.y version (list: go list -m -versions helm.sh/helm/v3)"
 helm_module=helm.sh/helm/v${BASH_REMATCH[1]}
@@ -81,33 +80,6 @@ helm_dir=$cache_root/helm-$helm_version
 kyverno_dir=$cache_root/kyverno-$kyverno_version
 kyverno_server_dir=$cache_root/kyverno-server-$kyverno_version
 crds_dir=$cache_root/crds-kyverno-$kyverno_version-cert-manager-$cert_manager_version-prometheus-operator-$prometheus_operator_version
-
-# shellcheck source=../find-go.sh
-source "$here/../find-go.sh"
-
-# download <module> <version>: downloads it into the module cache and prints the
-# JSON of `go mod download -json`.
-download() {
-    local json
-    if ! json=$("$GO" mod download -json "$1@$2" 2>&1); then
-        die "cannot download $1@$2: $(printf '%s' "$json" | sed -n 's/.*"Error": "\(.*\)".*/\1/p' | sed 's/\\[nt]/ /g')${json:+ }$(printf '%s' "$json" | grep -v '^[[:space:]{}]' | head -3)"
-    fi
-    printf '%s\n' "$json"
-}
-
-# json_field <json> <key>: one string field of `go mod download -json` output.
-json_field() {
-    printf '%s\n' "$1" | sed -n "s/^[[:space:]]*\"$2\": \"\(.*\)\",\{0,1\}\$/\1/p"
-}
-
-# module_dir <module> <version>: the extracted (read-only) module directory.
-module_dir() {
-    local json dir
-    json=$(download "$1" "$2")
-    dir=$(json_field "$json" Dir)
-    [[ -d $dir ]] || die "no module directory in 'go mod download -json $1@$2'"
-    echo "$dir"
-}
 
 # replace_lines <go.mod>: every replace directive of a go.mod, one per line,
 # without the keyword, comments or indentation (block and single-line forms).
@@ -198,31 +170,9 @@ build() {
     log "built $out ($(du -h "$out" | cut -f1), $why) in $((SECONDS - t0))s"
 }
 
-# locked <name> <is-done function> <make function>: runs <make> unless <is-done>
-# holds, serialised with other runs of this script working on the same <name>.
-locked() {
-    local name=$1 done_fn=$2 make_fn=$3
-    "$done_fn" && return 0
-    mkdir -p "$cache_root"
-    if command -v flock >/dev/null 2>&1; then
-        local fd
-        exec {fd}>"$cache_root/.lock-$name"
-        if ! flock -n "$fd"; then
-            log "another run is building $name; waiting for it"
-            flock "$fd"
-        fi
-        if "$done_fn"; then
-            log "$name was built meanwhile by another run"
-            exec {fd}>&-
-            return 0
-        fi
-        [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and Kyverno for the tests")
-        "$make_fn"
-        exec {fd}>&-
-    else
-        [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and Kyverno for the tests")
-        "$make_fn"
-    fi
+# need_go: sets GO, once, for the make functions (not needed while everything is cached).
+need_go() {
+    [[ -n ${GO:-} ]] || GO=$(find_go "Go >= 1.26 to build helm and Kyverno for the tests")
 }
 
 # ---- helm ----
@@ -237,6 +187,7 @@ helm_smoke() {
 }
 
 make_helm() {
+    need_go
     local moddir src client_go k8s_major k8s_minor ldflags pkgdir
     moddir=$(wrapper_dir "$helm_dir" "$helm_module" "$helm_version" "$helm_module/cmd/helm")
     src=$(module_dir "$helm_module" "$helm_version")
@@ -266,6 +217,7 @@ kyverno_smoke() {
 }
 
 make_kyverno() {
+    need_go
     local moddir
     moddir=$(wrapper_dir "$kyverno_dir" "$kyverno_module" "$kyverno_version" "$kyverno_module/cmd/cli/kubectl-kyverno")
     # In a wrapper the main module is ours, so the version must be set explicitly
@@ -293,6 +245,7 @@ kyverno_server_smoke() {
 }
 
 make_kyverno_server() {
+    need_go
     local moddir
     # Its own wrapper (another `tool` line), resolving the same versions as the
     # CLI's: both come from the go.mod of the same release.
@@ -324,6 +277,7 @@ copy_crds() {
 }
 
 make_crds() {
+    need_go
     local t0=$SECONDS tmp="$crds_dir.tmp.$$" src
     log "collecting CRDs: kyverno $kyverno_version, cert-manager $cert_manager_version, prometheus-operator $prometheus_operator_version"
     rm -rf "$tmp"
@@ -354,19 +308,19 @@ main() {
         # (No `locked ... && echo`: errexit does not apply inside an && list.)
         case $2 in
         helm)
-            locked "helm-$helm_version" helm_done make_helm
+            locked "$cache_root" "helm-$helm_version" helm_done make_helm
             echo "$helm_dir/helm"
             ;;
         kyverno)
-            locked "kyverno-$kyverno_version" kyverno_done make_kyverno
+            locked "$cache_root" "kyverno-$kyverno_version" kyverno_done make_kyverno
             echo "$kyverno_dir/kyverno"
             ;;
         kyverno-server)
-            locked "kyverno-server-$kyverno_version" kyverno_server_done make_kyverno_server
+            locked "$cache_root" "kyverno-server-$kyverno_version" kyverno_server_done make_kyverno_server
             echo "$kyverno_server_dir/kyverno-server"
             ;;
         crds)
-            locked "$(basename "$crds_dir")" crds_done make_crds
+            locked "$cache_root" "$(basename "$crds_dir")" crds_done make_crds
             echo "$crds_dir"
             ;;
         *) die "unknown tool '$2' (expected: helm, kyverno, kyverno-server, crds)" ;;
@@ -385,13 +339,13 @@ main() {
         log "up to date: $helm_dir/helm, $kyverno_dir/kyverno, $kyverno_server_dir/kyverno-server, $crds_dir"
         exit 0
     fi
-    GO=$(find_go "Go >= 1.26 to build helm and Kyverno for the tests")
+    need_go
     log "helm $helm_version, kyverno $kyverno_version, $("$GO" version), cache $cache_root"
     # The CRDs need downloads only; collect them first so a slow build does not delay them.
-    locked "$(basename "$crds_dir")" crds_done make_crds
-    locked "helm-$helm_version" helm_done make_helm
-    locked "kyverno-$kyverno_version" kyverno_done make_kyverno
-    locked "kyverno-server-$kyverno_version" kyverno_server_done make_kyverno_server
+    locked "$cache_root" "$(basename "$crds_dir")" crds_done make_crds
+    locked "$cache_root" "helm-$helm_version" helm_done make_helm
+    locked "$cache_root" "kyverno-$kyverno_version" kyverno_done make_kyverno
+    locked "$cache_root" "kyverno-server-$kyverno_version" kyverno_server_done make_kyverno_server
     log "done in $((SECONDS - start_all))s: $helm_dir/helm $kyverno_dir/kyverno $kyverno_server_dir/kyverno-server $crds_dir"
 }
 
