@@ -35,23 +35,15 @@ export CLUSTER_ENV=$work/cluster.env
 up_pid=""
 cluster_up=0
 
-if [[ -t 1 ]]; then
-    bold=$'\033[1m' plain=$'\033[0m'
-else
-    bold="" plain=""
-fi
-say() { printf '\n%s== [%3ds] %s%s\n' "$bold" "$SECONDS" "$*" "$plain"; }
+# shellcheck source=demo-common.sh
+source scripts/demo-common.sh
 
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
     if [[ $status -ne 0 && $status -ne 130 && $status -ne 143 ]]; then
         echo "demo failed (exit $status); logs:" >&2
-        for log in "$work"/*.log; do
-            [[ -f $log ]] || continue
-            echo "----- last lines of $log -----" >&2
-            tail -n 30 "$log" >&2
-        done
+        print_logs "$work"
     fi
     # `cluster.sh up` still waiting (for the lock, or for the node): it stops its own supervisor.
     if [[ -n $up_pid ]] && kill -0 "$up_pid" 2>/dev/null; then
@@ -64,30 +56,12 @@ cleanup() {
         [[ ${DEMO_KEEP_LOGS:-0} == 1 ]] && keep=1
         USERNS_TEST_KEEP=$keep tests/node/cluster.sh down 2>&1 | grep -E 'cluster down|logs kept|error' || true
     fi
-    if [[ ${DEMO_KEEP_LOGS:-0} == 1 ]]; then
-        echo "logs kept in $work" >&2
-    else
-        rm -rf "$work"
-    fi
+    remove_work "$work"
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# Waits until a command succeeds: until_ok SECONDS WHAT COMMAND...
-until_ok() {
-    local seconds=$1 what=$2
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "timed out after ${seconds}s waiting for $what" >&2
-            return 1
-        fi
-        sleep 0.5
-    done
-}
 
 say "Starting a real single-node cluster (tests/node/cluster.sh up; waits while another run holds the node's lock)"
 # In the background, so that a signal reaches this script at once (cleanup stops it).
@@ -128,18 +102,7 @@ echo "the API server calls the webhook through the chart's Service (checked with
 # Every Pod of a manifest gets a scheduling gate: the webhook decides it as usual, the scheduler
 # never places it, so the kubelet never pulls its image or mounts its storage.
 gated() {
-    awk -v gate="$GATE" '
-        function flush() {
-            if (doc == "") return
-            if (doc ~ /(^|\n)kind: Pod\n/)
-                sub(/(^|\n)spec:\n/, "&  schedulingGates:\n    - name: " gate "\n", doc)
-            printf "%s", doc
-            doc = ""
-        }
-        /^---/ { flush(); print; next }
-        { doc = doc $0 "\n" }
-        END { flush() }
-    ' "$1"
+    add_to_pods "$1" "  schedulingGates:"$'\n'"    - name: $GATE"$'\n'
 }
 # A retry: the controller-manager may create a namespace's `default` ServiceAccount while
 # kubectl applies examples/00-namespaces.yaml's own copy of it.
@@ -241,12 +204,7 @@ k apply -f "$work/demo-pods.yaml" >>"$work/apply.log"
 demo_pods=$(k -n "$DEMO_NS" get pods -o 'jsonpath={.items[*].metadata.name}')
 echo "created: $demo_pods"
 
-unlabelled() {
-    k get pvc -A -o "jsonpath={range .items[*]}{.metadata.labels.userns\.io/idmap-supported}{\"\n\"}{end}" |
-        grep -c '^$' || true
-}
-labelled() { [[ $(unlabelled) == 0 ]]; }
-until_ok 60 "the controller to label every claim" labelled
+until_claims_labelled
 all_running() {
     local phases
     phases=$(k -n "$DEMO_NS" get pods -o 'jsonpath={range .items[*]}{.status.phase}{"\n"}{end}')
@@ -293,10 +251,7 @@ uid_map_of() { # containerd://<id>
 echo "(decision -: not sent to the webhook: the chart's matchConditions skip host namespaces and an"
 echo " explicit hostUsers, the selectors the opt-out label and the webhook's own namespace)"
 
-say "Why (the $PREFIX/decision-reason annotation)"
-k get pods -A --sort-by .metadata.namespace -o \
-    "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}: {.metadata.annotations.userns\.io/decision-reason}{\"\n\"}{end}" |
-    grep -v ': $' || true
+print_reasons
 
 say "Files the containers' root wrote, as the host sees them"
 # Written as uid 0 inside; through an idmapped mount (the `idmapped` option in the container's
@@ -330,11 +285,7 @@ fi
 echo
 echo "examples/ pods stay Pending (SchedulingGated): their registry images and storage are not here."
 
-wait_for_interrupt=${DEMO_WAIT:-}
-if [[ -z $wait_for_interrupt ]]; then
-    if [[ -t 0 ]]; then wait_for_interrupt=1; else wait_for_interrupt=0; fi
-fi
-if [[ $wait_for_interrupt == 1 ]]; then
+if keeps_running; then
     say "The cluster keeps running; in another shell:"
     echo "  export KUBECONFIG=$KUBECONFIG"
     echo "  $KUBECTL get pods -A"

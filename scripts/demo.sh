@@ -32,13 +32,8 @@ DEMO_MODE=${DEMO_MODE:-enforce}
 CONFIG_NAME=userns-labeler-demo
 CONTROLLER_NS=userns-labeler
 
-# One line per step, with the seconds since the demo started; bold only on a terminal.
-if [[ -t 1 ]]; then
-    bold=$'\033[1m' plain=$'\033[0m'
-else
-    bold="" plain=""
-fi
-say() { printf '\n%s== [%3ds] %s%s\n' "$bold" "$SECONDS" "$*" "$plain"; }
+# shellcheck source=demo-common.sh
+source scripts/demo-common.sh
 
 # --- which path ---------------------------------------------------------------------------
 # fallback_or_fail REASON: with DEMO_NODE=1 the reason is an error; otherwise it is said and
@@ -102,36 +97,14 @@ cleanup() {
     stop "$cp_pid" "the control plane"
     if [[ $status -ne 0 && $status -ne 130 && $status -ne 143 ]]; then
         echo "demo failed (exit $status); logs:" >&2
-        for log in "$work"/*.log; do
-            [[ -f $log ]] || continue
-            echo "----- last lines of $log -----" >&2
-            tail -n 30 "$log" >&2
-        done
+        print_logs "$work"
     fi
-    if [[ ${DEMO_KEEP_LOGS:-0} == 1 ]]; then
-        echo "logs kept in $work" >&2
-    else
-        rm -rf "$work"
-    fi
+    remove_work "$work"
     exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# Waits until a command succeeds: until SECONDS WHAT COMMAND...
-until_ok() {
-    local seconds=$1 what=$2
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "timed out after ${seconds}s waiting for $what" >&2
-            return 1
-        fi
-        sleep 0.3
-    done
-}
 
 say "Building userns-labeler and the demo control plane (cargo build; a few minutes the first time)"
 build_start=$SECONDS
@@ -245,18 +218,7 @@ echo "the API server calls the webhook (checked with a server-side dry run)"
 # serviceAccountName to `default`; a pod projecting a service-account token without one is
 # invalid. Do what the plugin would: add `serviceAccountName: default` to pods that lack it.
 with_service_account() {
-    awk '
-        function flush() {
-            if (doc == "") return
-            if (doc ~ /(^|\n)kind: Pod\n/ && doc !~ /serviceAccountName:/)
-                sub(/(^|\n)spec:\n/, "&  serviceAccountName: default\n", doc)
-            printf "%s", doc
-            doc = ""
-        }
-        /^---/ { flush(); print; next }
-        { doc = doc $0 "\n" }
-        END { flush() }
-    ' "$1"
+    add_to_pods "$1" $'  serviceAccountName: default\n' 'serviceAccountName:'
 }
 
 say "Applying examples/"
@@ -268,12 +230,7 @@ for file in examples/*.yaml; do
     esac
 done
 
-unlabelled() {
-    k get pvc -A -o "jsonpath={range .items[*]}{.metadata.labels.userns\.io/idmap-supported}{\"\n\"}{end}" |
-        grep -c '^$' || true
-}
-labelled() { [[ $(unlabelled) == 0 ]]; }
-until_ok 60 "the controller to label every claim" labelled
+until_claims_labelled
 
 say "Claims: kubectl get pvc -A -L $PREFIX/idmap-supported"
 k get pvc -A -L "$PREFIX/idmap-supported"
@@ -282,18 +239,12 @@ say "Pods: hostUsers and the webhook's decision"
 k get pods -A --sort-by .metadata.namespace -o \
     "custom-columns=NAMESPACE:.metadata.namespace,POD:.metadata.name,HOSTUSERS:.spec.hostUsers,DECISION:.metadata.annotations.userns\.io/decision"
 
-say "Why (the $PREFIX/decision-reason annotation)"
-k get pods -A --sort-by .metadata.namespace -o \
-    "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}: {.metadata.annotations.userns\.io/decision-reason}{\"\n\"}{end}"
+print_reasons
 
 say "The cluster's readiness: userns-labeler report -A (read-only; also -o json, -o html)"
 "$labeler_bin" report -A --kubeconfig "$KUBECONFIG" --labeler-namespace "$CONTROLLER_NS"
 
-wait_for_interrupt=${DEMO_WAIT:-}
-if [[ -z $wait_for_interrupt ]]; then
-    if [[ -t 0 ]]; then wait_for_interrupt=1; else wait_for_interrupt=0; fi
-fi
-if [[ $wait_for_interrupt == 1 ]]; then
+if keeps_running; then
     say "The cluster keeps running; in another shell:"
     echo "  export KUBECONFIG=$KUBECONFIG"
     echo "  $KUBECTL get pods -A"
