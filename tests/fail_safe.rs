@@ -9,17 +9,17 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use userns_labeler_test_support::control_plane;
-use userns_labeler_test_support::labeler::{self, Labeler, eventually, label_of};
+use userns_labeler_test_support::labeler::{
+    self, Labeler, apply_webhook_configuration, eventually, label_of, pods_webhook,
+    webhook_configuration,
+};
 
 /// The binary under test (cargo sets this for the root package's tests and benchmarks).
 const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
@@ -194,48 +194,14 @@ fn host_users(pod: &Pod) -> Option<bool> {
     pod.spec.as_ref()?.host_users
 }
 
-/// Routes this namespace's pod CREATEs to `addr` (failurePolicy Fail: an unreachable webhook
-/// fails the test instead of hiding).
+/// Routes this namespace's pod CREATEs to the labeler at `addr`.
 async fn register(client: &Client, name: &str, addr: &str, ns: &str) {
-    let config = MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "pods.userns.io".into(),
-            client_config: WebhookClientConfig {
-                url: Some(format!("https://{addr}/mutate/pods")),
-                ..Default::default()
-            },
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                operations: Some(vec!["CREATE".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some([("kubernetes.io/metadata.name".into(), ns.into())].into()),
-                ..Default::default()
-            }),
-            failure_policy: Some("Fail".into()),
-            side_effects: "None".into(),
-            admission_review_versions: vec!["v1".into()],
-            timeout_seconds: Some(10),
-            ..Default::default()
-        }]),
-    };
-    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    if let Some(old) = api.get_opt(name).await.unwrap() {
-        let mut config = config;
-        config.metadata.resource_version = old.metadata.resource_version;
-        api.replace(name, &PostParams::default(), &config)
-            .await
-            .unwrap();
-    } else {
-        api.create(&PostParams::default(), &config).await.unwrap();
-    }
+    let webhook = pods_webhook(
+        "pods.userns.io",
+        &format!("https://{addr}/mutate/pods"),
+        &[ns],
+    );
+    apply_webhook_configuration(client, &webhook_configuration(name, vec![webhook])).await;
 }
 
 const CEPHFS_FALSE: &str = "rules:\n- driver: cephfs.csi.ceph.com\n  verdict: false\n  reason: this cluster's MDS is too old\n- driver: kubernetes.io/host-path\n  verdict: false\n  reason: node directories are NFS mounts here\n";

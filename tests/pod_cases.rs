@@ -21,7 +21,10 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use userns_labeler_test_support::cases::{Case, CaseNamespaces, Decision, Table, named_blockers};
 use userns_labeler_test_support::control_plane;
-use userns_labeler_test_support::labeler::{self, Labeler, eventually, label_of};
+use userns_labeler_test_support::labeler::{
+    self, Labeler, apply_webhook_configuration, eventually, label_of, pods_webhook,
+    webhook_configuration,
+};
 
 /// The binary under test (cargo sets this for the root package's tests).
 const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
@@ -46,31 +49,15 @@ where
         .unwrap_or_else(|e| panic!("creating {what}: {e}"))
 }
 
-/// Routes pod CREATEs of `namespaces` to the labeler at `addr` (`failurePolicy: Fail`: an
-/// unreachable webhook fails the case instead of hiding; no opt-out selectors, so the webhook
-/// itself must leave opted-out pods alone). The labeler writes its self-signed CA into it.
+/// Routes pod CREATEs of `namespaces` to the labeler at `addr`, which writes its self-signed CA
+/// into the configuration.
 async fn register(admin: &Client, name: &str, addr: &str, namespaces: &[&str]) {
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "pods.userns.io",
-            "clientConfig": {"url": format!("https://{addr}/mutate/pods")},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchExpressions": [{
-                "key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces,
-            }]},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10,
-        }],
-    }))
-    .unwrap();
-    Api::<MutatingWebhookConfiguration>::all(admin.clone())
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
+    let webhook = pods_webhook(
+        "pods.userns.io",
+        &format!("https://{addr}/mutate/pods"),
+        namespaces,
+    );
+    apply_webhook_configuration(admin, &webhook_configuration(name, vec![webhook])).await;
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {

@@ -12,18 +12,17 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use userns_labeler::webhook::ca::{CERT_KEY, KEY_KEY, Origin};
 use userns_labeler::webhook::{CaSecret, MUTATE_PODS_PATH, SelfSigned};
 use userns_labeler_test_support::control_plane::{self, ControlPlane, TestNamespace};
-use userns_labeler_test_support::labeler::{self, Labeler, USER, eventually};
+use userns_labeler_test_support::labeler::{
+    self, Labeler, USER, eventually, pods_webhook, webhook_configuration,
+};
 use userns_labeler_test_support::webhook::{https, pod, review};
 use userns_labeler_test_support::{repo_root, tool};
 
@@ -157,41 +156,19 @@ impl World {
         let webhooks = replicas
             .iter()
             .enumerate()
-            .map(|(i, labeler)| MutatingWebhook {
-                name: format!("replica-{i}.pods.userns.io"),
-                client_config: WebhookClientConfig {
-                    url: Some(format!("https://{}{MUTATE_PODS_PATH}", labeler.webhook)),
-                    ..Default::default()
-                },
-                rules: Some(vec![RuleWithOperations {
-                    api_groups: Some(vec!["".into()]),
-                    api_versions: Some(vec!["v1".into()]),
-                    operations: Some(vec!["CREATE".into()]),
-                    resources: Some(vec!["pods".into()]),
-                    scope: Some("Namespaced".into()),
-                }]),
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(
-                        [("kubernetes.io/metadata.name".into(), self.work.to_string())].into(),
-                    ),
-                    ..Default::default()
-                }),
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                admission_review_versions: vec!["v1".into()],
-                timeout_seconds: Some(10),
-                ..Default::default()
+            .map(|(i, labeler)| {
+                pods_webhook(
+                    &format!("replica-{i}.pods.userns.io"),
+                    &format!("https://{}{MUTATE_PODS_PATH}", labeler.webhook),
+                    &[&self.work.to_string()],
+                )
             })
             .collect();
-        let config = MutatingWebhookConfiguration {
-            metadata: ObjectMeta {
-                name: Some(self.config.clone()),
-                ..Default::default()
-            },
-            webhooks: Some(webhooks),
-        };
         self.configs()
-            .create(&PostParams::default(), &config)
+            .create(
+                &PostParams::default(),
+                &webhook_configuration(&self.config, webhooks),
+            )
             .await
             .unwrap();
     }

@@ -14,13 +14,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::ObjectRef;
@@ -37,6 +35,9 @@ use userns_labeler::webhook::{
 };
 use userns_labeler_test_support::control_plane::{
     ControlPlane, TestNamespace, external_kubeconfig, install_crypto_provider,
+};
+use userns_labeler_test_support::labeler::{
+    apply_webhook_configuration, pods_webhook, webhook_configuration,
 };
 use userns_labeler_test_support::webhook::{claim_volume, pod, with_volume};
 
@@ -346,64 +347,23 @@ async fn register(client: &Client, name: &str, url: &str, ns: &str, ca_pem: Opti
     apply(client, registration(name, url, ns, ca_pem)).await;
 }
 
-/// This test's MutatingWebhookConfiguration: pods of its namespace, sent to `url`.
+/// This test's MutatingWebhookConfiguration: pods of its namespace, sent to `url`, trusting
+/// `ca_pem` if given.
 fn registration(
     name: &str,
     url: &str,
     ns: &str,
     ca_pem: Option<&str>,
 ) -> MutatingWebhookConfiguration {
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "pods.userns.io".into(),
-            client_config: WebhookClientConfig {
-                url: Some(url.to_string()),
-                ca_bundle: ca_pem.map(|pem| ByteString(pem.as_bytes().to_vec())),
-                service: None,
-            },
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                operations: Some(vec!["CREATE".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some([("kubernetes.io/metadata.name".into(), ns.into())].into()),
-                ..Default::default()
-            }),
-            // Fail, not Ignore as deployed: a webhook that cannot be reached must fail the test.
-            failure_policy: Some("Fail".into()),
-            side_effects: "None".into(),
-            admission_review_versions: vec!["v1".into()],
-            timeout_seconds: Some(10),
-            reinvocation_policy: Some("IfNeeded".into()),
-            ..Default::default()
-        }]),
-    }
+    let mut webhook = pods_webhook("pods.userns.io", url, &[ns]);
+    webhook.client_config.ca_bundle = ca_pem.map(|pem| ByteString(pem.as_bytes().to_vec()));
+    webhook.reinvocation_policy = Some("IfNeeded".into());
+    webhook_configuration(name, vec![webhook])
 }
 
 /// Creates `config`, or replaces the configuration of that name.
 async fn apply(client: &Client, config: MutatingWebhookConfiguration) {
-    let name = config.metadata.name.clone().unwrap();
-    let name = name.as_str();
-    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    match api.get_opt(name).await.unwrap() {
-        None => {
-            api.create(&PostParams::default(), &config).await.unwrap();
-        }
-        Some(existing) => {
-            let mut config = config;
-            config.metadata.resource_version = existing.metadata.resource_version;
-            api.replace(name, &PostParams::default(), &config)
-                .await
-                .unwrap();
-        }
-    }
+    apply_webhook_configuration(client, &config).await;
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {

@@ -12,9 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, ResourceExt};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams, ResourceExt};
 
 use crate::control_plane::ControlPlane;
 use crate::repo_root;
@@ -62,6 +66,74 @@ pub async fn grant_own_webhook_configuration(admin: &Client, config: &str) {
         .patch(config, &params, &Patch::Apply(&binding))
         .await
         .unwrap_or_else(|e| panic!("ClusterRoleBinding {config}: {e}"));
+}
+
+/// A webhook `name` sending the pod CREATEs of `namespaces` to `url`, as the tests register the
+/// labeler under test: by URL, `failurePolicy: Fail` (a webhook that cannot be reached fails the
+/// test instead of hiding), a 10 s timeout, no opt-out selectors (the webhook itself must leave
+/// opted-out pods alone) and no caBundle (the labeler writes its own self-signed CA; set
+/// `client_config.ca_bundle` otherwise).
+pub fn pods_webhook(name: &str, url: &str, namespaces: &[&str]) -> MutatingWebhook {
+    MutatingWebhook {
+        name: name.to_owned(),
+        client_config: WebhookClientConfig {
+            url: Some(url.to_owned()),
+            ..Default::default()
+        },
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec!["".into()]),
+            api_versions: Some(vec!["v1".into()]),
+            operations: Some(vec!["CREATE".into()]),
+            resources: Some(vec!["pods".into()]),
+            scope: Some("Namespaced".into()),
+        }]),
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: "In".into(),
+                values: Some(namespaces.iter().map(|ns| ns.to_string()).collect()),
+            }]),
+            ..Default::default()
+        }),
+        failure_policy: Some("Fail".into()),
+        side_effects: "None".into(),
+        admission_review_versions: vec!["v1".into()],
+        timeout_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+/// The MutatingWebhookConfiguration `name` holding `webhooks`.
+pub fn webhook_configuration(
+    name: &str,
+    webhooks: Vec<MutatingWebhook>,
+) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        webhooks: Some(webhooks),
+    }
+}
+
+/// Creates `config`, or replaces the configuration of its name (keeping nothing of it).
+pub async fn apply_webhook_configuration(admin: &Client, config: &MutatingWebhookConfiguration) {
+    let name = config.name_any();
+    let api = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    let existing = api
+        .get_opt(&name)
+        .await
+        .unwrap_or_else(|e| panic!("reading MutatingWebhookConfiguration {name}: {e}"));
+    let written = match existing {
+        None => api.create(&PostParams::default(), config).await,
+        Some(existing) => {
+            let mut config = config.clone();
+            config.metadata.resource_version = existing.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &config).await
+        }
+    };
+    written.unwrap_or_else(|e| panic!("writing MutatingWebhookConfiguration {name}: {e}"));
 }
 
 /// Installs the ClusterRoles, ClusterRoleBindings, Roles and RoleBindings among `manifests`
