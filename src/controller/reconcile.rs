@@ -179,7 +179,7 @@ pub async fn reconcile<K: Labelled>(
 pub(super) async fn relabel<K: Labelled>(object: &K, ctx: &Context) -> Result<(), ControllerError> {
     let started = Instant::now();
     let result = match ctx.needed_write(object) {
-        Some(desired) => label(object, desired, ctx).await.map(|_| ()),
+        Some(desired) => label(object, desired, Stale::Skip, ctx).await.map(|_| ()),
         None => Ok(()),
     };
     if result.is_ok() {
@@ -239,7 +239,9 @@ pub async fn record_evidence<K: Labelled>(
     }
     let judged = with_evidence(object, &ctx.keys, evidence.to_string());
     match ctx.write_for(&judged, object) {
-        Some(desired) => label(object, desired, ctx).await,
+        // Written even when the cache has moved past `object`: no reconciliation of the later
+        // version would bring the evidence, and writing it twice is harmless.
+        Some(desired) => label(object, desired, Stale::Write, ctx).await,
         None => Ok(false),
     }
 }
@@ -253,10 +255,21 @@ fn with_evidence<K: Labelled>(object: &K, keys: &Keys, evidence: String) -> K {
     object
 }
 
-/// Applies `desired` to `object`; whether it wrote (not when the same write is in flight).
+/// What [`label`] does with an object the cache has already moved past.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stale {
+    /// Skips it: the later version gets its own reconciliation.
+    Skip,
+    /// Writes anyway.
+    Write,
+}
+
+/// Applies `desired` to `object`; whether it wrote (not when the same write is in flight, nor
+/// with [`Stale::Skip`] when the cache holds another version of the object).
 async fn label<K: Labelled>(
     object: &K,
     desired: DesiredKeys,
+    stale: Stale,
     ctx: &Context,
 ) -> Result<bool, ControllerError> {
     let meta = object.meta();
@@ -277,7 +290,10 @@ async fn label<K: Labelled>(
     });
     // Recorded before the write, so that a reconciliation of the same object from elsewhere (the
     // sweep and the controller may meet) does not send it again.
-    let cached = || K::cache(&ctx.caches).get(&ObjectRef::from_obj(object));
+    let cached = || match stale {
+        Stale::Skip => K::cache(&ctx.caches).get(&ObjectRef::from_obj(object)),
+        Stale::Write => None,
+    };
     if !ctx.written.begin(object, &desired, cached) {
         return Ok(false);
     }
