@@ -16,10 +16,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use userns_labeler_test_support::control_plane;
-use userns_labeler_test_support::labeler::{
-    self, Labeler, apply_webhook_configuration, eventually, label_of, pods_webhook,
-    webhook_configuration,
-};
+use userns_labeler_test_support::labeler::{self, Labeler, eventually, label_of};
 
 /// The binary under test (cargo sets this for the root package's tests and benchmarks).
 const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
@@ -82,7 +79,9 @@ impl World {
             identity,
             &["--webhook-config-name", &config],
         );
-        register(&self.admin, &config, &labeler.webhook, &self.ns).await;
+        labeler
+            .register_webhook(&self.admin, &config, &[&self.ns])
+            .await;
         labeler
     }
 
@@ -192,16 +191,6 @@ fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
 
 fn host_users(pod: &Pod) -> Option<bool> {
     pod.spec.as_ref()?.host_users
-}
-
-/// Routes this namespace's pod CREATEs to the labeler at `addr`.
-async fn register(client: &Client, name: &str, addr: &str, ns: &str) {
-    let webhook = pods_webhook(
-        "pods.userns.io",
-        &format!("https://{addr}/mutate/pods"),
-        &[ns],
-    );
-    apply_webhook_configuration(client, &webhook_configuration(name, vec![webhook])).await;
 }
 
 const CEPHFS_FALSE: &str = "rules:\n- driver: cephfs.csi.ceph.com\n  verdict: false\n  reason: this cluster's MDS is too old\n- driver: kubernetes.io/host-path\n  verdict: false\n  reason: node directories are NFS mounts here\n";
@@ -367,7 +356,9 @@ async fn an_invalid_table_with_no_last_good_copy_fails_closed() {
     .await;
     assert!(readyz.contains("failing closed"), "{readyz}");
     assert_eq!(labeler.get("/livez").map(|(s, _)| s), Some(200));
-    register(&w.admin, &w.webhook_config(), &labeler.webhook, &w.ns).await;
+    labeler
+        .register_webhook(&w.admin, &w.webhook_config(), &[&w.ns])
+        .await;
     let (spec, annotations) = cephfs_claim();
     w.create_claim("ceph", spec, annotations).await;
     let pod = w

@@ -21,10 +21,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use userns_labeler_test_support::cases::{Case, CaseNamespaces, Decision, Table, named_blockers};
 use userns_labeler_test_support::control_plane;
-use userns_labeler_test_support::labeler::{
-    self, Labeler, apply_webhook_configuration, eventually, label_of, pods_webhook,
-    webhook_configuration,
-};
+use userns_labeler_test_support::labeler::{self, Labeler, eventually, label_of};
 
 /// The binary under test (cargo sets this for the root package's tests).
 const USERNS_LABELER: &str = env!("CARGO_BIN_EXE_userns-labeler");
@@ -47,17 +44,6 @@ where
     api.create(&PostParams::default(), &object)
         .await
         .unwrap_or_else(|e| panic!("creating {what}: {e}"))
-}
-
-/// Routes pod CREATEs of `namespaces` to the labeler at `addr`, which writes its self-signed CA
-/// into the configuration.
-async fn register(admin: &Client, name: &str, addr: &str, namespaces: &[&str]) {
-    let webhook = pods_webhook(
-        "pods.userns.io",
-        &format!("https://{addr}/mutate/pods"),
-        namespaces,
-    );
-    apply_webhook_configuration(admin, &webhook_configuration(name, vec![webhook])).await;
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
@@ -186,7 +172,9 @@ async fn the_webhook_decides_every_pod_case_of_the_shared_table_as_the_table_say
     );
     let mut webhook_namespaces = vec![ns.name(), elsewhere.name()];
     webhook_namespaces.extend(own_namespaces.names());
-    register(&admin, &config, &labeler.webhook, &webhook_namespaces).await;
+    labeler
+        .register_webhook(&admin, &config, &webhook_namespaces)
+        .await;
 
     // Every claim labelled as the table says (so the controller, and the caches the webhook
     // shares with it, have seen each claim with its class or volume), every node too.

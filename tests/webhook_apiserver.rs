@@ -344,7 +344,7 @@ async fn dry_run_until(pods: &Api<Pod>, what: &str, done: impl Fn(&Pod) -> bool)
 }
 
 async fn register(client: &Client, name: &str, url: &str, ns: &str, ca_pem: Option<&str>) {
-    apply(client, registration(name, url, ns, ca_pem)).await;
+    apply_webhook_configuration(client, &registration(name, url, ns, ca_pem)).await;
 }
 
 /// This test's MutatingWebhookConfiguration: pods of its namespace, sent to `url`, trusting
@@ -359,11 +359,6 @@ fn registration(
     webhook.client_config.ca_bundle = ca_pem.map(|pem| ByteString(pem.as_bytes().to_vec()));
     webhook.reinvocation_policy = Some("IfNeeded".into());
     webhook_configuration(name, vec![webhook])
-}
-
-/// Creates `config`, or replaces the configuration of that name.
-async fn apply(client: &Client, config: MutatingWebhookConfiguration) {
-    apply_webhook_configuration(client, &config).await;
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
@@ -792,7 +787,7 @@ async fn a_certificate_rotated_on_disk_is_served_to_the_api_server_without_a_res
         match_labels: Some([(rotation_label.0.into(), rotation_label.1.into())].into()),
         ..Default::default()
     });
-    apply(&webhook.admin, config).await;
+    apply_webhook_configuration(&webhook.admin, &config).await;
     // Until then: errors (the old configuration, whose CA the server no longer presents;
     // failurePolicy Fail), or decisions (the old configuration over an idle connection made
     // under the old pair).
@@ -944,7 +939,7 @@ async fn self_signed_tls_writes_the_ca_bundle_into_the_configuration() {
 async fn a_re_created_or_altered_configuration_gets_the_self_signed_ca_back_without_a_restart() {
     let webhook = SelfSignedWebhook::start("wh-recreated").await;
     let config = || registration(&webhook.config_name, &webhook.url, &webhook.ns, None);
-    apply(&webhook.admin, config()).await;
+    apply_webhook_configuration(&webhook.admin, &config()).await;
     let (ours, _) = webhook.bundle_written(None).await;
     webhook.wait_until_mutating().await;
 
@@ -953,7 +948,7 @@ async fn a_re_created_or_altered_configuration_gets_the_self_signed_ca_back_with
         .delete(&webhook.config_name, &DeleteParams::default())
         .await
         .unwrap();
-    apply(&webhook.admin, config()).await;
+    apply_webhook_configuration(&webhook.admin, &config()).await;
     let (restored, took) = webhook.bundle_written(None).await;
     assert_eq!(restored, ours);
     eprintln!("caBundle restored {took:?} after the configuration was re-created");
@@ -961,9 +956,9 @@ async fn a_re_created_or_altered_configuration_gets_the_self_signed_ca_back_with
 
     let other = SelfSigned::generate(&[]).unwrap();
     let other_bundle = ByteString(other.ca_pem.clone().into_bytes());
-    apply(
+    apply_webhook_configuration(
         &webhook.admin,
-        registration(
+        &registration(
             &webhook.config_name,
             &webhook.url,
             &webhook.ns,

@@ -256,7 +256,7 @@ fn with_evidence<K: Labelled>(object: &K, keys: &Keys, evidence: String) -> K {
 }
 
 /// What [`label`] does with an object the cache has already moved past.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Stale {
     /// Skips it: the later version gets its own reconciliation.
     Skip,

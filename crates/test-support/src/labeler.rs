@@ -20,6 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams, ResourceExt};
 
+use userns_labeler::webhook::MUTATE_PODS_PATH;
+
 use crate::control_plane::ControlPlane;
 use crate::repo_root;
 
@@ -213,6 +215,15 @@ pub struct Labeler {
 }
 
 impl Labeler {
+    /// Routes the pod CREATEs of `namespaces` to this labeler's webhook: the configuration
+    /// `config` (created, or replaced) holding one [`pods_webhook`]. The labeler writes its
+    /// self-signed CA into it when started with `--webhook-config-name config`.
+    pub async fn register_webhook(&self, admin: &Client, config: &str, namespaces: &[&str]) {
+        let url = format!("https://{}{MUTATE_PODS_PATH}", self.webhook);
+        let webhook = pods_webhook("pods.userns.io", &url, namespaces);
+        apply_webhook_configuration(admin, &webhook_configuration(config, vec![webhook])).await;
+    }
+
     /// Starts `binary` (the `userns-labeler` under test) and waits until `/readyz` answers 200.
     pub fn start(
         binary: impl AsRef<Path>,
